@@ -1,0 +1,10 @@
+"""dstack: workflows in YAML, providers in Python, jobs in containers.
+
+This package is the CLI and the shared core; importing it stays cheap and standard-library
+only, because it is also what ``from dstack import Provider, Job`` reaches inside provider
+containers.
+"""
+from sdk import GPU, Job, Provider, ResourceRequirements, Workflow
+
+__all__ = ["GPU", "Job", "Provider", "ResourceRequirements", "Workflow"]
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Every default of dstack, in one place, with its unit.
+
+Settings (:mod:`dstack.settings`) read the environment once and fall back to these.
+"""
+from __future__ import annotations
+
+#: Where RabbitMQ listens.
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: Local state of the CLI, scheduler and worker on this machine.
+HOME = "~/.dstack"
+#: Storage folder (under ``DSTACK_HOME``) used when ``DSTACK_STORAGE_URL`` is not set.
+LOCAL_STORAGE_DIR = "storage"
+
+#: Version of the message protocol; a message of another version is refused.
+PROTOCOL_VERSION = 1
+#: Largest message the services decode, in bytes.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+#: How long the CLI waits for the scheduler to answer a request, in seconds.
+RPC_TIMEOUT = 15.0
+#: How long the CLI waits for the broker to accept a connection, in seconds.
+BROKER_CONNECT_TIMEOUT = 5.0
+
+#: Seconds between two flushes of a container's log lines to storage (and to live followers).
+LOG_FLUSH_INTERVAL = 0.5
+#: A log chunk is flushed early when it holds this many bytes.
+LOG_CHUNK_BYTES = 256 * 1024
+
+#: Seconds a stopped container gets between SIGTERM and SIGKILL.
+STOP_GRACE_PERIOD = 10
+#: How many tasks (provider runs and jobs) one worker runs at once when its config does not say.
+WORKER_SLOTS = 4
+#: Seconds the worker's intake waits for a task before it checks its capacity again.
+INTAKE_POLL_TIMEOUT = 1.0
+
+#: Where a job's project snapshot is mounted inside its container.
+CONTAINER_WORKDIR = "/workflow"
+#: Where dstack's own files (SDK, provider input and output) are mounted in a provider container.
+CONTAINER_DSTACK_DIR = "/dstack"

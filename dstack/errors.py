@@ -1,0 +1,79 @@
+"""The one exception tree of dstack.
+
+Driver errors (pika, botocore, docker) are converted where they enter, so a user
+sees one of these, never a library traceback.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class DstackError(Exception):
+    """Root of every error dstack raises on purpose."""
+
+
+class ConfigError(DstackError):
+    """A project or configuration file is wrong.
+
+    Args:
+        message: what is wrong and what to do about it.
+        file: the file, as the user knows it (e.g. ``.dstack/workflows.yaml``).
+        line: the 1-based line the problem is on, when known.
+        field: the dotted path of the field, when known (``workflows[0].provider``).
+    """
+
+    def __init__(self, message: str, *, file: Optional[str] = None, line: Optional[int] = None,
+                 field: Optional[str] = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "")
+        if self.field:
+            where = f"{where} ({self.field})" if where else self.field
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ServiceUnavailable(DstackError):
+    """A service dstack depends on cannot be reached."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """RabbitMQ cannot be reached at the configured URL."""
+
+
+class SchedulerUnavailable(ServiceUnavailable):
+    """The broker answers but no scheduler replies to requests."""
+
+
+class StorageError(DstackError):
+    """Storage failed or cannot be reached."""
+
+
+class ObjectNotFound(StorageError):
+    """The storage has no object at the key."""
+
+
+class UnsafePath(DstackError):
+    """A path leaves the folder it must stay in (``../x``, an absolute path)."""
+
+
+class MessageError(DstackError):
+    """A message is malformed, too large or of an unknown version."""
+
+
+class RequestRejected(DstackError):
+    """The scheduler refused a request (unknown run, bad submission...)."""
+
+
+class RuntimeErrorInContainer(DstackError):
+    """The container runtime could not start or manage a container."""
+
+
+class ImageNotFound(RuntimeErrorInContainer):
+    """The image a task asks for is not present on the worker."""

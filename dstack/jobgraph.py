@@ -1,0 +1,86 @@
+"""Checks on the jobs a provider created, before any of them is recorded."""
+from __future__ import annotations
+
+import posixpath
+from typing import Dict, List
+
+from dstack.messages import JobSpec
+
+
+def check_relative_path(path: str, what: str) -> str:
+    """Return the normalised ``path`` if it stays inside the project root.
+
+    Raises:
+        ValueError: the path is absolute or leaves the root (``../x``).
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{what} must be a non-empty relative path")
+    if path.startswith(("/", "~")) or "\\" in path:
+        raise ValueError(f"{what} {path!r} must be relative to the project root, not absolute")
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../"):
+        raise ValueError(f"{what} {path!r} leaves the project root")
+    return normal
+
+
+def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
+    """Check a provider's jobs as a whole and return them.
+
+    Raises:
+        ValueError: no jobs, duplicate ids, a ``depends_on`` or ``master`` naming a job that
+            does not exist, a dependency cycle, an unsafe artifact or working directory path,
+            or a port out of range. The message names the job.
+    """
+    if not jobs:
+        raise ValueError("the provider created no jobs")
+    by_id: Dict[str, JobSpec] = {}
+    for job in jobs:
+        if job.job_id in by_id:
+            raise ValueError(f"two jobs have the id {job.job_id!r}")
+        by_id[job.job_id] = job
+    for job in jobs:
+        for upstream in job.depends_on + ([job.master] if job.master else []):
+            if upstream not in by_id:
+                raise ValueError(f"job {job.job_id} depends on job {upstream!r}, which does not exist")
+            if upstream == job.job_id:
+                raise ValueError(f"job {job.job_id} depends on itself")
+        job.artifacts = [check_relative_path(a, f"job {job.job_id}: artifact") for a in job.artifacts]
+        if job.working_dir:
+            job.working_dir = check_relative_path(job.working_dir, f"job {job.job_id}: working_dir")
+        for port in job.ports:
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"job {job.job_id}: port {port!r} is not between 1 and 65535")
+        if not job.commands:
+            raise ValueError(f"job {job.job_id} has no commands")
+    _check_acyclic(by_id)
+    return jobs
+
+
+def _check_acyclic(by_id: Dict[str, JobSpec]) -> None:
+    """Depth-first search, iterative; the error shows the cycle."""
+    state: Dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in by_id:
+        if state.get(root):
+            continue
+        path: List[str] = []
+        stack = [(root, iter(_upstream(by_id[root])))]
+        state[root] = 1
+        path.append(root)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(child) == 1:
+                cycle = path[path.index(child):] + [child]
+                raise ValueError("dependency cycle: " + " -> ".join(cycle))
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(_upstream(by_id[child]))))
+
+
+def _upstream(job: JobSpec) -> List[str]:
+    return job.depends_on + ([job.master] if job.master else [])

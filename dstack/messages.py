@@ -1,0 +1,296 @@
+"""Typed messages between the CLI, the scheduler and the workers, and their wire encoding.
+
+Every message is a dataclass. On the wire it is a msgpack map holding its fields plus
+``type`` (the class name) and ``v`` (the protocol version); :func:`decode` refuses other
+versions, unknown types and wrong shapes with :class:`~dstack.errors.MessageError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+import dramatiq
+import msgpack
+
+from dstack import defaults
+from dstack.errors import MessageError
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Resources:
+    """What a job asks for. ``None`` means no limit."""
+
+    cpu: Optional[float] = None
+    memory_mib: Optional[int] = None
+    shm_size_mib: Optional[int] = None
+    gpu_count: int = 0
+    gpu_name: Optional[str] = None
+    gpu_memory_mib: Optional[int] = None
+
+
+@dataclass
+class ProviderSpec:
+    """A provider from ``.dstack/providers.yaml``: the container that creates a workflow's jobs."""
+
+    name: str
+    image: str
+    commands: List[str]
+
+
+@dataclass
+class JobSpec:
+    """One job, as a provider created it (ids already resolved)."""
+
+    job_id: str
+    image: str
+    commands: List[str]
+    working_dir: str = ""
+    ports: List[int] = field(default_factory=list)
+    artifacts: List[str] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
+    depends_on: List[str] = field(default_factory=list)
+    master: Optional[str] = None
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Endpoint:
+    """Where a running task can be reached: a host and its published ports, in the job's order."""
+
+    hostname: str
+    ports: List[int] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class ProviderTask:
+    """Scheduler -> worker: run a workflow's provider to create its jobs."""
+
+    run_name: str
+    task_id: str
+    attempt: int
+    workflow: str
+    provider: ProviderSpec
+    data: Dict[str, Any]
+    snapshot_id: str
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class JobTask:
+    """Scheduler -> worker: run one job."""
+
+    run_name: str
+    attempt: int
+    job: JobSpec
+    snapshot_id: str
+    master: Optional[Endpoint] = None
+
+    @property
+    def task_id(self) -> str:
+        return self.job.job_id
+
+
+@dataclass
+class StopTask:
+    """Scheduler -> the worker running a task: stop it (SIGTERM, then SIGKILL after the grace period)."""
+
+    run_name: str
+    task_id: str
+    attempt: int
+    abort: bool = False
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass
+class TaskStarted:
+    """Worker -> scheduler: the task's container is running."""
+
+    run_name: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    endpoint: Endpoint
+
+
+@dataclass
+class TaskFinished:
+    """Worker -> scheduler: the task's container ended and its artifacts are uploaded.
+
+    ``status`` is ``done``, ``failed`` or ``stopped``. A provider task that is done carries
+    every job it created in ``jobs``: they are recorded all together or not at all.
+    """
+
+    run_name: str
+    task_id: str
+    attempt: int
+    status: str
+    exit_code: Optional[int] = None
+    reason: str = ""
+    jobs: Optional[List[JobSpec]] = None
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+@dataclass
+class SubmitRun:
+    """CLI -> scheduler: record a run and enqueue its provider."""
+
+    run_name: str
+    workflow: str
+    provider: ProviderSpec
+    data: Dict[str, Any]
+    snapshot_id: str
+    submitted_at: float
+    project: str = ""
+
+
+@dataclass
+class GetRuns:
+    """CLI -> scheduler: the runs (all, or the one named), newest first."""
+
+    run_name: Optional[str] = None
+    limit: int = 50
+
+
+@dataclass
+class StopRun:
+    """CLI -> scheduler: stop every part of a run."""
+
+    run_name: str
+    abort: bool = False
+
+
+@dataclass
+class ClaimTask:
+    """Worker -> scheduler: may this worker start this task now? Guards against redelivery."""
+
+    run_name: str
+    task_id: str
+    attempt: int
+    worker_id: str
+
+
+MESSAGE_TYPES: Dict[str, type] = {
+    cls.__name__: cls
+    for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
+                SubmitRun, GetRuns, StopRun, ClaimTask)
+}
+
+
+# ----------------------------------------------------------------------------- codec
+
+
+def to_payload(message: Any) -> Dict[str, Any]:
+    """The wire form of a message: its fields plus ``type`` and ``v``."""
+    payload = dataclasses.asdict(message)
+    payload["type"] = type(message).__name__
+    payload["v"] = defaults.PROTOCOL_VERSION
+    return payload
+
+
+def from_payload(payload: Any, expected: Optional[Type[T]] = None) -> T:
+    """Rebuild the message a payload describes.
+
+    Raises:
+        MessageError: the version, type or shape is wrong (or not ``expected``).
+    """
+    if not isinstance(payload, dict):
+        raise MessageError("a message must be a map")
+    if payload.get("v") != defaults.PROTOCOL_VERSION:
+        raise MessageError(f"message version {payload.get('v')!r} is not {defaults.PROTOCOL_VERSION}")
+    cls = MESSAGE_TYPES.get(payload.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise MessageError(f"unknown message type {payload.get('type')!r}")
+    if expected is not None and cls is not expected:
+        raise MessageError(f"expected a {expected.__name__}, got a {cls.__name__}")
+    fields = {k: v for k, v in payload.items() if k not in ("type", "v")}
+    return _build(cls, fields, cls.__name__)  # type: ignore[no-any-return]
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _build(next(a for a in args if a is not type(None)), value, where)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise MessageError(f"{where}: expected a list")
+        (item,) = typing.get_args(tp)
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise MessageError(f"{where}: expected a map")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _build(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise MessageError(f"{where}: expected a map")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = set(value) - names
+        if unknown:
+            raise MessageError(f"{where}: unknown fields {sorted(unknown)}")
+        try:
+            return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+        except TypeError as e:
+            raise MessageError(f"{where}: {e}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise MessageError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+def pack(data: Any) -> bytes:
+    """msgpack-encode plain data."""
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """msgpack-decode plain data, refusing more than ``MAX_MESSAGE_BYTES``."""
+    if len(data) > defaults.MAX_MESSAGE_BYTES:
+        raise MessageError(f"message of {len(data)} bytes is over the limit of {defaults.MAX_MESSAGE_BYTES}")
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise MessageError(f"not a msgpack message: {e}") from None
+
+
+def encode(message: Any) -> bytes:
+    """A message's wire bytes."""
+    return pack(to_payload(message))
+
+
+def decode(data: bytes, expected: Optional[Type[T]] = None) -> T:
+    """The message in ``data`` (see :func:`from_payload`)."""
+    return from_payload(unpack(data), expected)
+
+
+class MsgpackEncoder(dramatiq.Encoder):
+    """Dramatiq encoder: Dramatiq's message envelope, msgpack-encoded, with a size limit."""
+
+    def encode(self, data: dramatiq.encoder.MessageData) -> bytes:
+        return pack(data)
+
+    def decode(self, data: bytes) -> dramatiq.encoder.MessageData:
+        try:
+            return unpack(data)  # type: ignore[no-any-return]
+        except MessageError as e:
+            raise dramatiq.DecodeError(str(e), data, e) from None

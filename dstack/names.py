@@ -1,0 +1,84 @@
+"""Queue names, exchange names, storage keys and container names: built here and nowhere else."""
+from __future__ import annotations
+
+import re
+
+from dstack.storage.base import check_key
+
+#: Events from workers to the scheduler (Dramatiq queue).
+EVENTS_QUEUE = "dstack.events"
+#: Requests from the CLI and workers to the scheduler (request/reply).
+RPC_QUEUE = "dstack.rpc"
+#: Topic exchange of live log chunks; routing key: the run name.
+LOGS_EXCHANGE = "dstack.logs"
+#: Topic exchange of run and job status changes; routing key: the run name.
+UPDATES_EXCHANGE = "dstack.updates"
+#: Label put on every container dstack starts.
+CONTAINER_LABEL = "ai.dstack.task"
+#: Label naming the worker that started a container.
+WORKER_LABEL = "ai.dstack.worker"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` may be a run, workflow or job name part (letters, digits, ``-``, ``_``)."""
+    return bool(_NAME.match(name))
+
+
+def task_queue(tag: str = "cpu") -> str:
+    """The queue that workers able to run ``tag`` tasks consume from."""
+    return f"dstack.tasks.{tag}"
+
+
+def worker_queue(worker_id: str) -> str:
+    """The control queue of one worker (stop requests)."""
+    return f"dstack.worker.{worker_id}"
+
+
+def provider_task_id(workflow: str) -> str:
+    """The id of the task that runs ``workflow``'s provider."""
+    return f"{workflow}.provider"
+
+
+def job_id(workflow: str, index: int) -> str:
+    """The id of the ``index``-th job ``workflow``'s provider created."""
+    return f"{workflow}.{index}"
+
+
+def container_name(run_name: str, task_id: str, attempt: int) -> str:
+    """The deterministic name of a task's container: a second start finds the first."""
+    return f"dstack-{run_name}-{task_id.replace('.', '-')}-{attempt}"
+
+
+def snapshot_blob_key(digest: str) -> str:
+    return check_key(f"blobs/{digest[:2]}/{digest}")
+
+
+def snapshot_key(snapshot_id: str) -> str:
+    return check_key(f"snapshots/{snapshot_id}.json")
+
+
+def log_prefix(run_name: str, task_id: str = "") -> str:
+    return f"runs/{run_name}/logs/{task_id + '/' if task_id else ''}"
+
+
+def log_chunk_key(run_name: str, task_id: str, chunk: int) -> str:
+    return check_key(f"{log_prefix(run_name, task_id)}{chunk:010d}.msgpack")
+
+
+def artifacts_prefix(run_name: str, job_id: str = "") -> str:
+    return f"runs/{run_name}/artifacts/{job_id + '/' if job_id else ''}"
+
+
+def artifact_key(run_name: str, job_id: str, path: str) -> str:
+    return check_key(f"{artifacts_prefix(run_name, job_id)}{path}")
+
+
+def artifacts_manifest_key(run_name: str, job_id: str) -> str:
+    """Written after all of a job's artifact files: its presence means the upload is complete."""
+    return check_key(f"runs/{run_name}/manifests/{job_id}.json")
+
+
+def manifests_prefix(run_name: str) -> str:
+    return f"runs/{run_name}/manifests/"

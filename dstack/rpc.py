@@ -1,0 +1,157 @@
+"""Request/reply over RabbitMQ: how the CLI and the workers ask the scheduler things.
+
+Requests go to the durable ``dstack.rpc`` queue as transient messages that expire with the
+caller's timeout, so a request nobody answered in time is dropped rather than acted on
+late. Replies come back through RabbitMQ's direct reply-to.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+import pika
+
+from dstack import defaults
+from dstack.broker import connect, describe
+from dstack.errors import (BrokerUnavailable, DstackError, MessageError, RequestRejected,
+                           SchedulerUnavailable)
+from dstack.messages import decode, encode, pack, unpack
+from dstack.names import RPC_QUEUE
+
+log = logging.getLogger(__name__)
+
+_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class RpcClient:
+    """Sends requests to the scheduler and waits for the replies.
+
+    Args:
+        url: the broker's AMQP URL.
+        timeout: seconds to wait for each reply.
+
+    Raises:
+        BrokerUnavailable: RabbitMQ cannot be reached.
+    """
+
+    def __init__(self, url: str, *, timeout: float = defaults.RPC_TIMEOUT) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._connection = connect(url)
+        self._channel = self._connection.channel()
+        self._replies: dict = {}
+        self._channel.basic_consume(_REPLY_TO, self._on_reply, auto_ack=True)
+
+    def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        self._replies[properties.correlation_id] = body
+
+    def call(self, request: Any) -> Any:
+        """Send ``request`` (a message from :mod:`dstack.messages`) and return the reply's result.
+
+        Raises:
+            SchedulerUnavailable: no scheduler consumes requests, or none answered in time.
+            RequestRejected: the scheduler refused the request; the message says why.
+        """
+        try:
+            queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
+            if queue.method.consumer_count == 0:
+                raise SchedulerUnavailable(
+                    f"no scheduler is running on the broker at {describe(self._url)}; "
+                    "start one with `dstack up` (single machine) or `dstack scheduler`")
+            correlation_id = uuid.uuid4().hex
+            self._channel.basic_publish(
+                exchange="", routing_key=RPC_QUEUE, body=encode(request),
+                properties=pika.BasicProperties(
+                    reply_to=_REPLY_TO, correlation_id=correlation_id, delivery_mode=1,
+                    expiration=str(int(self._timeout * 1000))))
+            deadline = time.monotonic() + self._timeout
+            while correlation_id not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SchedulerUnavailable(
+                        f"the scheduler did not answer within {self._timeout:.0f} s "
+                        f"(broker {describe(self._url)}); is it running and healthy?")
+                self._connection.process_data_events(time_limit=min(left, 0.5))
+        except pika.exceptions.AMQPError as e:
+            raise BrokerUnavailable(f"lost the connection to RabbitMQ at {describe(self._url)}: {e!r}") from None
+        reply = unpack(self._replies.pop(correlation_id))
+        if not reply.get("ok"):
+            raise RequestRejected(reply.get("error") or "the scheduler refused the request")
+        return reply.get("result")
+
+    def close(self) -> None:
+        try:
+            self._connection.close()
+        except pika.exceptions.AMQPError:
+            pass
+
+    def __enter__(self) -> "RpcClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RpcServer:
+    """Answers requests from ``dstack.rpc`` with ``handler`` until :meth:`stop`.
+
+    ``handler`` gets the decoded request and returns plain data; raising
+    :class:`~dstack.errors.RequestRejected` sends its message back as the error.
+    Reconnects by itself when the broker goes away.
+    """
+
+    def __init__(self, url: str, handler: Callable[[Any], Any]) -> None:
+        self._url = url
+        self._handler = handler
+        self._stopping = threading.Event()
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def serve_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._serve()
+            except (BrokerUnavailable, pika.exceptions.AMQPError) as e:
+                self.ready.clear()
+                log.warning("request server lost the broker (%s); reconnecting", e)
+                self._stopping.wait(1.0)
+
+    def _serve(self) -> None:
+        connection = connect(self._url)
+        try:
+            channel = connection.channel()
+            channel.queue_declare(RPC_QUEUE, durable=True)
+            channel.basic_qos(prefetch_count=32)
+            self.ready.set()
+            for method, properties, body in channel.consume(RPC_QUEUE, inactivity_timeout=0.5):
+                if self._stopping.is_set():
+                    break
+                if method is None:
+                    continue
+                reply = self._answer(body)
+                if properties.reply_to:
+                    channel.basic_publish("", properties.reply_to, pack(reply),
+                                          pika.BasicProperties(correlation_id=properties.correlation_id))
+                channel.basic_ack(method.delivery_tag)
+        finally:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass
+
+    def _answer(self, body: bytes) -> dict:
+        try:
+            return {"ok": True, "result": self._handler(decode(body))}
+        except (RequestRejected, MessageError) as e:
+            return {"ok": False, "error": str(e)}
+        except DstackError as e:
+            log.exception("request failed")
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug: say so, keep serving
+            log.exception("request failed")
+            return {"ok": False, "error": f"internal error in the scheduler: {e!r}"}

@@ -1,0 +1,105 @@
+"""Configuration, read once from the environment (and optionally ``$DSTACK_HOME/config.yaml``)
+and passed down explicitly. No other module reads the environment.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import yaml
+
+from dstack import defaults
+from dstack.errors import ConfigError
+
+#: Environment variables and the settings field each sets.
+ENV_VARS = {
+    "DSTACK_HOME": "home",
+    "DSTACK_BROKER_URL": "broker_url",
+    "DSTACK_STORAGE_URL": "storage_url",
+    "DSTACK_WORKER_ID": "worker_id",
+    "DSTACK_WORKER_SLOTS": "worker_slots",
+    "DSTACK_WORKER_HOST": "worker_host",
+    "DSTACK_NETWORK": "network",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about a dstack process.
+
+    Attributes:
+        home: local state folder (``DSTACK_HOME``).
+        broker_url: AMQP URL of RabbitMQ (``DSTACK_BROKER_URL``).
+        storage_url: ``file:///path`` or ``s3://bucket/prefix`` (``DSTACK_STORAGE_URL``);
+            the default is a folder under ``home``.
+        worker_id: the name a worker is known by (``DSTACK_WORKER_ID``, default: the host name).
+        worker_slots: how many tasks a worker runs at once (``DSTACK_WORKER_SLOTS``).
+        worker_host: the address other jobs reach this worker's jobs at (``DSTACK_WORKER_HOST``,
+            default: the host name).
+        network: ``host`` or ``bridge`` for job containers (``DSTACK_NETWORK``); empty means
+            bridge when the Docker engine has a bridge network, else host.
+    """
+
+    home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
+    broker_url: str = defaults.BROKER_URL
+    storage_url: str = ""
+    worker_id: str = ""
+    worker_slots: int = defaults.WORKER_SLOTS
+    worker_host: str = ""
+    network: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url",
+                               (self.home / defaults.LOCAL_STORAGE_DIR).as_uri())
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", socket.gethostname())
+        if not self.worker_host:
+            object.__setattr__(self, "worker_host", socket.gethostname())
+        if self.network not in ("", "host", "bridge"):
+            raise ConfigError(f"network must be 'host' or 'bridge', not {self.network!r}",
+                              field="DSTACK_NETWORK")
+
+
+def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: object) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default: ``os.environ``), the optional
+    ``$DSTACK_HOME/config.yaml`` (environment wins over the file) and ``overrides`` (win over both).
+    """
+    environ = os.environ if environ is None else environ
+    values: Dict[str, object] = {}
+    home = Path(environ.get("DSTACK_HOME", defaults.HOME)).expanduser()
+    config_file = home / "config.yaml"
+    if config_file.is_file():
+        values.update(_read_config_file(config_file))
+    for var, name in ENV_VARS.items():
+        if environ.get(var):
+            values[name] = environ[var]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "worker_slots" in values:
+        try:
+            values["worker_slots"] = int(values["worker_slots"])  # type: ignore[arg-type]
+        except ValueError:
+            raise ConfigError(f"worker slots must be a whole number, not {values['worker_slots']!r}",
+                              field="DSTACK_WORKER_SLOTS") from None
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _read_config_file(path: Path) -> Dict[str, object]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", file=str(path), line=line) from None
+    known = set(ENV_VARS.values())
+    if not isinstance(data, dict) or set(data) - known:
+        raise ConfigError(f"expected a mapping with keys among {', '.join(sorted(known))}", file=str(path))
+    return data
+
+
+def with_overrides(settings: Settings, **changes: object) -> Settings:
+    """A copy of ``settings`` with ``changes`` applied."""
+    return replace(settings, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,76 @@
+"""The storage interface: one abstract class, one module per backend.
+
+Keys are ``/``-separated relative paths (``runs/RUN/artifacts/JOB/data/x.txt``).
+Backends implement small primitives; everything streams, so the memory used stays
+bounded whatever the size of an object.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from dstack.errors import UnsafePath
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key and its size in bytes."""
+
+    key: str
+    size: int
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key, else raise :class:`UnsafePath`.
+
+    A safe key is relative, uses ``/``, and has no empty, ``.`` or ``..`` part.
+    """
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePath(f"storage key {key!r} is not a safe relative path")
+    return key
+
+
+class Storage(abc.ABC):
+    """Where snapshots, logs and artifacts live."""
+
+    #: A short human description (``file:///root/.dstack/storage``, ``s3://bucket/prefix``).
+    url: str
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Upload the file at ``path`` to ``key``, streaming; the object appears whole or not at all."""
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store small ``data`` at ``key``; the object appears whole or not at all."""
+
+    @abc.abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Download ``key`` into the file ``path`` (parents created), streaming.
+
+        Raises:
+            ObjectNotFound: there is no object at ``key``.
+        """
+
+    @abc.abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Return the whole (small) object at ``key``.
+
+        Raises:
+            ObjectNotFound: there is no object at ``key``.
+        """
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise :class:`~dstack.errors.StorageError` naming the storage if it cannot be reached."""

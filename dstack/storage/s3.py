@@ -1,0 +1,161 @@
+"""Storage in an S3 bucket (AWS, MinIO, moto...): the object at key ``k`` is ``PREFIX/k``.
+
+Configuration is boto3's own: credentials from ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (or ``AWS_PROFILE``...), region from ``AWS_DEFAULT_REGION``,
+and a non-AWS server from ``AWS_ENDPOINT_URL_S3`` (boto3 reads it itself).
+
+Large files go through boto3's transfer manager: above :data:`TRANSFER`'s threshold
+they move as parallel multipart chunks, so memory stays bounded whatever the size.
+An S3 PUT is atomic, so an object appears whole or not at all.
+
+botocore errors are converted in :meth:`S3Storage._errors`, where they enter: a
+missing object becomes :class:`ObjectNotFound`, everything else a
+:class:`StorageError` naming the storage, the endpoint and what to check.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import boto3
+from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError, HTTPClientError,
+                                 NoCredentialsError, PartialCredentialsError)
+
+from dstack.errors import ObjectNotFound, StorageError
+from dstack.storage import check_prefix
+from dstack.storage.base import ObjectInfo, Storage, check_key
+
+_MB = 1024 * 1024
+#: Multipart above 8 MB, in 8 MB parts, at most 4 at a time (~32 MB in flight).
+TRANSFER = TransferConfig(multipart_threshold=8 * _MB, multipart_chunksize=8 * _MB,
+                          max_concurrency=4, preferred_transfer_client="classic")
+#: Normal operations: patient, with boto3's standard retry mode.
+_OPS_CONFIG = Config(connect_timeout=10, read_timeout=60,
+                     retries={"mode": "standard", "max_attempts": 3})
+#: check(): answer fast when the endpoint is wrong or down.
+_CHECK_CONFIG = Config(connect_timeout=5, read_timeout=5,
+                       retries={"mode": "standard", "max_attempts": 2})
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "ExpiredToken", "InvalidToken"}
+
+
+class S3Storage(Storage):
+    """Objects in ``bucket`` under ``prefix`` (no leading or trailing ``/`` needed)."""
+
+    def __init__(self, bucket: str, prefix: str = "") -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._session = boto3.session.Session()  # one per storage: sessions are not thread-safe
+        self._client = self._make_client(_OPS_CONFIG)  # clients are, so share this one
+        self._check_client: Optional[Any] = None
+
+    def _make_client(self, config: Config) -> Any:
+        try:
+            return self._session.client("s3", config=config)
+        except (BotoCoreError, ValueError) as e:  # e.g. a malformed AWS_ENDPOINT_URL_S3
+            raise StorageError(f"cannot set up S3 storage {self.url}: {e}; check "
+                               f"AWS_ENDPOINT_URL_S3 and the AWS_* settings") from None
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def _errors(self, key: Optional[str] = None) -> Iterator[None]:
+        """Turn boto3/botocore errors raised in the block into dstack errors."""
+        try:
+            yield
+        except (BotoCoreError, Boto3Error, ClientError) as e:
+            raise self._convert(e, key) from None
+
+    def _convert(self, e: Exception, key: Optional[str]) -> StorageError:
+        where = f"S3 storage {self.url} (endpoint {self._client.meta.endpoint_url})"
+        # The transfer manager wraps the real cause: unwrap it.
+        if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
+            e = e.__context__
+        elif isinstance(e, RetriesExceededError) and isinstance(e.last_exception, Exception):
+            e = e.last_exception
+        if isinstance(e, ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND and key is not None:
+                return ObjectNotFound(key)
+            if code in _NOT_FOUND or code == "NoSuchBucket":
+                return StorageError(f"{where}: bucket {self.bucket!r} does not exist; create it "
+                                    f"or check DSTACK_STORAGE_URL and AWS_ENDPOINT_URL_S3")
+            if code in _DENIED:
+                return StorageError(f"{where} refused access ({code}): check the credentials "
+                                    f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) "
+                                    f"and their rights on the bucket")
+            return StorageError(f"{where}: {e}")
+        if isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+            return StorageError(f"{where}: no usable AWS credentials ({e}); set "
+                                f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        if isinstance(e, (ConnectionError, HTTPClientError)):
+            return StorageError(f"cannot reach {where}: {e}; check AWS_ENDPOINT_URL_S3 and "
+                                f"that the server is up and reachable")
+        return StorageError(f"{where}: {e}")
+
+    def put_file(self, key: str, path: Path) -> None:
+        with self._errors(key):
+            self._client.upload_file(os.fspath(path), self.bucket, self._key(check_key(key)),
+                                     Config=TRANSFER)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._errors(key):
+            self._client.put_object(Bucket=self.bucket, Key=self._key(check_key(key)), Body=data)
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Download beside ``path`` under a temporary name, then rename: never a half file."""
+        full, path = self._key(check_key(key)), Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".dstack-tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with self._errors(key):
+                self._client.download_file(self.bucket, full, tmp, Config=TRANSFER)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._errors(key):
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(check_key(key)))
+            return resp["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            with self._errors(key):
+                self._client.head_object(Bucket=self.bucket, Key=self._key(check_key(key)))
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Page through ``list_objects_v2`` (1000 keys a page); S3 returns keys in order."""
+        return self._list(self._key(check_prefix(prefix)), len(self._key("")))
+
+    def _list(self, full_prefix: str, strip: int) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][strip:], obj["Size"])
+
+    def check(self) -> None:
+        """``head_bucket`` with short timeouts and one retry, on a client kept for this."""
+        if self._check_client is None:
+            self._check_client = self._make_client(_CHECK_CONFIG)
+        with self._errors():
+            self._check_client.head_bucket(Bucket=self.bucket)

@@ -1,0 +1,1 @@
+"""The scheduler service: the single owner of run and job state."""

@@ -1,0 +1,86 @@
+"""Statuses and records of runs and tasks (a provider run or a job)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+class Status(str, enum.Enum):
+    """Status of a run or a task."""
+
+    SUBMITTED = "submitted"  #: recorded; waiting for what it depends on
+    QUEUED = "queued"        #: on a task queue, waiting for a worker
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.DONE, Status.FAILED, Status.STOPPED)
+
+
+class Kind(str, enum.Enum):
+    PROVIDER = "provider"
+    JOB = "job"
+
+
+@dataclass
+class TaskRecord:
+    """A provider run or a job, as the scheduler keeps it."""
+
+    run_name: str
+    task_id: str
+    kind: Kind
+    workflow: str
+    status: Status
+    spec: Dict[str, Any]
+    attempt: int = 1
+    depends_on: List[str] = field(default_factory=list)
+    deps_left: int = 0
+    master: Optional[str] = None
+    worker_id: Optional[str] = None
+    hostname: Optional[str] = None
+    ports: List[int] = field(default_factory=list)
+    exit_code: Optional[int] = None
+    reason: str = ""
+    submitted_at: float = 0.0
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+
+    def view(self) -> Dict[str, Any]:
+        """The stable, scriptable view (``dstack status --json``)."""
+        return {
+            "job_id": self.task_id, "kind": self.kind.value, "workflow": self.workflow,
+            "status": self.status.value, "exit_code": self.exit_code, "reason": self.reason,
+            "attempt": self.attempt, "worker": self.worker_id, "hostname": self.hostname,
+            "ports": self.ports, "depends_on": self.depends_on, "master": self.master,
+            "image": self.spec.get("image") or (self.spec.get("provider") or {}).get("image"),
+            "submitted_at": self.submitted_at, "started_at": self.started_at, "finished_at": self.finished_at,
+        }
+
+
+@dataclass
+class RunRecord:
+    """A run: one submission of a workflow."""
+
+    run_name: str
+    workflow: str
+    status: Status
+    submitted_at: float
+    snapshot_id: str
+    project: str = ""
+    reason: str = ""
+    stop_requested: bool = False
+    abort: bool = False
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+
+    def view(self, tasks: List[TaskRecord]) -> Dict[str, Any]:
+        return {
+            "run_name": self.run_name, "workflow": self.workflow, "status": self.status.value,
+            "reason": self.reason, "project": self.project, "submitted_at": self.submitted_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "jobs": [t.view() for t in tasks],
+        }

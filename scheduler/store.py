@@ -1,0 +1,203 @@
+"""Where the scheduler keeps runs and tasks: an interface, and SQLite behind it.
+
+All changes happen inside :meth:`StateStore.transaction`; messages to send after a change
+are written to an outbox in the same transaction, so a crash never loses one (they are
+sent, maybe twice, and every handler is idempotent).
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from scheduler.model import Kind, RunRecord, Status, TaskRecord
+
+
+class StateStore(abc.ABC):
+    """The scheduler's state. Methods other than ``transaction`` must be called inside one."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager: ...
+
+    @abc.abstractmethod
+    def get_run(self, run_name: str) -> Optional[RunRecord]: ...
+
+    @abc.abstractmethod
+    def list_runs(self, limit: int) -> List[RunRecord]: ...
+
+    @abc.abstractmethod
+    def save_run(self, run: RunRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_task(self, run_name: str, task_id: str) -> Optional[TaskRecord]: ...
+
+    @abc.abstractmethod
+    def tasks_of(self, run_name: str) -> List[TaskRecord]: ...
+
+    @abc.abstractmethod
+    def save_task(self, task: TaskRecord) -> None: ...
+
+    @abc.abstractmethod
+    def dependents_of(self, run_name: str, task_id: str) -> List[TaskRecord]:
+        """Tasks whose ``depends_on`` or ``master`` names ``task_id``."""
+
+    @abc.abstractmethod
+    def count_unfinished(self, run_name: str) -> Tuple[int, int]:
+        """``(unfinished tasks, running tasks)`` of a run."""
+
+    @abc.abstractmethod
+    def add_outbox(self, queue: str, actor: str, payload: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def outbox(self) -> List[Tuple[int, str, str, bytes]]: ...
+
+    @abc.abstractmethod
+    def remove_outbox(self, item_id: int) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_name TEXT PRIMARY KEY, workflow TEXT NOT NULL, status TEXT NOT NULL,
+    submitted_at REAL NOT NULL, snapshot_id TEXT NOT NULL, project TEXT NOT NULL,
+    reason TEXT NOT NULL, stop_requested INTEGER NOT NULL, abort INTEGER NOT NULL,
+    started_at REAL, finished_at REAL);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs (submitted_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_name TEXT NOT NULL, task_id TEXT NOT NULL, kind TEXT NOT NULL, workflow TEXT NOT NULL,
+    status TEXT NOT NULL, spec TEXT NOT NULL, attempt INTEGER NOT NULL, depends_on TEXT NOT NULL,
+    deps_left INTEGER NOT NULL, master TEXT, worker_id TEXT, hostname TEXT, ports TEXT NOT NULL,
+    exit_code INTEGER, reason TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL,
+    finished_at REAL, PRIMARY KEY (run_name, task_id));
+CREATE TABLE IF NOT EXISTS edges (
+    run_name TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL,
+    PRIMARY KEY (run_name, upstream, downstream));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, actor TEXT NOT NULL, payload BLOB NOT NULL);
+"""
+
+_RUN_COLUMNS = ("run_name", "workflow", "status", "submitted_at", "snapshot_id", "project", "reason",
+                "stop_requested", "abort", "started_at", "finished_at")
+_TASK_COLUMNS = ("run_name", "task_id", "kind", "workflow", "status", "spec", "attempt", "depends_on",
+                 "deps_left", "master", "worker_id", "hostname", "ports", "exit_code", "reason",
+                 "submitted_at", "started_at", "finished_at")
+_JSON_TASK_COLUMNS = ("spec", "depends_on", "ports")
+
+
+class SqliteStateStore(StateStore):
+    """State in one SQLite file (WAL mode); safe to use from several threads of one process."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def get_run(self, run_name: str) -> Optional[RunRecord]:
+        row = self._db.execute("SELECT * FROM runs WHERE run_name = ?", (run_name,)).fetchone()
+        return _run(row) if row else None
+
+    def list_runs(self, limit: int) -> List[RunRecord]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY submitted_at DESC LIMIT ?", (limit,))
+        return [_run(row) for row in rows]
+
+    def save_run(self, run: RunRecord) -> None:
+        values = [getattr(run, c) for c in _RUN_COLUMNS]
+        values[2] = run.status.value
+        self._db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * len(_RUN_COLUMNS))})", values)
+
+    # ------------------------------------------------------------------ tasks
+
+    def get_task(self, run_name: str, task_id: str) -> Optional[TaskRecord]:
+        row = self._db.execute("SELECT * FROM tasks WHERE run_name = ? AND task_id = ?",
+                               (run_name, task_id)).fetchone()
+        return _task(row) if row else None
+
+    def tasks_of(self, run_name: str) -> List[TaskRecord]:
+        rows = self._db.execute("SELECT * FROM tasks WHERE run_name = ? ORDER BY rowid", (run_name,))
+        return [_task(row) for row in rows]
+
+    def save_task(self, task: TaskRecord) -> None:
+        new = self.get_task(task.run_name, task.task_id) is None
+        values: List[Any] = []
+        for column in _TASK_COLUMNS:
+            value = getattr(task, column)
+            values.append(json.dumps(value) if column in _JSON_TASK_COLUMNS else
+                          value.value if isinstance(value, (Status, Kind)) else value)
+        self._db.execute(f"INSERT OR REPLACE INTO tasks ({', '.join(_TASK_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})", values)
+        if new:
+            upstream = set(task.depends_on) | ({task.master} if task.master else set())
+            self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?)",
+                                 [(task.run_name, up, task.task_id) for up in upstream])
+
+    def dependents_of(self, run_name: str, task_id: str) -> List[TaskRecord]:
+        rows = self._db.execute(
+            "SELECT t.* FROM edges e JOIN tasks t ON t.run_name = e.run_name AND t.task_id = e.downstream "
+            "WHERE e.run_name = ? AND e.upstream = ?", (run_name, task_id))
+        return [_task(row) for row in rows]
+
+    def count_unfinished(self, run_name: str) -> Tuple[int, int]:
+        row = self._db.execute(
+            "SELECT SUM(status NOT IN ('done', 'failed', 'stopped')), SUM(status = 'running') "
+            "FROM tasks WHERE run_name = ?", (run_name,)).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    # ------------------------------------------------------------------ outbox
+
+    def add_outbox(self, queue: str, actor: str, payload: bytes) -> None:
+        self._db.execute("INSERT INTO outbox (queue, actor, payload) VALUES (?, ?, ?)", (queue, actor, payload))
+
+    def outbox(self) -> List[Tuple[int, str, str, bytes]]:
+        return [tuple(row) for row in self._db.execute("SELECT id, queue, actor, payload FROM outbox ORDER BY id")]
+
+    def remove_outbox(self, item_id: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    data = dict(row)
+    data["status"] = Status(data["status"])
+    data["stop_requested"] = bool(data["stop_requested"])
+    data["abort"] = bool(data["abort"])
+    return RunRecord(**data)
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    data = dict(row)
+    for column in _JSON_TASK_COLUMNS:
+        data[column] = json.loads(data[column])
+    data["status"] = Status(data["status"])
+    data["kind"] = Kind(data["kind"])
+    return TaskRecord(**data)

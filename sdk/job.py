@@ -1,0 +1,72 @@
+"""The :class:`Job` a provider creates."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from sdk.resources import ResourceRequirements
+
+
+class Job:
+    """One container to run.
+
+    Args:
+        image: the Docker image.
+        commands: shell commands, run in order as ``/bin/sh -c 'c1 && c2'``.
+        ports: ports the container opens; the ports actually used reach the job as
+            ``JOB_PORT_<i>`` and are shown by ``dstack status``.
+        working_dir: folder to run in, relative to the project root (the default).
+        artifacts: folders, relative to the project root, uploaded when the job ends.
+        resources: CPUs, memory and GPUs the job needs.
+        depends_on: jobs that must be done before this one starts.
+        master: a job this one talks to; this job starts once the master runs and gets
+            ``MASTER_JOB_HOSTNAME`` and ``MASTER_JOB_PORT_<i>``.
+        environment: extra environment variables.
+    """
+
+    def __init__(self, image: str, commands: List[str], ports: Optional[List[int]] = None,
+                 working_dir: Optional[str] = None, artifacts: Optional[List[str]] = None,
+                 resources: Optional[ResourceRequirements] = None,
+                 depends_on: Optional[List["Job"]] = None, master: Optional["Job"] = None,
+                 environment: Optional[Dict[str, str]] = None) -> None:
+        if not isinstance(image, str) or not image:
+            raise ValueError("Job(image=...) must be a non-empty image name")
+        if isinstance(commands, str) or not all(isinstance(c, str) for c in commands or []):
+            raise ValueError("Job(commands=...) must be a list of strings")
+        self.image = image
+        self.commands = list(commands or [])
+        self.ports = [int(p) for p in ports or []]
+        self.working_dir = working_dir or ""
+        self.artifacts = list(artifacts or [])
+        self.resources = resources or ResourceRequirements()
+        self.depends_on = list(depends_on or [])
+        self.master = master
+        self.environment = {str(k): str(v) for k, v in (environment or {}).items()}
+
+    def __repr__(self) -> str:
+        return f"Job(image={self.image!r}, commands={self.commands!r})"
+
+
+def jobs_to_dicts(jobs: List[Job]) -> List[Dict[str, Any]]:
+    """The wire form of a provider's jobs; references become indexes into the list.
+
+    Raises:
+        ValueError: a job's ``depends_on`` or ``master`` names a job that is not in ``jobs``.
+    """
+    index = {id(job): i for i, job in enumerate(jobs)}
+
+    def ref(job: Job, of: int, what: str) -> int:
+        if id(job) not in index:
+            raise ValueError(f"job {of} ({jobs[of]!r}): its {what} names a job that create_jobs() did not return")
+        return index[id(job)]
+
+    return [{
+        "image": job.image,
+        "commands": job.commands,
+        "ports": job.ports,
+        "working_dir": job.working_dir,
+        "artifacts": job.artifacts,
+        "resources": job.resources.to_dict(),
+        "depends_on": [ref(dep, i, "depends_on") for dep in job.depends_on],
+        "master": ref(job.master, i, "master") if job.master is not None else None,
+        "environment": job.environment,
+    } for i, job in enumerate(jobs)]

@@ -1,0 +1,105 @@
+"""The :class:`Provider` base class: turns a workflow into jobs.
+
+A provider runs in its own container, started by a dstack worker. It reads the workflow
+(``self.workflow``), optionally checks its parameters against a JSON Schema written in YAML,
+and returns jobs from :meth:`Provider.create_jobs`; :meth:`Provider.start` hands them to dstack.
+Only the standard library is needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, List, NoReturn, Optional
+
+from sdk.job import Job, jobs_to_dicts
+from sdk.validation import SchemaError, validate
+from sdk.workflow import Workflow
+
+#: Environment variable naming the folder where the provider writes its result.
+OUTPUT_DIR_ENV = "DSTACK_PROVIDER_OUTPUT"
+#: Exit code of a provider whose input or output dstack refused.
+INVALID_EXIT_CODE = 2
+
+
+class Provider:
+    """Base class of every provider.
+
+    Args:
+        schema: path of a JSON Schema (YAML or JSON) for ``self.workflow.data``. A relative
+            path is resolved next to the file of the provider's module. When the data breaks
+            the schema, the run fails with the field and the rule, and no job is created.
+    """
+
+    def __init__(self, schema: Optional[str] = None) -> None:
+        self.workflow = Workflow.from_environment()
+        if schema is not None:
+            self._check_schema(self._resolve(schema))
+
+    def create_jobs(self) -> List[Job]:
+        """Return the jobs of this workflow. Providers must override it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement create_jobs()")
+
+    def start(self) -> None:
+        """Create the jobs and hand them to dstack (all of them, or none on error)."""
+        jobs = self.create_jobs()
+        if not isinstance(jobs, list) or not jobs or not all(isinstance(j, Job) for j in jobs):
+            self._fail("create_jobs() must return a non-empty list of dstack.Job"
+                       f" (got {jobs!r:.200})")
+        try:
+            payload = jobs_to_dicts(jobs)
+        except ValueError as e:
+            self._fail(str(e))
+        self._write("jobs.json", {"jobs": payload})
+        print(f"dstack: {self.workflow.name}: created {len(jobs)} job(s)", flush=True)
+
+    # --------------------------------------------------------------- internals
+
+    def _resolve(self, schema: str) -> str:
+        if os.path.isabs(schema):
+            return schema
+        module = sys.modules.get(type(self).__module__)
+        module_file = getattr(module, "__file__", None)
+        base = os.path.dirname(os.path.abspath(module_file)) if module_file else os.getcwd()
+        return os.path.join(base, schema)
+
+    def _check_schema(self, path: str) -> None:
+        shown = os.path.relpath(path)
+        try:
+            schema = _load_document(path)
+        except (OSError, ValueError) as e:
+            self._fail(f"cannot read the provider's schema {shown}: {e}")
+        try:
+            validate(self.workflow.data, schema)
+        except SchemaError as e:
+            self._fail(f"workflow '{self.workflow.name}' does not match the schema of provider "
+                       f"'{self.workflow.provider}' ({shown}): {e}")
+
+    def _write(self, name: str, content: Any) -> None:
+        folder = os.environ.get(OUTPUT_DIR_ENV)
+        if not folder:
+            json.dump(content, sys.stdout, indent=2)
+            return
+        tmp = os.path.join(folder, f".{name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(content, f)
+        os.replace(tmp, os.path.join(folder, name))
+
+    def _fail(self, reason: str) -> NoReturn:
+        print(f"dstack: {reason}", file=sys.stderr, flush=True)
+        self._write("error.json", {"reason": reason})
+        raise SystemExit(INVALID_EXIT_CODE)
+
+
+def _load_document(path: str) -> Any:
+    """Load a YAML (or JSON) file; PyYAML is preferred and shipped into provider containers."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import yaml
+    except ImportError:
+        return json.loads(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from None

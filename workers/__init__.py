@@ -1,0 +1,1 @@
+"""The worker service: runs provider and job tasks in containers on one machine."""

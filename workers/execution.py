@@ -1,0 +1,259 @@
+"""One task on a worker: prepare its folder, start its container, watch it, report its end.
+
+Long jobs never hold a broker delivery: the delivery is acknowledged once the container
+runs, and a thread per task follows it to the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from dstack import defaults
+from dstack.errors import DstackError, UnsafePath
+from dstack.jobgraph import check_job_graph
+from dstack.logs import LogWriter
+from dstack.messages import (Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished, TaskStarted)
+from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
+from dstack.snapshot import materialize_snapshot, safe_join
+from dstack.storage import Storage
+from workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
+
+log = logging.getLogger(__name__)
+
+#: Lines of output quoted in the reason of a failed task.
+TAIL_LINES = 10
+#: Exit code of a container killed by SIGKILL (128 + 9).
+SIGKILL_EXIT = 137
+
+
+@dataclass
+class WorkerContext:
+    """What every task on this worker shares."""
+
+    worker_id: str
+    hostname: str
+    home: Path
+    storage: Storage
+    runtime: ContainerRuntime
+    sdk_bundle: Path
+    send_event: Callable[[Any], None]
+    announce: Callable[[str, str, bytes], None]
+
+
+@dataclass
+class Execution:
+    """A task this worker has started (or is starting)."""
+
+    task: Any  # ProviderTask | JobTask
+    context: WorkerContext
+    container: Optional[Container] = None
+    stop_requested: bool = False
+    abort: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task.run_name}/{self.task.task_id}/{self.task.attempt}"
+
+    @property
+    def folder(self) -> Path:
+        return self.context.home / "tasks" / self.task.run_name / f"{self.task.task_id}-{self.task.attempt}"
+
+    @property
+    def workdir(self) -> Path:
+        return self.folder / "work"
+
+    # -------------------------------------------------------------- start
+
+    def start(self) -> None:
+        """Prepare the task's files and start its container (or find the one started before).
+
+        Raises:
+            DstackError: the task cannot start; the message says why.
+        """
+        if not self.workdir.exists():
+            materialize_snapshot(self.context.storage, self.task.snapshot_id, self.workdir,
+                                 cache=self.context.home / "blobs")
+        spec = self._provider_spec() if isinstance(self.task, ProviderTask) else self._job_spec()
+        self.container = self.context.runtime.start(spec)
+        ports = self.task.job.ports if isinstance(self.task, JobTask) else []
+        endpoint = Endpoint(hostname=self.context.hostname, ports=self.container.published_ports(ports))
+        self.context.send_event(TaskStarted(run_name=self.task.run_name, task_id=self.task.task_id,
+                                            attempt=self.task.attempt, worker_id=self.context.worker_id,
+                                            endpoint=endpoint))
+
+    def _base_env(self) -> Dict[str, str]:
+        return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "PYTHONUNBUFFERED": "1",
+                "JOB_HOSTNAME": self.context.hostname}
+
+    def _labels(self) -> Dict[str, str]:
+        return {CONTAINER_LABEL: self.key, WORKER_LABEL: self.context.worker_id}
+
+    def _provider_spec(self) -> ContainerSpec:
+        task: ProviderTask = self.task
+        io = self.folder / "io"
+        io.mkdir(parents=True, exist_ok=True)
+        (io / "workflow.json").write_text(json.dumps(
+            {"name": task.workflow, "provider": task.provider.name, "run_name": task.run_name, "data": task.data}))
+        inside = defaults.CONTAINER_DSTACK_DIR
+        env = {**self._base_env(), "WORKFLOW_NAME": task.workflow,
+               "DSTACK_WORKFLOW_FILE": f"{inside}/io/workflow.json", "DSTACK_PROVIDER_OUTPUT": f"{inside}/io",
+               "PYTHONUSERBASE": f"{inside}/sdk", **task.env}
+        return ContainerSpec(
+            name=container_name(task.run_name, task.task_id, task.attempt), image=task.provider.image,
+            script=" && ".join(task.provider.commands), env=env, working_dir=defaults.CONTAINER_WORKDIR,
+            mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False), (str(io), f"{inside}/io", False),
+                    (str(self.context.sdk_bundle), f"{inside}/sdk", True)],
+            labels=self._labels())
+
+    def _job_spec(self) -> ContainerSpec:
+        task: JobTask = self.task
+        job = task.job
+        for artifact in job.artifacts:  # they exist before the commands start
+            safe_join(self.workdir, artifact).mkdir(parents=True, exist_ok=True)
+        workdir = defaults.CONTAINER_WORKDIR
+        if job.working_dir:
+            safe_join(self.workdir, job.working_dir).mkdir(parents=True, exist_ok=True)
+            workdir = f"{workdir}/{job.working_dir}"
+        env = {**self._base_env(), **{f"JOB_PORT_{i}": str(p) for i, p in enumerate(job.ports)}}
+        if task.master:
+            env["MASTER_JOB_HOSTNAME"] = task.master.hostname
+            env.update({f"MASTER_JOB_PORT_{i}": str(p) for i, p in enumerate(task.master.ports)})
+        env.update(job.env)
+        resources = job.resources
+        return ContainerSpec(
+            name=container_name(task.run_name, task.task_id, task.attempt), image=job.image,
+            script=" && ".join(job.commands), env=env, working_dir=workdir,
+            mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False)], labels=self._labels(),
+            ports=job.ports, cpu=resources.cpu, memory_mib=resources.memory_mib,
+            shm_size_mib=resources.shm_size_mib)
+
+    # -------------------------------------------------------------- follow to the end
+
+    def follow(self) -> None:
+        """Ship the logs until the container exits, then upload artifacts and report the end."""
+        assert self.container is not None
+        writer = LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
+        flusher = _Ticker(writer.flush_if_due)
+        try:
+            for data in self.container.logs():
+                writer.feed(data)
+            exit_info = self.container.wait()
+        finally:
+            flusher.stop()
+        finished = self._outcome(exit_info, writer)
+        if not self.abort:
+            artifacts_failure = self._upload_artifacts()
+            if artifacts_failure and finished.status == "done":
+                finished.status, finished.reason = "failed", artifacts_failure
+        if finished.reason and finished.status != "done":
+            writer.add_lines([f"dstack: {self.task.task_id} {finished.status}: {finished.reason}"])
+        writer.close()
+        self.context.send_event(finished)
+        self.container.remove()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.done.set()
+
+    def fail_to_start(self, reason: str) -> None:
+        """Report a task that could not start (bad image, storage error...)."""
+        writer = LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
+        writer.add_lines([f"dstack: {self.task.task_id} failed to start: {reason}"])
+        writer.close()
+        self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
+                                             attempt=self.task.attempt, status="failed", reason=reason))
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.done.set()
+
+    def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
+        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
+                                attempt=self.task.attempt, status="done", exit_code=exit_info.exit_code)
+        if self.stop_requested:
+            finished.status, finished.reason = "stopped", "stopped by request"
+        elif exit_info.oom_killed:
+            limit = self.task.job.resources.memory_mib if isinstance(self.task, JobTask) else None
+            finished.status = "failed"
+            finished.reason = f"out of memory (the limit is {limit} MiB)" if limit else "out of memory"
+        elif exit_info.exit_code != 0:
+            finished.status = "failed"
+            finished.reason = self._error_file() or (
+                f"exit code {exit_info.exit_code}; last lines:\n" + "\n".join(writer.tail(TAIL_LINES)))
+        elif isinstance(self.task, ProviderTask):
+            try:
+                finished.jobs = self._provider_jobs()
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                finished.status, finished.reason = "failed", str(e)
+        return finished
+
+    def _error_file(self) -> Optional[str]:
+        path = self.folder / "io" / "error.json"
+        if isinstance(self.task, ProviderTask) and path.exists():
+            return str(json.loads(path.read_text()).get("reason", ""))
+        return None
+
+    def _provider_jobs(self) -> List[JobSpec]:
+        path = self.folder / "io" / "jobs.json"
+        if not path.exists():
+            raise ValueError("the provider exited without creating jobs (does it call provider.start()?)")
+        raw_jobs = json.loads(path.read_text())["jobs"]
+        jobs = [JobSpec(
+            job_id=str(i), image=raw["image"], commands=list(raw["commands"]), working_dir=raw["working_dir"],
+            ports=list(raw["ports"]), artifacts=list(raw["artifacts"]), resources=Resources(**raw["resources"]),
+            depends_on=[str(d) for d in raw["depends_on"]],
+            master=None if raw["master"] is None else str(raw["master"]), env=dict(raw["environment"]),
+        ) for i, raw in enumerate(raw_jobs)]
+        return check_job_graph(jobs)
+
+    def _upload_artifacts(self) -> Optional[str]:
+        """Upload the job's artifact folders, file by file, streaming; then the manifest.
+
+        Returns the reason of a failure, or ``None``.
+        """
+        if not isinstance(self.task, JobTask) or not self.task.job.artifacts:
+            return None
+        run_name, job_id = self.task.run_name, self.task.task_id
+        files = []
+        try:
+            for artifact in self.task.job.artifacts:
+                folder = safe_join(self.workdir, artifact)
+                for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+                    relative = path.relative_to(self.workdir).as_posix()
+                    self.context.storage.put_file(artifact_key(run_name, job_id, relative), path)
+                    files.append({"path": relative, "size": path.stat().st_size})
+            manifest = {"job_id": job_id, "artifacts": self.task.job.artifacts, "files": files}
+            self.context.storage.put_bytes(artifacts_manifest_key(run_name, job_id), json.dumps(manifest).encode())
+        except (DstackError, OSError) as e:
+            return f"uploading artifacts failed: {e}"
+        return None
+
+    def stop(self, abort: bool) -> None:
+        """Stop the container: SIGTERM, then SIGKILL after the grace period."""
+        self.stop_requested, self.abort = True, self.abort or abort
+        if self.container is not None:
+            self.container.stop(defaults.STOP_GRACE_PERIOD)
+
+
+class _Ticker:
+    """Calls ``action`` every ``LOG_FLUSH_INTERVAL`` seconds in a thread until stopped."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._stopped = threading.Event()
+        self._action = action
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(defaults.LOG_FLUSH_INTERVAL):
+            try:
+                self._action()
+            except Exception:
+                log.exception("flushing logs failed; will retry")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()

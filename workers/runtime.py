@@ -1,0 +1,181 @@
+"""The container runtime: one interface, and Docker behind it."""
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import docker
+import docker.errors
+import requests
+
+from dstack.errors import ImageNotFound, RuntimeErrorInContainer
+from dstack.names import CONTAINER_LABEL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ContainerSpec:
+    """Everything needed to start one task's container."""
+
+    name: str
+    image: str
+    script: str
+    env: Dict[str, str]
+    working_dir: str
+    #: ``(host path, container path, read_only)``
+    mounts: List[Tuple[str, str, bool]]
+    labels: Dict[str, str]
+    ports: List[int] = field(default_factory=list)
+    cpu: Optional[float] = None
+    memory_mib: Optional[int] = None
+    shm_size_mib: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int
+    oom_killed: bool
+
+
+class Container(abc.ABC):
+    """A started container."""
+
+    name: str
+    labels: Dict[str, str]
+
+    @abc.abstractmethod
+    def published_ports(self, ports: List[int]) -> List[int]:
+        """The host ports the container's ``ports`` are reachable on, in the same order."""
+
+    @abc.abstractmethod
+    def logs(self) -> Iterator[bytes]:
+        """The container's output (stdout and stderr) from its start, until it exits."""
+
+    @abc.abstractmethod
+    def wait(self) -> ExitInfo:
+        """Block until the container exits."""
+
+    @abc.abstractmethod
+    def stop(self, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace_seconds``."""
+
+    @abc.abstractmethod
+    def remove(self) -> None: ...
+
+
+class ContainerRuntime(abc.ABC):
+    network: str
+
+    @abc.abstractmethod
+    def start(self, spec: ContainerSpec) -> Container:
+        """Start a container, or return the one already started under ``spec.name``.
+
+        Raises:
+            ImageNotFound: the image is not on this machine.
+            RuntimeErrorInContainer: the runtime refused.
+        """
+
+    @abc.abstractmethod
+    def managed(self) -> List[Container]:
+        """Every container dstack started on this machine, running or not."""
+
+
+class DockerContainer(Container):
+    def __init__(self, container: "docker.models.containers.Container", network: str) -> None:
+        self._container = container
+        self._network = network
+        self.name = container.name
+        self.labels = dict(container.labels or {})
+
+    def published_ports(self, ports: List[int]) -> List[int]:
+        if self._network == "host" or not ports:
+            return list(ports)
+        self._container.reload()
+        bindings = self._container.attrs["NetworkSettings"]["Ports"] or {}
+        return [int(bindings[f"{port}/tcp"][0]["HostPort"]) for port in ports]
+
+    def logs(self) -> Iterator[bytes]:
+        return iter(self._container.logs(stream=True, follow=True, stdout=True, stderr=True))
+
+    def wait(self) -> ExitInfo:
+        while True:
+            try:
+                result = self._container.wait()
+                break
+            except requests.exceptions.ConnectionError:  # the client's read timeout on a long wait
+                continue
+        self._container.reload()
+        return ExitInfo(exit_code=int(result.get("StatusCode", -1)),
+                        oom_killed=bool(self._container.attrs["State"].get("OOMKilled")))
+
+    def stop(self, grace_seconds: int) -> None:
+        try:
+            self._container.stop(timeout=grace_seconds)
+        except docker.errors.NotFound:
+            pass
+
+    def remove(self) -> None:
+        try:
+            self._container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+class DockerRuntime(ContainerRuntime):
+    """Containers on the local Docker engine (``DOCKER_HOST`` or the default socket).
+
+    Images are never pulled: a worker runs the images its machine has.
+
+    Args:
+        network: ``host`` or ``bridge``; empty picks bridge when the engine has one.
+    """
+
+    def __init__(self, network: str = "") -> None:
+        try:
+            self._client = docker.from_env(timeout=120)
+            self._client.ping()
+        except docker.errors.DockerException as e:
+            raise RuntimeErrorInContainer(f"cannot reach the Docker engine: {e}; is dockerd running?") from None
+        if not network:
+            names = {n.name for n in self._client.networks.list()}
+            network = "bridge" if "bridge" in names else "host"
+        self.network = network
+
+    def start(self, spec: ContainerSpec) -> Container:
+        try:
+            return DockerContainer(self._client.containers.get(spec.name), self.network)
+        except docker.errors.NotFound:
+            pass
+        try:
+            self._client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise ImageNotFound(f"image '{spec.image}' is not present on this worker; build or pull it "
+                                "there (`docker images` lists what it has)") from None
+        options = dict(
+            image=spec.image, command=["/bin/sh", "-c", spec.script], name=spec.name,
+            environment=spec.env, working_dir=spec.working_dir, labels=spec.labels, detach=True,
+            volumes={host: {"bind": inside, "mode": "ro" if ro else "rw"} for host, inside, ro in spec.mounts},
+        )
+        if self.network == "host":
+            options["network_mode"] = "host"
+        else:
+            options["ports"] = {f"{port}/tcp": None for port in spec.ports}
+        if spec.cpu:
+            options["nano_cpus"] = int(spec.cpu * 1e9)
+        if spec.memory_mib:
+            options["mem_limit"] = options["memswap_limit"] = f"{spec.memory_mib}m"
+        if spec.shm_size_mib:
+            options["shm_size"] = f"{spec.shm_size_mib}m"
+        try:
+            container = self._client.containers.create(**options)
+            container.start()
+        except docker.errors.APIError as e:
+            raise RuntimeErrorInContainer(f"Docker refused to start the container: {e.explanation or e}") from None
+        return DockerContainer(container, self.network)
+
+    def managed(self) -> List[Container]:
+        found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL})
+        return [DockerContainer(c, self.network) for c in found]

@@ -1,0 +1,43 @@
+"""The provider SDK as provider containers see it.
+
+A folder mounted read-only into provider containers and named by ``PYTHONUSERBASE``:
+Python adds ``$PYTHONUSERBASE/lib/pythonX.Y/site-packages`` to ``sys.path`` whatever
+``PYTHONPATH`` the provider's commands set. It holds the ``sdk`` package, a ``dstack``
+package that re-exports it, and pure-Python PyYAML for reading schemas. A ``src/dstack/``
+folder without ``__init__.py`` in the project does not hide it: a regular package wins over
+a namespace folder.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import sdk
+import yaml
+
+#: Python versions whose user site folder points at the bundle.
+PYTHON_VERSIONS = [f"3.{minor}" for minor in range(8, 16)]
+
+_DSTACK_INIT = '''"""dstack's provider SDK (see the ``sdk`` package)."""
+from sdk import GPU, Job, Provider, ResourceRequirements, Workflow
+
+__all__ = ["GPU", "Job", "Provider", "ResourceRequirements", "Workflow"]
+'''
+
+
+def build_sdk_bundle(target: Path) -> Path:
+    """(Re)build the bundle in ``target`` and return it."""
+    site = target / "site"
+    if target.exists():
+        shutil.rmtree(target)
+    site.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
+    shutil.copytree(Path(sdk.__file__).parent, site / "sdk", ignore=ignore)
+    shutil.copytree(Path(yaml.__file__).parent, site / "yaml", ignore=ignore)
+    (site / "dstack").mkdir()
+    (site / "dstack" / "__init__.py").write_text(_DSTACK_INIT)
+    for version in PYTHON_VERSIONS:
+        folder = target / "lib" / f"python{version}"
+        folder.mkdir(parents=True)
+        (folder / "site-packages").symlink_to("../../site")
+    return target

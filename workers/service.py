@@ -1,0 +1,193 @@
+"""The worker service: takes tasks while it has room, runs them, obeys stop requests."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Dict, Optional
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from dstack import defaults
+from dstack.broker import make_broker, send
+from dstack.errors import BrokerUnavailable, DstackError, MessageError
+from dstack.live import Publisher
+from dstack.messages import ClaimTask, StopTask, TaskFinished, from_payload
+from dstack.names import CONTAINER_LABEL, EVENTS_QUEUE, WORKER_LABEL, task_queue, worker_queue
+from dstack.rpc import RpcClient
+from dstack.settings import Settings
+from dstack.storage import open_storage
+from workers.execution import Execution, WorkerContext
+from workers.runtime import DockerRuntime
+from workers.sdk_bundle import build_sdk_bundle
+
+log = logging.getLogger(__name__)
+
+#: The scheduler's actor that handles worker events.
+EVENT_ACTOR = "handle_event"
+
+
+class Worker:
+    """Runs tasks from the task queue, at most ``settings.worker_slots`` at once.
+
+    The intake takes one task at a time and only while a slot is free; it acknowledges the
+    delivery once the container runs, so no delivery stays open for the life of a job.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home / "worker"
+        self.broker: RabbitmqBroker = make_broker(settings.broker_url)
+        self.storage = open_storage(settings.storage_url)
+        self.runtime = DockerRuntime(settings.network)
+        self.publisher = Publisher(settings.broker_url)
+        self.context = WorkerContext(
+            worker_id=settings.worker_id, hostname=settings.worker_host, home=self.home,
+            storage=self.storage, runtime=self.runtime,
+            sdk_bundle=build_sdk_bundle(self.home / "sdk"),
+            send_event=lambda event: send(self.broker, EVENTS_QUEUE, EVENT_ACTOR, event),
+            announce=self.publisher.publish)
+        self._executions: Dict[str, Execution] = {}
+        self._early_stops: Dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._room = threading.Semaphore(settings.worker_slots)
+        self._stopping = threading.Event()
+        self._rpc: Optional[RpcClient] = None
+        self._control = dramatiq.Worker(self.broker, queues={worker_queue(settings.worker_id)}, worker_threads=2)
+        dramatiq.actor(self._on_control, broker=self.broker, actor_name="control",
+                       queue_name=worker_queue(settings.worker_id), max_retries=3, time_limit=60_000,
+                       throws=(MessageError,))
+
+    # -------------------------------------------------------------- lifecycle
+
+    def run(self) -> None:
+        """Serve until :meth:`shutdown`."""
+        self.storage.check()
+        self.broker.declare_queue(task_queue())
+        self._remove_leftovers()
+        self._control.start()
+        log.info("worker %s: %d slots, network %s, storage %s", self.settings.worker_id,
+                 self.settings.worker_slots, self.runtime.network, self.storage.url)
+        try:
+            self._intake()
+        finally:
+            self._control.stop()
+            self.publisher.close()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+
+    def _remove_leftovers(self) -> None:
+        """Containers left by an earlier life of this worker are removed and their tasks reported
+        failed: their logs and artifacts were not followed, so they cannot be trusted."""
+        for container in self.runtime.managed():
+            if container.labels.get(WORKER_LABEL) != self.settings.worker_id:
+                continue
+            log.warning("removing container %s left by an earlier run of this worker", container.name)
+            container.remove()
+            run_name, task_id, attempt = container.labels[CONTAINER_LABEL].split("/")
+            self.context.send_event(TaskFinished(
+                run_name=run_name, task_id=task_id, attempt=int(attempt), status="failed",
+                reason="worker lost: the worker restarted while the task ran"))
+
+    # -------------------------------------------------------------- intake
+
+    def _intake(self) -> None:
+        """Consume only while a slot is free; with no slot, no consumer and no held delivery."""
+        while not self._stopping.is_set():
+            if not self._room.acquire(timeout=defaults.INTAKE_POLL_TIMEOUT):
+                continue
+            try:
+                holding = self._consume_while_room()
+            except (BrokerUnavailable, dramatiq.errors.ConnectionError) as e:
+                log.warning("intake lost the broker (%s); retrying", e)
+                holding = True
+                self._stopping.wait(1.0)
+            if holding:
+                self._room.release()
+
+    def _consume_while_room(self) -> bool:
+        """Start tasks until the slots run out. Holds one slot on entry; returns whether it still does."""
+        consumer = self.broker.consume(task_queue(), prefetch=1, timeout=int(defaults.INTAKE_POLL_TIMEOUT * 1000))
+        try:
+            while not self._stopping.is_set():
+                message = next(consumer)
+                if message is None:
+                    continue
+                started = self._start(message.args[0])
+                consumer.ack(message)
+                if started and not self._room.acquire(blocking=False):
+                    return False  # full: closing the consumer hands back any prefetched delivery
+            return True
+        finally:
+            consumer.close()
+
+    def _start(self, payload: Any) -> bool:
+        try:
+            task = from_payload(payload)
+        except MessageError as e:
+            log.error("dropping a malformed task: %s", e)
+            return False
+        execution = Execution(task=task, context=self.context)
+        with self._lock:
+            if execution.key in self._executions:
+                return False  # a redelivery of a task running here
+        grant = self._claim(task)
+        if not grant.get("granted"):
+            log.info("not starting %s: %s", execution.key, grant.get("reason"))
+            return False
+        with self._lock:
+            self._executions[execution.key] = execution
+            execution.stop_requested = execution.key in self._early_stops
+        try:
+            execution.start()
+        except DstackError as e:
+            log.warning("task %s failed to start: %s", execution.key, e)
+            threading.Thread(target=self._finish_failed, args=(execution, str(e)), daemon=True).start()
+            return True
+        threading.Thread(target=self._follow, args=(execution,), name=execution.key, daemon=True).start()
+        return True
+
+    def _claim(self, task: Any) -> Dict[str, Any]:
+        if self._rpc is None:
+            self._rpc = RpcClient(self.settings.broker_url)
+        try:
+            return self._rpc.call(ClaimTask(run_name=task.run_name, task_id=task.task_id,
+                                            attempt=task.attempt, worker_id=self.settings.worker_id))
+        except DstackError:
+            self._rpc.close()
+            self._rpc = None
+            raise
+
+    def _follow(self, execution: Execution) -> None:
+        try:
+            execution.follow()
+        except Exception:
+            log.exception("following %s failed", execution.key)
+        finally:
+            self._forget(execution)
+
+    def _finish_failed(self, execution: Execution, reason: str) -> None:
+        try:
+            execution.fail_to_start(reason)
+        finally:
+            self._forget(execution)
+
+    def _forget(self, execution: Execution) -> None:
+        with self._lock:
+            self._executions.pop(execution.key, None)
+            self._early_stops.pop(execution.key, None)
+        self._room.release()
+
+    # -------------------------------------------------------------- control
+
+    def _on_control(self, payload: Any) -> None:
+        request = from_payload(payload, StopTask)
+        key = f"{request.run_name}/{request.task_id}/{request.attempt}"
+        with self._lock:
+            execution = self._executions.get(key)
+            if execution is None:
+                self._early_stops[key] = request.abort
+                return
+        execution.stop(request.abort)
+
