@@ -220,6 +220,15 @@ def from_payload(payload: Any, expected: Optional[Type[T]] = None) -> T:
     return _build(cls, fields, cls.__name__)  # type: ignore[no-any-return]
 
 
+def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
+    """Rebuild a dataclass (a message or a part of one) from :func:`dataclasses.asdict` output.
+
+    Raises:
+        MessageError: the shape is wrong.
+    """
+    return _build(cls, data, cls.__name__)  # type: ignore[no-any-return]
+
+
 def _build(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from dstack.storage.base import check_key
 
@@ -82,3 +83,14 @@ def artifacts_manifest_key(run_name: str, job_id: str) -> str:
 
 def manifests_prefix(run_name: str) -> str:
     return f"runs/{run_name}/manifests/"
+
+
+_ADJECTIVES = ("amber", "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "lucky", "mellow",
+               "nimble", "proud", "quick", "quiet", "rapid", "shiny", "silent", "sunny", "swift", "witty")
+_ANIMALS = ("badger", "beaver", "crane", "dingo", "falcon", "ferret", "gecko", "heron", "ibis", "koala",
+            "lemur", "lynx", "marten", "otter", "panda", "puffin", "raven", "seal", "tapir", "wombat")
+
+
+def new_run_name() -> str:
+    """A fresh, readable run name such as ``witty-otter-4821``."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}-{secrets.randbelow(9000) + 1000}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph
-from dstack.messages import (ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, ProviderTask, StopRun, StopTask,
-                             SubmitRun, TaskFinished, TaskStarted, encode, from_payload, to_payload)
+from dstack.messages import (ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, ProviderSpec, ProviderTask, StopRun,
+                             StopTask, SubmitRun, TaskFinished, TaskStarted, encode, from_dict)
 from dstack.names import is_valid_name, job_id as make_job_id, provider_task_id, task_queue, worker_queue
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 from scheduler.store import StateStore
@@ -103,7 +104,7 @@ class Scheduler:
         task_id = provider_task_id(request.workflow)
         task = TaskRecord(run_name=run.run_name, task_id=task_id, kind=Kind.PROVIDER, workflow=request.workflow,
                           status=Status.SUBMITTED, submitted_at=time.time(),
-                          spec={"provider": to_payload(request.provider), "data": request.data})
+                          spec={"provider": asdict(request.provider), "data": request.data})
         self._enqueue(task)
         return run.view([task])
 
@@ -208,7 +209,7 @@ class Scheduler:
             job.master = ids[job.master] if job.master else None
             records.append(TaskRecord(
                 run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
-                status=Status.SUBMITTED, spec=to_payload(job), depends_on=job.depends_on,
+                status=Status.SUBMITTED, spec=asdict(job), depends_on=job.depends_on,
                 deps_left=len(job.depends_on), master=job.master, submitted_at=time.time()))
         for record in records:
             self._save(record)
@@ -231,7 +232,7 @@ class Scheduler:
         if task.kind is Kind.PROVIDER:
             message: Any = ProviderTask(
                 run_name=task.run_name, task_id=task.task_id, attempt=task.attempt, workflow=task.workflow,
-                provider=from_payload(task.spec["provider"]), data=task.spec["data"],
+                provider=from_dict(ProviderSpec, task.spec["provider"]), data=task.spec["data"],
                 snapshot_id=run.snapshot_id)
         else:
             master = None
@@ -239,7 +240,7 @@ class Scheduler:
                 record = self._store.get_task(task.run_name, task.master)
                 assert record is not None and record.hostname is not None
                 master = Endpoint(hostname=record.hostname, ports=record.ports)
-            message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_payload(task.spec),
+            message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_dict(JobSpec, task.spec),
                               snapshot_id=run.snapshot_id, master=master)
         task.status = Status.QUEUED
         self._save(task)

@@ -1,0 +1,1 @@
+"""The ``dstack`` command line."""

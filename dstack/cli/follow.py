@@ -1,0 +1,126 @@
+"""Following a run: its logs and status changes, live, until it ends."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Dict, Iterator, Optional
+
+from rich.console import Console
+
+from dstack.errors import BrokerUnavailable
+from dstack.live import Subscription
+from dstack.logs import LogChunk, merged_lines, stored_chunks
+from dstack.messages import GetRuns, unpack
+from dstack.names import LOGS_EXCHANGE
+from dstack.rpc import RpcClient
+from dstack.storage import Storage
+
+FINISHED = ("done", "failed", "stopped")
+#: Seconds between two reads of the run's status while following, besides live updates.
+REFRESH_INTERVAL = 10.0
+
+
+class LogPrinter:
+    """Prints log lines once each, marked with their job, optionally for one job only."""
+
+    def __init__(self, storage: Storage, run_name: str, job: Optional[str] = None) -> None:
+        self._storage = storage
+        self._run_name = run_name
+        self._job = job
+        self.seen: Dict[str, int] = {}  # task -> chunks printed
+
+    def catch_up(self) -> None:
+        """Print what storage holds that was not printed yet."""
+        def counted(chunks: Iterator[LogChunk]) -> Iterator[LogChunk]:
+            for chunk in chunks:
+                yield chunk
+                self.seen[chunk.task_id] = chunk.number + 1
+
+        streams = stored_chunks(self._storage, self._run_name, self._job or "", skip=self.seen)
+        for _ts, task_id, line in merged_lines({task: counted(c) for task, c in streams.items()}):
+            self._print(task_id, line)
+
+    def live(self, chunk: LogChunk) -> None:
+        if self._job and chunk.task_id != self._job:
+            return
+        expected = self.seen.get(chunk.task_id, 0)
+        if chunk.number < expected:
+            return
+        if chunk.number > expected:  # missed some: storage has them
+            self.catch_up()
+            return
+        for _ts, line in chunk.lines:
+            self._print(chunk.task_id, line)
+        self.seen[chunk.task_id] = expected + 1
+
+    def _print(self, task_id: str, line: str) -> None:
+        sys.stdout.write(f"{task_id} | {line}\n")
+        sys.stdout.flush()
+
+
+def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *, job: Optional[str] = None,
+           show_status: bool = True, err: Optional[Console] = None) -> Dict[str, Any]:
+    """Print logs (and status changes) of ``run_name`` until it ends; return the final run view."""
+    err = err or Console(stderr=True)
+    subscription = Subscription(broker_url, run_name)
+    printer = LogPrinter(storage, run_name, job)
+    statuses: Dict[str, str] = {}
+    try:
+        run = _refresh(rpc, run_name, statuses, err if show_status else None)
+        printer.catch_up()
+        next_refresh = time.monotonic() + REFRESH_INTERVAL
+        while run["status"] not in FINISHED:
+            try:
+                item = subscription.get(timeout=1.0)
+            except BrokerUnavailable:
+                _reconnect(subscription)
+                item, next_refresh = None, 0.0
+            if item is not None:
+                exchange, body = item
+                if exchange == LOGS_EXCHANGE:
+                    printer.live(LogChunk.decode(body))
+                    continue
+                update = unpack(body)
+                _show_changes(update["jobs"], statuses, err if show_status else None)
+                run["status"] = update["run"]["status"]
+                if run["status"] not in FINISHED:
+                    continue
+            if run["status"] in FINISHED or time.monotonic() >= next_refresh:
+                run = _refresh(rpc, run_name, statuses, err if show_status else None)
+                next_refresh = time.monotonic() + REFRESH_INTERVAL
+        printer.catch_up()  # the last chunks are stored before the end is announced
+        return run
+    finally:
+        subscription.close()
+
+
+def _reconnect(subscription: Subscription) -> None:
+    while True:
+        try:
+            subscription.reconnect()
+            return
+        except BrokerUnavailable:
+            time.sleep(1.0)
+
+
+def _refresh(rpc: RpcClient, run_name: str, statuses: Dict[str, str], err: Optional[Console]) -> Dict[str, Any]:
+    run = rpc.call(GetRuns(run_name=run_name))[0]
+    _show_changes(run["jobs"], statuses, err)
+    return run
+
+
+def _show_changes(jobs: Any, statuses: Dict[str, str], err: Optional[Console]) -> None:
+    for job in jobs:
+        if statuses.get(job["job_id"]) == job["status"]:
+            continue
+        statuses[job["job_id"]] = job["status"]
+        if err is None:
+            continue
+        detail = ""
+        if job["status"] in ("done", "failed") and job.get("exit_code") is not None:
+            detail = f" (exit code {job['exit_code']})"
+        if job.get("reason") and job["status"] in ("failed", "stopped"):
+            detail += f": {job['reason']}"
+        if job["status"] == "running" and job.get("ports"):
+            detail = " at " + ", ".join(f"{job['hostname']}:{p}" for p in job["ports"])
+        err.print(f"[dim]{job['job_id']} {job['status']}{detail}[/]", highlight=False)

@@ -1,0 +1,262 @@
+"""``dstack``: run workflows, follow them, fetch their artifacts; run the services."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+from rich.console import Console
+
+from dstack import __version__
+from dstack.cli.follow import follow
+from dstack.cli.render import print_runs
+from dstack.errors import DstackError
+from dstack.messages import GetRuns, StopRun, SubmitRun
+from dstack.names import artifacts_manifest_key, artifact_key, manifests_prefix, new_run_name
+from dstack.project import find_root, load_project
+from dstack.rpc import RpcClient
+from dstack.settings import Settings, load_settings
+from dstack.snapshot import safe_join, upload_snapshot
+from dstack.storage import Storage, open_storage
+
+#: Width used when the output is not a terminal (pipes, files), so tables are not folded.
+PIPE_WIDTH = 200
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+if not out.is_terminal:
+    out = Console(highlight=False, width=PIPE_WIDTH)
+
+
+class Context:
+    """Settings, and the clients built from them when first needed."""
+
+    def __init__(self) -> None:
+        self.settings: Settings = load_settings()
+        self._storage: Optional[Storage] = None
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_storage(self.settings.storage_url)
+        return self._storage
+
+    def rpc(self) -> RpcClient:
+        return RpcClient(self.settings.broker_url)
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+class DstackGroup(click.Group):
+    """Shows dstack errors as one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DstackError as e:
+            err.print(f"[red]error:[/] {e}")
+            sys.exit(1)
+
+
+@click.group(cls=DstackGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dstack")
+def cli() -> None:
+    """dstack runs the workflows of a project as jobs in containers on a fleet of workers.
+
+    A project keeps .dstack/workflows.yaml and .dstack/providers.yaml. `dstack run WORKFLOW`
+    snapshots the project, and the workflow's provider turns it into jobs. Configuration comes
+    from DSTACK_BROKER_URL, DSTACK_STORAGE_URL and DSTACK_HOME (see the README).
+    """
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@cli.command()
+@click.argument("workflow")
+@click.option("-d", "--detach", is_flag=True, help="Return right after submitting; do not follow.")
+@pass_context
+def run(context: Context, workflow: str, detach: bool) -> None:
+    """Run WORKFLOW of the project in the current folder, and follow it to the end.
+
+    Exits 0 when the run is done, 1 when it failed or was stopped. Ctrl-C stops following,
+    not the run.
+    """
+    root = find_root(Path.cwd())
+    project = load_project(root)
+    chosen = project.workflow(workflow)
+    provider = project.provider_for(chosen)
+    with context.rpc() as rpc:  # reaching the broker before uploading anything
+        snapshot_id, files, uploaded = upload_snapshot(root, context.storage)
+        run_name = new_run_name()
+        rpc.call(SubmitRun(run_name=run_name, workflow=chosen.name, provider=provider, data=chosen.data,
+                           snapshot_id=snapshot_id, submitted_at=time.time(), project=str(root)))
+        err.print(f"[dim]snapshot: {files} files, {uploaded} uploaded[/]")
+        out.print(run_name)
+        if detach:
+            return
+        try:
+            final = follow(rpc, context.settings.broker_url, context.storage, run_name, err=err)
+        except KeyboardInterrupt:
+            err.print(f"\nDetached; {run_name} goes on. Follow it with `dstack logs {run_name} -f`, "
+                      f"stop it with `dstack stop {run_name}`.")
+            sys.exit(130)
+    status = final["status"]
+    message = f"{run_name} {status}" + (f": {final['reason']}" if final.get("reason") else "")
+    err.print(f"[{'green' if status == 'done' else 'red'}]{message}[/]")
+    sys.exit(0 if status == "done" else 1)
+
+
+@cli.command()
+@click.argument("run_name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of runs, each with its jobs.")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many recent runs to list.")
+@pass_context
+def status(context: Context, run_name: Optional[str], as_json: bool, limit: int) -> None:
+    """List recent runs with their jobs, or the run RUN_NAME.
+
+    The --json output is the stable interface for scripts: a list of runs, each with
+    run_name, workflow, status, reason, submitted_at, started_at, finished_at and jobs
+    (each with job_id, status, exit_code, reason, hostname, ports, ...).
+    """
+    with context.rpc() as rpc:
+        runs = rpc.call(GetRuns(run_name=run_name, limit=limit))
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+    else:
+        print_runs(out, runs)
+
+
+@cli.command()
+@click.argument("run_name")
+@click.argument("job", required=False)
+@click.option("-f", "--follow", "live", is_flag=True, help="Keep printing new lines until the run ends.")
+@pass_context
+def logs(context: Context, run_name: str, job: Optional[str], live: bool) -> None:
+    """Print the logs of RUN_NAME (or of its JOB), each line marked with its job."""
+    from dstack.cli.follow import LogPrinter
+
+    if live:
+        with context.rpc() as rpc:
+            try:
+                follow(rpc, context.settings.broker_url, context.storage, run_name, job=job, show_status=False)
+            except KeyboardInterrupt:
+                sys.exit(130)
+        return
+    LogPrinter(context.storage, run_name, job).catch_up()
+
+
+@cli.command()
+@click.argument("run_name")
+@click.option("--abort", is_flag=True, help="Do not upload the artifacts of the stopped jobs.")
+@pass_context
+def stop(context: Context, run_name: str, abort: bool) -> None:
+    """Stop RUN_NAME: running jobs get SIGTERM (SIGKILL after a grace period); queued jobs never start."""
+    with context.rpc() as rpc:
+        view = rpc.call(StopRun(run_name=run_name, abort=abort))
+    out.print(f"{run_name}: stop requested (now {view['status']})")
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+@cli.group()
+def artifacts() -> None:
+    """List and download the artifacts of a run (straight from storage)."""
+
+
+@artifacts.command("list")
+@click.argument("run_name")
+@pass_context
+def artifacts_list(context: Context, run_name: str) -> None:
+    """List the artifact files of RUN_NAME: job, path, size."""
+    manifests = _manifests(context.storage, run_name)
+    for manifest in manifests:
+        for entry in manifest["files"]:
+            out.print(f"{manifest['job_id']}\t{entry['path']}\t{entry['size']}")
+
+
+@artifacts.command("download")
+@click.argument("run_name")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder to download into, as OUTPUT/JOB_ID/PATH.")
+@pass_context
+def artifacts_download(context: Context, run_name: str, output: Path) -> None:
+    """Download the artifacts of RUN_NAME into OUTPUT/JOB_ID/PATH (streaming)."""
+    count = 0
+    for manifest in _manifests(context.storage, run_name):
+        folder = safe_join(output.resolve(), manifest["job_id"])
+        for entry in manifest["files"]:
+            context.storage.get_file(artifact_key(run_name, manifest["job_id"], entry["path"]),
+                                     safe_join(folder, entry["path"]))
+            count += 1
+    err.print(f"{count} file(s) downloaded into {output}")
+
+
+def _manifests(storage: Storage, run_name: str) -> list:
+    manifests = [json.loads(storage.get_bytes(info.key)) for info in storage.list(manifests_prefix(run_name))]
+    if not manifests:
+        raise DstackError(f"no artifacts stored for run '{run_name}' in {storage.url}")
+    return manifests
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _serve(service: Any) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.shutdown())
+    service.run()
+
+
+@cli.command()
+@pass_context
+def scheduler(context: Context) -> None:
+    """Run the scheduler (one per broker): it owns the state of runs and jobs."""
+    from scheduler.main import SchedulerService
+
+    _serve(SchedulerService(context.settings))
+
+
+@cli.command()
+@click.option("--slots", type=int, default=None, help="Tasks run at once (default: DSTACK_WORKER_SLOTS or 4).")
+@pass_context
+def worker(context: Context, slots: Optional[int]) -> None:
+    """Run a worker: it takes tasks from the queues and runs them in Docker containers."""
+    from dstack.settings import with_overrides
+    from workers.service import Worker
+
+    settings = with_overrides(context.settings, worker_slots=slots) if slots else context.settings
+    _serve(Worker(settings))
+
+
+@cli.command()
+@pass_context
+def up(context: Context) -> None:
+    """Run a scheduler and one worker on this machine, in the foreground, until Ctrl-C."""
+    children = [subprocess.Popen([sys.executable, "-m", "dstack.cli.main", name]) for name in ("scheduler", "worker")]
+    stop_all: Callable[..., None] = lambda *_: [c.send_signal(signal.SIGTERM) for c in children if c.poll() is None]
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    while all(c.poll() is None for c in children):
+        time.sleep(0.5)
+    stop_all()
+    codes = [c.wait() for c in children]
+    sys.exit(max(codes))
+
+
+def main() -> None:
+    cli(prog_name="dstack")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""How runs and jobs look in the terminal."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+STATUS_STYLES = {"submitted": "dim", "queued": "yellow", "running": "cyan", "done": "green",
+                 "failed": "red", "stopped": "magenta"}
+
+
+def ago(timestamp: Optional[float]) -> str:
+    if not timestamp:
+        return "-"
+    seconds = max(0, time.time() - timestamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds)} s ago"
+
+
+def duration(started: Optional[float], finished: Optional[float]) -> str:
+    if not started:
+        return "-"
+    seconds = int((finished or time.time()) - started)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLES.get(status, '')}]{status}[/]"
+
+
+def endpoint(job: Dict[str, Any]) -> str:
+    if not job.get("ports") or job.get("status") != "running":
+        return ""
+    return ", ".join(f"{job.get('hostname')}:{port}" for port in job["ports"])
+
+
+def runs_table(runs: List[Dict[str, Any]]) -> Table:
+    """Runs, each followed by its jobs."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("RUN / JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "PORTS", "REASON"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        table.add_row(f"[bold]{run['run_name']}[/]", run["workflow"], styled(run["status"]), "",
+                      ago(run["submitted_at"]), duration(run.get("started_at"), run.get("finished_at")), "",
+                      first_line(run.get("reason", "")))
+        for job in run["jobs"]:
+            exit_code = "" if job.get("exit_code") is None else str(job["exit_code"])
+            table.add_row(f"  {job['job_id']}", "", styled(job["status"]), exit_code, ago(job.get("submitted_at")),
+                          duration(job.get("started_at"), job.get("finished_at")), endpoint(job),
+                          first_line(job.get("reason", "")))
+    return table
+
+
+def first_line(text: str) -> str:
+    return (text or "").split("\n", 1)[0]
+
+
+def print_runs(console: Console, runs: List[Dict[str, Any]]) -> None:
+    if not runs:
+        console.print("No runs yet. Start one with [bold]dstack run WORKFLOW[/].")
+        return
+    console.print(runs_table(runs))
