@@ -1,0 +1,101 @@
+"""Fixtures for the real services. A test that needs a missing service fails; it never skips."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import pytest
+
+from tests.s3server import MotoServer, start_moto_server
+from tests.services import TEST_IMAGE, Cluster, FileServer, Vhost
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        pytest.fail(f"the Docker engine is not reachable ({e}); run scripts/setup.sh")
+    try:
+        client.images.get(TEST_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {TEST_IMAGE} is missing; run scripts/build-images.sh")
+    return client
+
+
+@pytest.fixture(scope="session")
+def vhost() -> Iterator[Vhost]:
+    host = Vhost()
+    yield host
+    host.delete()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[MotoServer]:
+    server = start_moto_server()
+    yield server
+    server.stop()
+
+
+def _storage_env(s3: MotoServer, bucket: str) -> dict:
+    s3.create_bucket(bucket)
+    return {**s3.env(), "DSTACK_STORAGE_URL": f"s3://{bucket}/dstack"}
+
+
+def start_cluster(root: Path, broker_url: str, storage_env: dict, **worker_options: object) -> Cluster:
+    cluster = Cluster(root, broker_url, storage_env)
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker(**worker_options)  # type: ignore[arg-type]
+    except BaseException:
+        cluster.stop()
+        raise AssertionError("the cluster did not start:\n" + cluster.logs()) from None
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, vhost: Vhost, s3: MotoServer,
+            docker_engine: docker.DockerClient) -> Iterator[Cluster]:
+    """One scheduler and one worker (4 slots) shared by the tests that do not kill anything."""
+    started = start_cluster(tmp_path_factory.mktemp("cluster"), vhost.url, _storage_env(s3, "dstack-shared"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path, s3: MotoServer, docker_engine: docker.DockerClient) -> Iterator[Cluster]:
+    """A cluster of its own (own vhost, bucket and home), for tests that kill or restart parts."""
+    host = Vhost()
+    started = start_cluster(tmp_path / "cluster", host.url, _storage_env(s3, f"dstack-{host.name[-8:]}"))
+    yield started
+    started.stop()
+    host.delete()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[FileServer]:
+    folder = tmp_path / "www"
+    folder.mkdir()
+    server = FileServer(folder)
+    server.folder = folder  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _show_cluster_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for name in ("cluster", "private_cluster"):
+            if name in request.fixturenames:
+                print(request.getfixturevalue(name).logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

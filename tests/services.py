@@ -1,0 +1,170 @@
+"""Real services for integration tests: a private RabbitMQ vhost, the Docker engine, an S3
+server, and a dstack cluster (scheduler and workers as real processes). No pytest here."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pika
+
+from tests.s3server import free_port
+
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+#: Image the tests run jobs in; scripts/build-images.sh makes it.
+TEST_IMAGE = "python:3.9"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+class Vhost:
+    """A private RabbitMQ virtual host, so test queues never mix with anyone else's."""
+
+    def __init__(self) -> None:
+        if not port_open(RABBITMQ_HOST, RABBITMQ_PORT):
+            raise RuntimeError(f"RabbitMQ is not running at {RABBITMQ_HOST}:{RABBITMQ_PORT}; "
+                               "run scripts/setup.sh (or `rabbitmq-server -detached`)")
+        self.name = f"dstack-test-{secrets.token_hex(4)}"
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.name], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", self.name, "guest", ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+        self.url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{self.name}"
+
+    def delete(self) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True)
+
+
+def queue_consumers(url: str, queue: str) -> int:
+    """How many consumers ``queue`` has (0 if it does not exist)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        try:
+            return channel.queue_declare(queue, passive=True).method.consumer_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+    finally:
+        connection.close()
+
+
+def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Cluster:
+    """A scheduler and workers as real processes, with their own home, broker vhost and storage."""
+
+    def __init__(self, root: Path, broker_url: str, storage_env: Dict[str, str]) -> None:
+        self.root = root
+        self.broker_url = broker_url
+        self.env = {**os.environ, **storage_env, "DSTACK_BROKER_URL": broker_url,
+                    "DSTACK_HOME": str(root / "client-home"), "DSTACK_WORKER_HOST": "127.0.0.1",
+                    "PYTHONUNBUFFERED": "1"}
+        self.processes: Dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, args: List[str], extra_env: Dict[str, str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", *args], stdout=log,
+                                   stderr=subprocess.STDOUT, env={**self.env, **extra_env},
+                                   start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def start_scheduler(self) -> None:
+        self._spawn("scheduler", ["scheduler"], {"DSTACK_HOME": str(self.root / "scheduler-home")})
+        wait_for(lambda: queue_consumers(self.broker_url, "dstack.rpc") > 0, 30, "the scheduler")
+
+    def start_worker(self, worker_id: str = "worker-1", slots: int = 4, **extra_env: str) -> None:
+        self._spawn(worker_id, ["worker", "--slots", str(slots)],
+                    {"DSTACK_HOME": str(self.root / f"{worker_id}-home"), "DSTACK_WORKER_ID": worker_id, **extra_env})
+        wait_for(lambda: queue_consumers(self.broker_url, f"dstack.worker.{worker_id}") > 0, 30, worker_id)
+
+    def signal(self, name: str, sig: int) -> None:
+        self.processes[name].send_signal(sig)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.root.glob("*.log"))
+
+    def dstack(self, *args: str, cwd: Optional[Path] = None, timeout: float = 180,
+               env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        """Run the CLI as a user would; returns the completed process (text output)."""
+        return subprocess.run([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout, env={**self.env, **(env or {})})
+
+    def status(self, run_name: str) -> Dict[str, Any]:
+        result = self.dstack("status", run_name, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)[0]
+
+    def wait_status(self, run_name: str, statuses: tuple, timeout: float = 120) -> Dict[str, Any]:
+        return wait_for(lambda: (lambda run: run if run["status"] in statuses else None)(self.status(run_name)),
+                        timeout, f"{run_name} to be {'/'.join(statuses)}", interval=0.5)
+
+
+class FileServer:
+    """A local HTTP server for the tests' jobs (host networking: they reach 127.0.0.1).
+
+    Serves files from ``folder`` and counts the requests of each path.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        hits: Dict[str, int] = {}
+        self.hits = hits
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def do_GET(self) -> None:
+                hits[self.path] = hits.get(self.path, 0) + 1
+                super().do_GET()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def write_project(root: Path, files: Dict[str, str]) -> Path:
+    """Create a project folder holding ``files`` (path -> text)."""
+    for path, text in files.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return root
