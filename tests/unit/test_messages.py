@@ -1,0 +1,235 @@
+"""dstack.messages: typed messages, their msgpack wire form, and what decode refuses."""
+from __future__ import annotations
+
+import dataclasses
+
+import dramatiq
+import msgpack
+import pytest
+
+from dstack import defaults
+from dstack.errors import MessageError
+from dstack.messages import (MESSAGE_TYPES, ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, MsgpackEncoder,
+                             ProviderSpec, ProviderTask, Resources, StopRun, StopTask, SubmitRun, TaskFinished,
+                             TaskStarted, decode, encode, from_dict, from_payload, pack, to_payload, unpack)
+
+PROVIDER = ProviderSpec(name="curl", image="python:3.11-slim", commands=["python provider.py"])
+
+
+def full_job(job_id: str = "train.0") -> JobSpec:
+    return JobSpec(
+        job_id=job_id, image="pytorch:2", commands=["pip install -r req.txt", "python train.py"],
+        working_dir="src", ports=[8888, 6006], artifacts=["checkpoints", "logs"],
+        resources=Resources(cpu=2.5, memory_mib=16384, shm_size_mib=1024, gpu_count=2, gpu_name="A100",
+                            gpu_memory_mib=40960),
+        depends_on=["prepare.0"], master="train.1", env={"EPOCHS": "3"})
+
+
+SAMPLES = [
+    ProviderTask(run_name="witty-otter-1234", task_id="train.provider", attempt=1, workflow="train",
+                 provider=PROVIDER, data={"epochs": 3, "lr": 0.1, "nested": {"a": [1, "x", None, True]}},
+                 snapshot_id="abc123", env={"TOKEN": "t"}),
+    JobTask(run_name="r1", attempt=2, job=full_job(), snapshot_id="s1",
+            master=Endpoint(hostname="host-a", ports=[30001, 30002])),
+    JobTask(run_name="r1", attempt=1, job=JobSpec(job_id="j.0", image="alpine", commands=["true"]),
+            snapshot_id="s1"),
+    StopTask(run_name="r1", task_id="train.0", attempt=1, abort=True),
+    TaskStarted(run_name="r1", task_id="train.0", attempt=1, worker_id="w1",
+                endpoint=Endpoint(hostname="10.0.0.5", ports=[8080])),
+    TaskFinished(run_name="r1", task_id="train.provider", attempt=1, status="done", exit_code=0,
+                 jobs=[full_job("a"), JobSpec(job_id="b", image="alpine", commands=["echo hi"])]),
+    TaskFinished(run_name="r1", task_id="train.0", attempt=1, status="failed", exit_code=137, reason="OOM"),
+    SubmitRun(run_name="r1", workflow="train", provider=PROVIDER, data={"x": 1}, snapshot_id="s1",
+              submitted_at=1700000000.25, project="/home/me/proj"),
+    GetRuns(run_name="r1", limit=5),
+    GetRuns(),
+    StopRun(run_name="r1", abort=True),
+    ClaimTask(run_name="r1", task_id="train.0", attempt=1, worker_id="w1"),
+]
+
+
+def test_samples_cover_every_message_type() -> None:
+    assert {type(m).__name__ for m in SAMPLES} == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: object) -> None:
+    data = encode(message)
+    assert isinstance(data, bytes)
+    back = decode(data)
+    assert type(back) is type(message)
+    assert back == message
+    assert decode(data, type(message)) == message
+
+
+def test_round_trip_keeps_nested_types() -> None:
+    back = decode(encode(SAMPLES[1]))
+    assert isinstance(back.job, JobSpec)
+    assert isinstance(back.job.resources, Resources)
+    assert isinstance(back.master, Endpoint)
+    assert back.task_id == "train.0"
+    finished = decode(encode(SAMPLES[5]))
+    assert all(isinstance(j, JobSpec) for j in finished.jobs)
+    assert isinstance(finished.jobs[0].resources, Resources)
+
+
+def test_payload_carries_type_and_version() -> None:
+    payload = to_payload(StopRun(run_name="r1"))
+    assert payload == {"run_name": "r1", "abort": False, "type": "StopRun", "v": defaults.PROTOCOL_VERSION}
+    assert unpack(encode(StopRun(run_name="r1"))) == payload
+
+
+def test_int_accepted_for_float_field() -> None:
+    payload = to_payload(SubmitRun(run_name="r", workflow="w", provider=PROVIDER, data={}, snapshot_id="s",
+                                   submitted_at=1.0))
+    payload["submitted_at"] = 5
+    message = from_payload(payload)
+    assert message.submitted_at == 5.0 and isinstance(message.submitted_at, float)
+
+
+def test_from_dict_builds_a_part() -> None:
+    job = full_job()
+    assert from_dict(JobSpec, dataclasses.asdict(job)) == job
+    with pytest.raises(MessageError, match="unknown fields"):
+        from_dict(Resources, {"cpus": 1})
+
+
+# ----------------------------------------------------------------------------- refused
+
+
+def test_wrong_version() -> None:
+    payload = to_payload(StopRun(run_name="r1"))
+    payload["v"] = defaults.PROTOCOL_VERSION + 1
+    with pytest.raises(MessageError, match="version"):
+        decode(pack(payload))
+    del payload["v"]
+    with pytest.raises(MessageError, match="version"):
+        decode(pack(payload))
+
+
+def test_unknown_type() -> None:
+    payload = to_payload(StopRun(run_name="r1"))
+    payload["type"] = "DropTables"
+    with pytest.raises(MessageError, match="unknown message type 'DropTables'"):
+        decode(pack(payload))
+    del payload["type"]
+    with pytest.raises(MessageError, match="unknown message type"):
+        decode(pack(payload))
+
+
+def test_unexpected_type() -> None:
+    with pytest.raises(MessageError, match="expected a StopRun, got a GetRuns"):
+        decode(encode(GetRuns()), StopRun)
+
+
+def test_unknown_field() -> None:
+    payload = to_payload(StopRun(run_name="r1"))
+    payload["force"] = True
+    with pytest.raises(MessageError, match=r"unknown fields \['force'\]"):
+        decode(pack(payload))
+
+
+def test_unknown_nested_field() -> None:
+    payload = to_payload(SAMPLES[1])
+    payload["job"]["resources"]["tpu_count"] = 1
+    with pytest.raises(MessageError, match=r"JobTask\.job\.resources: unknown fields \['tpu_count'\]"):
+        decode(pack(payload))
+
+
+def test_missing_field() -> None:
+    payload = to_payload(ClaimTask(run_name="r1", task_id="t", attempt=1, worker_id="w"))
+    del payload["worker_id"]
+    with pytest.raises(MessageError, match="ClaimTask"):
+        decode(pack(payload))
+
+
+@pytest.mark.parametrize("field,value,where", [
+    ("attempt", "1", "ClaimTask.attempt: expected int, got str"),
+    ("attempt", 1.5, "ClaimTask.attempt: expected int, got float"),
+    ("worker_id", 7, "ClaimTask.worker_id: expected str, got int"),
+    ("run_name", None, "ClaimTask.run_name: expected str, got NoneType"),
+])
+def test_wrong_field_type(field: str, value: object, where: str) -> None:
+    payload = to_payload(ClaimTask(run_name="r1", task_id="t", attempt=1, worker_id="w"))
+    payload[field] = value
+    with pytest.raises(MessageError) as info:
+        decode(pack(payload))
+    assert where in str(info.value)
+
+
+def test_wrong_nested_types() -> None:
+    payload = to_payload(SAMPLES[1])
+    payload["job"]["ports"] = [8888, "http"]
+    with pytest.raises(MessageError, match=r"JobTask\.job\.ports\[1\]: expected int"):
+        decode(pack(payload))
+    payload = to_payload(SAMPLES[1])
+    payload["job"]["commands"] = "python train.py"
+    with pytest.raises(MessageError, match=r"JobTask\.job\.commands: expected a list"):
+        decode(pack(payload))
+    payload = to_payload(SAMPLES[1])
+    payload["job"]["env"] = ["A=1"]
+    with pytest.raises(MessageError, match=r"JobTask\.job\.env: expected a map"):
+        decode(pack(payload))
+    payload = to_payload(SAMPLES[1])
+    payload["master"] = "host-a:30001"
+    with pytest.raises(MessageError, match=r"JobTask\.master: expected a map"):
+        decode(pack(payload))
+    payload = to_payload(SAMPLES[5])
+    payload["jobs"] = [{"job_id": "a"}]  # image and commands missing
+    with pytest.raises(MessageError, match=r"TaskFinished\.jobs\[0\]"):
+        decode(pack(payload))
+
+
+@pytest.mark.parametrize("payload", [[1, 2], "StopRun", 42, None, b"\x00"])
+def test_non_map_payload(payload: object) -> None:
+    with pytest.raises(MessageError, match="must be a map"):
+        decode(pack(payload))
+
+
+def test_oversize_data_refused_before_decoding() -> None:
+    data = b"\x00" * (defaults.MAX_MESSAGE_BYTES + 1)
+    with pytest.raises(MessageError, match="over the limit"):
+        unpack(data)
+    with pytest.raises(MessageError, match="over the limit"):
+        decode(data)
+
+
+def test_oversize_limit_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(SAMPLES[0])
+    monkeypatch.setattr(defaults, "MAX_MESSAGE_BYTES", len(data) - 1)
+    with pytest.raises(MessageError, match="over the limit"):
+        decode(data)
+    monkeypatch.setattr(defaults, "MAX_MESSAGE_BYTES", len(data))
+    assert decode(data) == SAMPLES[0]
+
+
+@pytest.mark.parametrize("garbage", [b"\xc1", b"\x92\x01", b"", b"\x01\x02"])
+def test_garbage_is_a_message_error(garbage: bytes) -> None:
+    with pytest.raises(MessageError, match="not a msgpack message"):
+        decode(garbage)
+
+
+# ----------------------------------------------------------------------------- dramatiq encoder
+
+
+def test_msgpack_encoder_round_trip() -> None:
+    encoder = MsgpackEncoder()
+    envelope = {"queue_name": "dstack.tasks.cpu", "actor_name": "run_task", "args": [b"\x81\xa1a\x01"],
+                "kwargs": {}, "options": {}, "message_id": "id-1", "message_timestamp": 1700000000000}
+    data = encoder.encode(envelope)
+    assert data == msgpack.packb(envelope, use_bin_type=True)
+    assert encoder.decode(data) == envelope
+
+
+@pytest.mark.parametrize("garbage", [b"\xc1", b"\x92\x01", b"\x01\x02"])
+def test_msgpack_encoder_decode_garbage(garbage: bytes) -> None:
+    with pytest.raises(dramatiq.DecodeError) as info:
+        MsgpackEncoder().decode(garbage)
+    assert isinstance(info.value.error, MessageError)
+    assert info.value.data == garbage
+
+
+def test_msgpack_encoder_decode_oversize(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(defaults, "MAX_MESSAGE_BYTES", 8)
+    with pytest.raises(dramatiq.DecodeError, match="over the limit"):
+        MsgpackEncoder().decode(pack({"a": "0123456789"}))
