@@ -25,7 +25,7 @@ class _Located:
     """Marks a loaded mapping or list with the 1-based line of each key or item."""
 
     line: int = 0
-    lines: Dict[Union[str, int], int]
+    lines: Dict[Union[str, int], int] = {}  # replaced, never mutated
 
 
 class LocatedDict(dict, _Located):
@@ -62,7 +62,10 @@ def load_yaml(path: Path, shown: str) -> Any:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise ConfigError(f"not valid YAML: {e.problem or e.context}; fix the syntax",
+        detail = "; ".join(str(part) for part in (e.context, e.problem) if part)
+        if e.context_mark and mark and e.context_mark.line != mark.line:
+            detail += f" (the construct opened on line {e.context_mark.line + 1})"
+        raise ConfigError(f"not valid YAML: {detail}; fix the syntax",
                           file=shown, line=mark.line + 1 if mark else None) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read the file: {e}", file=shown) from None

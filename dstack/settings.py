@@ -71,7 +71,7 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
     """
     environ = os.environ if environ is None else environ
     values: Dict[str, object] = {}
-    home = Path(environ.get("DSTACK_HOME", defaults.HOME)).expanduser()
+    home = Path(environ.get("DSTACK_HOME") or defaults.HOME).expanduser()
     config_file = home / "config.yaml"
     if config_file.is_file():
         values.update(_read_config_file(config_file))
@@ -80,11 +80,15 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
             values[name] = environ[var]
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "worker_slots" in values:
+        raw = values["worker_slots"]
         try:
-            values["worker_slots"] = int(values["worker_slots"])  # type: ignore[arg-type]
-        except ValueError:
-            raise ConfigError(f"worker slots must be a whole number, not {values['worker_slots']!r}",
-                              field="DSTACK_WORKER_SLOTS") from None
+            slots = int(raw)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            slots = 0
+        if slots < 1:
+            raise ConfigError(f"worker slots must be a whole number of at least 1, not {raw!r}",
+                              field="DSTACK_WORKER_SLOTS")
+        values["worker_slots"] = slots
     return Settings(**values)  # type: ignore[arg-type]
 
 

@@ -257,19 +257,23 @@ class Scheduler:
             self._send_to_worker(task.worker_id, StopTask(task.run_name, task.task_id, task.attempt, abort))
 
     def _cancel_dependents(self, task: TaskRecord) -> None:
-        """A task that did not finish done takes down what waits for it (transitively)."""
-        if task.status is Status.DONE:
-            return
+        """What can no longer start because ``task`` ended is ended too, transitively: its
+        dependents if it did not finish done, its followers (jobs it is the master of) whatever
+        its end."""
         pending = [task]
         while pending:
             upstream = pending.pop()
             for dependent in self._store.dependents_of(upstream.run_name, upstream.task_id):
                 if dependent.status is not Status.SUBMITTED:
                     continue
-                role = "master" if dependent.master == upstream.task_id else "dependency"
+                if dependent.master == upstream.task_id:
+                    reason = f"master {upstream.task_id} {upstream.status.value} before this job started"
+                elif upstream.status is not Status.DONE:
+                    reason = f"dependency {upstream.task_id} {upstream.status.value}"
+                else:
+                    continue
                 dependent.status = Status.STOPPED if upstream.status is Status.STOPPED else Status.FAILED
-                dependent.reason = f"{role} {upstream.task_id} {upstream.status.value}"
-                dependent.finished_at = time.time()
+                dependent.reason, dependent.finished_at = reason, time.time()
                 self._save(dependent)
                 pending.append(dependent)
 

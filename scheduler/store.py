@@ -155,8 +155,10 @@ class SqliteStateStore(StateStore):
             value = getattr(task, column)
             values.append(json.dumps(value) if column in _JSON_TASK_COLUMNS else
                           value.value if isinstance(value, (Status, Kind)) else value)
-        self._db.execute(f"INSERT OR REPLACE INTO tasks ({', '.join(_TASK_COLUMNS)}) "
-                         f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})", values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS[2:])
+        self._db.execute(f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))}) "
+                         f"ON CONFLICT (run_name, task_id) DO UPDATE SET {updates}", values)
         if new:
             upstream = set(task.depends_on) | ({task.master} if task.master else set())
             self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?)",

@@ -5,11 +5,12 @@ import re
 from typing import Any, Dict, Optional, Union
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|)\s*$", re.IGNORECASE)
-_MIB_PER_UNIT = {"": 1.0 / (1024 * 1024), "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
+_MIB_PER_UNIT = {"": 1.0, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
 
 
 def parse_size_mib(value: Union[str, int, float, None], what: str = "size") -> Optional[int]:
-    """Parse ``"16GB"``, ``"512MB"``, ``"1.5G"`` (binary units: 1GB = 1024MB) or a number of MB.
+    """Parse ``"16GB"``, ``"512MB"``, ``"1.5G"`` (binary units: 1GB = 1024MB) or a number of MB
+    (``512`` or ``"512"``).
 
     Returns the size in MiB, or ``None`` for ``None``.
 
@@ -21,6 +22,8 @@ def parse_size_mib(value: Union[str, int, float, None], what: str = "size") -> O
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a size like '16GB' or '512MB', not {value!r}")
     if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{what} must not be negative, not {value!r}")
         return int(value)
     match = _SIZE.match(str(value))
     if not match:

@@ -76,6 +76,7 @@ class Cluster:
 
     def __init__(self, root: Path, broker_url: str, storage_env: Dict[str, str]) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.broker_url = broker_url
         self.env = {**os.environ, **storage_env, "DSTACK_BROKER_URL": broker_url,
                     "DSTACK_HOME": str(root / "client-home"), "DSTACK_WORKER_HOST": "127.0.0.1",
@@ -168,3 +169,41 @@ def write_project(root: Path, files: Dict[str, str]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     return root
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of its own (own port, config, data), for tests of broker settings.
+
+    Its files live in a fresh folder the ``rabbitmq`` user can reach (pytest's are private).
+
+    Args:
+        config: extra lines of ``rabbitmq.conf`` (e.g. ``consumer_timeout = 5000``).
+    """
+
+    def __init__(self, config: str = "") -> None:
+        import shutil
+        import tempfile
+
+        folder = self.folder = Path(tempfile.mkdtemp(prefix="dstack-rabbitmq-"))
+        folder.chmod(0o755)
+        self.port = free_port()
+        self.node = f"dstack{self.port}@localhost"
+        (folder / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n{config}\n")
+        (folder / "enabled_plugins").write_text("[].\n")
+        shutil.chown(folder, "rabbitmq", "rabbitmq")
+        for path in folder.iterdir():
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.env = {**os.environ, "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(free_port()), "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq.conf"),
+                    "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"), "RABBITMQ_LOG_BASE": str(folder / "log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+                    "RABBITMQ_PID_FILE": str(folder / "pid")}
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True)
+        wait_for(lambda: port_open("127.0.0.1", self.port), 60, f"RabbitMQ node {self.node}", interval=0.5)
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def stop(self) -> None:
+        import shutil
+
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], env=self.env, capture_output=True)
+        shutil.rmtree(self.folder, ignore_errors=True)

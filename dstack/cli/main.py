@@ -32,6 +32,8 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 if not out.is_terminal:
     out = Console(highlight=False, width=PIPE_WIDTH)
+if not err.is_terminal:
+    err = Console(stderr=True, highlight=False, width=PIPE_WIDTH)
 
 
 class Context:

@@ -193,9 +193,6 @@ def test_missing_top_key(tmp_path: Path) -> None:
     assert "workflows" in str(error)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG: an empty workflows.yaml becomes LocatedDict() without .lines, so line_of "
-                          "raises AttributeError instead of a ConfigError")
 def test_empty_workflows_file(tmp_path: Path) -> None:
     error = load_error(write_project(tmp_path, workflows=""))
     assert error.field == "workflows"
