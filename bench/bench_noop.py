@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,20 @@ def dstack_run(cluster: Cluster, project: Path, case: Case) -> Dict[str, Any]:
         # per job, as the scheduler saw it: from TaskStarted (container started) to TaskFinished
         "job_started_to_finished_median": statistics.median(j["finished_at"] - j["started_at"] for j in jobs),
     }
+    # how many jobs ran at once (scheduler view: from container started to end reported)
+    edges = sorted([(j["started_at"], 1) for j in jobs] + [(j["finished_at"], -1) for j in jobs])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    figures["jobs_running_at_once_max"] = peak
+    span = last_finished - first_started
+    figures["jobs_running_at_once_mean"] = (sum(j["finished_at"] - j["started_at"] for j in jobs) / span
+                                            if span > 0 else float("nan"))
+    if len(jobs) > 1:
+        # the pace at which the worker starts containers
+        figures["start_interval_median"] = statistics.median(b["started_at"] - a["started_at"]
+                                                             for a, b in zip(jobs, jobs[1:]))
     if case.chained and len(jobs) > 1:
         # from a job's completion (scheduler) to the next job's start (scheduler): release, queue,
         # worker intake, claim, snapshot, container start
@@ -137,6 +152,33 @@ def cli_startup(cluster: Cluster) -> float:
     subprocess.run([sys.executable, "-m", "dstack.cli.main", "--version"], capture_output=True, check=True,
                    env=cluster.env)
     return time.perf_counter() - began
+
+
+def start_profilers(cluster: Cluster, folder: Path) -> List[subprocess.Popen]:
+    """``py-spy record`` on every process of the cluster, until :func:`stop_profilers`."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for name, process in cluster.processes.items():
+        profilers.append(subprocess.Popen(
+            [py_spy, "record", "--pid", str(process.pid), "--format", "raw", "--idle", "--threads",
+             "--rate", "200", "--output", str(folder / f"{name}.collapsed")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # attached before the first measured run
+    return profilers
+
+
+def stop_profilers(profilers: List[subprocess.Popen]) -> None:
+    for profiler in profilers:
+        if profiler.poll() is None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for profiler in profilers:
+        try:
+            profiler.wait(30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
 
 
 # --------------------------------------------------------------------------- report
@@ -165,6 +207,10 @@ def summarize(raw: Dict[str, List[Dict[str, Any]]], direct: Dict[str, List[float
             "span_overhead_per_job_ms": (_median([r["jobs_span"] for r in runs]) - base) / case.jobs * 1000,
             "job_started_to_finished_median_s": _median([r["job_started_to_finished_median"] for r in runs]),
             "chain_gap_median_s": _median([r["chain_gap_median"] for r in runs if "chain_gap_median" in r]),
+            "jobs_running_at_once_max": max(r["jobs_running_at_once_max"] for r in runs),
+            "jobs_running_at_once_mean": _median([r["jobs_running_at_once_mean"] for r in runs]),
+            "start_interval_median_s": _median([r["start_interval_median"] for r in runs
+                                                if "start_interval_median" in r]),
             "phases_median_s": {k: _median([r["phases"][k] for r in runs]) for k in runs[0]["phases"]},
         })
     return rows
@@ -193,6 +239,10 @@ def print_table(rows: List[Dict[str, Any]], repeat: int, slots: int, cli_s: floa
     for r in rows:
         if r["chain_gap_median_s"] == r["chain_gap_median_s"]:  # not NaN
             print(f"{r['case']}: median gap from a job's end to the next job's start {r['chain_gap_median_s']:.2f} s")
+        if r["jobs"] > 1:
+            print(f"{r['case']}: jobs running at once: max {r['jobs_running_at_once_max']}, "
+                  f"mean {r['jobs_running_at_once_mean']:.2f}; "
+                  f"median interval between job starts {r['start_interval_median_s'] * 1000:.0f} ms")
 
 
 # --------------------------------------------------------------------------- main
@@ -229,6 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cases", default=",".join(c.name for c in CASES),
                         help="comma-separated cases to run (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (scheduler and worker logs)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample the scheduler and worker with py-spy (pip install py-spy) during the "
+                             "measured runs; collapsed stacks (idle included, per thread) go to DIR")
     args = parser.parse_args(argv)
     wanted = [c for c in CASES if c.name in args.cases.split(",")]
     if not wanted:
@@ -242,6 +295,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     root = Path(tempfile.mkdtemp(prefix="dstack-bench-"))
+    profilers: List[subprocess.Popen] = []
     vhost: Optional[Vhost] = None
     cluster: Optional[Cluster] = None
     try:
@@ -255,6 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         dstack_run(cluster, project, CASES[0])  # first run fills caches (snapshot blobs, bytecode)
         _docker_noop(client)
 
+        if args.profile:
+            profilers = start_profilers(cluster, args.profile)
         raw: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in wanted}
         direct: Dict[str, List[float]] = {c.name: [] for c in wanted}
         cli_times: List[float] = []
@@ -267,6 +323,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 log(f"[{attempt + 1}/{args.repeat}] {case.name}: dstack {figures['end_to_end']:.2f} s "
                     f"(jobs span {figures['jobs_span']:.2f} s, provider {figures['provider']:.2f} s), "
                     f"direct {direct[case.name][-1]:.2f} s")
+        stop_profilers(profilers)
+        profilers = []
 
         rows = summarize(raw, direct)
         print_table(rows, args.repeat, args.slots, _median(cli_times))
@@ -279,6 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(f"raw figures written to {args.json}")
         return 0
     finally:
+        stop_profilers(profilers)
         if cluster is not None:
             cluster.stop()
         _remove_leftover_containers(client)

@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import dramatiq
 
-from dstack.broker import make_broker
+from dstack.broker import describe, make_broker
 from dstack.errors import MessageError
 from dstack.live import Publisher
 from dstack.messages import from_payload, pack, unpack
@@ -64,7 +64,7 @@ class SchedulerService:
         server = threading.Thread(target=self.rpc.serve_forever, name="rpc", daemon=True)
         server.start()
         self.worker.start()
-        log.info("scheduler: broker %s, state %s", self.settings.broker_url.split("@")[-1], self.store)
+        log.info("scheduler: broker %s, state %s", describe(self.settings.broker_url), self.store.path)
         self._stopping.wait()
         self.rpc.stop()
         self.worker.stop()

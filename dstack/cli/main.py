@@ -28,12 +28,10 @@ from dstack.storage import Storage, open_storage
 
 #: Width used when the output is not a terminal (pipes, files), so tables are not folded.
 PIPE_WIDTH = 200
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 if not out.is_terminal:
-    out = Console(highlight=False, width=PIPE_WIDTH)
-if not err.is_terminal:
-    err = Console(stderr=True, highlight=False, width=PIPE_WIDTH)
+    out = Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
 
 
 class Context:
