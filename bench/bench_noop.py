@@ -250,7 +250,7 @@ def print_table(rows: List[Dict[str, Any]], repeat: int, slots: int, cli_s: floa
 
 def machine() -> Dict[str, Any]:
     info: Dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()}
+                            "python": platform.python_version(), "loadavg": os.getloadavg()}
     try:
         info["docker"] = docker.from_env().version().get("Version")
     except docker.errors.DockerException:
@@ -294,6 +294,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"image {TEST_IMAGE} is missing; run scripts/build-images.sh", file=sys.stderr)
         return 2
 
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # clean up (finally below) on SIGTERM as on Ctrl-C
     root = Path(tempfile.mkdtemp(prefix="dstack-bench-"))
     profilers: List[subprocess.Popen] = []
     vhost: Optional[Vhost] = None
@@ -311,6 +315,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.profile:
             profilers = start_profilers(cluster, args.profile)
+        load_before = os.getloadavg()
         raw: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in wanted}
         direct: Dict[str, List[float]] = {c.name: [] for c in wanted}
         cli_times: List[float] = []
@@ -328,9 +333,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         rows = summarize(raw, direct)
         print_table(rows, args.repeat, args.slots, _median(cli_times))
+        print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+              f"on {os.cpu_count()} CPUs: other work on the machine skews the figures")
         if args.json:
             args.json.write_text(json.dumps({
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "repeat": args.repeat,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "loadavg_before": load_before, "repeat": args.repeat,
                 "slots": args.slots, "image": TEST_IMAGE, "cli_startup_s": cli_times,
                 "dstack": raw, "docker_direct_s": direct, "summary": rows,
             }, indent=2))

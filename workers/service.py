@@ -10,7 +10,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from dstack import defaults
 from dstack.broker import make_broker, send
-from dstack.errors import BrokerUnavailable, DstackError, MessageError
+from dstack.errors import DstackError, MessageError, ServiceUnavailable
 from dstack.live import Publisher
 from dstack.messages import ClaimTask, StopTask, TaskFinished, from_payload
 from dstack.names import CONTAINER_LABEL, EVENTS_QUEUE, WORKER_LABEL, task_queue, worker_queue
@@ -36,7 +36,7 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.home = settings.home / "worker"
+        self.home = settings.home / "workers" / settings.worker_id
         self.broker: RabbitmqBroker = make_broker(settings.broker_url)
         self.storage = open_storage(settings.storage_url)
         self.runtime = DockerRuntime(settings.network)
@@ -99,8 +99,9 @@ class Worker:
                 continue
             try:
                 holding = self._consume_while_room()
-            except (BrokerUnavailable, dramatiq.errors.ConnectionError) as e:
-                log.warning("intake lost the broker (%s); retrying", e)
+            except (ServiceUnavailable, dramatiq.errors.ConnectionError) as e:
+                # the task goes back to the queue; the scheduler may be restarting for an upgrade
+                log.warning("cannot take tasks now (%s); retrying", e)
                 holding = True
                 self._stopping.wait(1.0)
             if holding:
