@@ -150,7 +150,12 @@ def logs(context: Context, run_name: str, job: Optional[str], live: bool) -> Non
             except KeyboardInterrupt:
                 sys.exit(130)
         return
-    LogPrinter(context.storage, run_name, job).catch_up()
+    printer = LogPrinter(context.storage, run_name, job)
+    printer.catch_up()
+    if not printer.seen:
+        with context.rpc() as rpc:
+            rpc.call(GetRuns(run_name=run_name))  # an unknown run is an error
+        err.print(f"no logs stored yet for {run_name}" + (f" job {job}" if job else ""))
 
 
 @cli.command()
