@@ -51,7 +51,8 @@ class LogWriter:
         self._partial = ""
         self._lines: List[Tuple[float, str]] = []
         self._bytes = 0
-        self._next_chunk = 0
+        # numbering goes on after chunks stored earlier (e.g. by a worker that died)
+        self._next_chunk = sum(1 for _ in storage.list(log_prefix(run_name, task_id)))
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 

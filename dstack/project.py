@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import jsonschema
 import yaml
@@ -189,7 +189,7 @@ def load_project(root: Path) -> Project:
         path, shown = root / ".dstack" / f"{name}.yaml", f".dstack/{name}.yaml"
         if not path.exists():
             if name != "variables":
-                raise ConfigError(f"the file is missing; create it (see the README)", file=shown)
+                raise ConfigError("the file is missing; create it (see the README)", file=shown)
             continue
         document = load_yaml(path, shown)
         if document is None:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pika
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, List
 
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 from tests.services import REPO_ROOT

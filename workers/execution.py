@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from dstack import defaults
-from dstack.errors import DstackError, UnsafePath
+from dstack.errors import DstackError
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
-from dstack.messages import (Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished, TaskStarted)
+from dstack.messages import (Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished, TaskStarted,
+                             decode, encode)
 from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
@@ -26,6 +26,8 @@ from workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
 log = logging.getLogger(__name__)
 
+#: The file in a task's folder that holds the task, written before its delivery is acknowledged.
+TASK_FILE = "task.msgpack"
 #: Lines of output quoted in the reason of a failed task.
 TAIL_LINES = 10
 #: Exit code of a container killed by SIGKILL (128 + 9).
@@ -55,7 +57,6 @@ class Execution:
     container: Optional[Container] = None
     stop_requested: bool = False
     abort: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def key(self) -> str:
@@ -68,6 +69,17 @@ class Execution:
     @property
     def workdir(self) -> Path:
         return self.folder / "work"
+
+    # -------------------------------------------------------------- save, load
+
+    def save(self) -> None:
+        """Keep the task in its folder, so that a restarted worker knows what it had taken."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / TASK_FILE).write_bytes(encode(self.task))
+
+    @classmethod
+    def load(cls, path: Path, context: WorkerContext) -> "Execution":
+        return cls(task=decode(path.read_bytes()), context=context)
 
     # -------------------------------------------------------------- start
 
@@ -158,17 +170,18 @@ class Execution:
         self.context.send_event(finished)
         self.container.remove()
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.done.set()
 
-    def fail_to_start(self, reason: str) -> None:
-        """Report a task that could not start (bad image, storage error...)."""
+    def abandon(self, reason: str) -> None:
+        """Report the task failed for ``reason`` (it did not start, or its end was not seen),
+        remove its container if there is one, and clean up."""
         writer = LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
-        writer.add_lines([f"dstack: {self.task.task_id} failed to start: {reason}"])
+        writer.add_lines([f"dstack: {self.task.task_id} failed: {reason}"])
         writer.close()
         self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
                                              attempt=self.task.attempt, status="failed", reason=reason))
+        if self.container is not None:
+            self.container.remove()
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.done.set()
 
     def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
         finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,

@@ -145,15 +145,6 @@ class DockerRuntime(ContainerRuntime):
         self.network = network
 
     def start(self, spec: ContainerSpec) -> Container:
-        try:
-            return DockerContainer(self._client.containers.get(spec.name), self.network)
-        except docker.errors.NotFound:
-            pass
-        try:
-            self._client.images.get(spec.image)
-        except docker.errors.ImageNotFound:
-            raise ImageNotFound(f"image '{spec.image}' is not present on this worker; build or pull it "
-                                "there (`docker images` lists what it has)") from None
         options = dict(
             image=spec.image, command=["/bin/sh", "-c", spec.script], name=spec.name,
             environment=spec.env, working_dir=spec.working_dir, labels=spec.labels, detach=True,
@@ -171,9 +162,17 @@ class DockerRuntime(ContainerRuntime):
             options["shm_size"] = f"{spec.shm_size_mib}m"
         try:
             container = self._client.containers.create(**options)
+        except docker.errors.ImageNotFound:
+            raise ImageNotFound(f"image '{spec.image}' is not present on this worker; build or pull it "
+                                "there (`docker images` lists what it has)") from None
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: a container of that name exists: started before
+                raise RuntimeErrorInContainer(f"Docker refused the container: {e.explanation or e}") from None
+            return DockerContainer(self._client.containers.get(spec.name), self.network)
+        try:
             container.start()
         except docker.errors.APIError as e:
-            raise RuntimeErrorInContainer(f"Docker refused to start the container: {e.explanation or e}") from None
+            raise RuntimeErrorInContainer(f"Docker could not start the container: {e.explanation or e}") from None
         return DockerContainer(container, self.network)
 
     def managed(self) -> List[Container]:

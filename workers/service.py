@@ -12,12 +12,12 @@ from dstack import defaults
 from dstack.broker import make_broker, send
 from dstack.errors import DstackError, MessageError, ServiceUnavailable
 from dstack.live import Publisher
-from dstack.messages import ClaimTask, StopTask, TaskFinished, from_payload
-from dstack.names import CONTAINER_LABEL, EVENTS_QUEUE, WORKER_LABEL, task_queue, worker_queue
+from dstack.messages import ClaimTask, StopTask, from_payload
+from dstack.names import EVENTS_QUEUE, WORKER_LABEL, task_queue, worker_queue
 from dstack.rpc import RpcClient
 from dstack.settings import Settings
 from dstack.storage import open_storage
-from workers.execution import Execution, WorkerContext
+from workers.execution import TASK_FILE, Execution, WorkerContext
 from workers.runtime import DockerRuntime
 from workers.sdk_bundle import build_sdk_bundle
 
@@ -50,7 +50,7 @@ class Worker:
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._room = threading.Semaphore(settings.worker_slots)
+        self._room = threading.BoundedSemaphore(settings.worker_slots)
         self._stopping = threading.Event()
         self._rpc: Optional[RpcClient] = None
         self._control = dramatiq.Worker(self.broker, queues={worker_queue(settings.worker_id)}, worker_threads=2)
@@ -64,7 +64,7 @@ class Worker:
         """Serve until :meth:`shutdown`."""
         self.storage.check()
         self.broker.declare_queue(task_queue())
-        self._remove_leftovers()
+        self._recover()
         self._control.start()
         log.info("worker %s: %d slots, network %s, storage %s", self.settings.worker_id,
                  self.settings.worker_slots, self.runtime.network, self.storage.url)
@@ -77,18 +77,16 @@ class Worker:
     def shutdown(self) -> None:
         self._stopping.set()
 
-    def _remove_leftovers(self) -> None:
-        """Containers left by an earlier life of this worker are removed and their tasks reported
-        failed: their logs and artifacts were not followed, so they cannot be trusted."""
+    def _recover(self) -> None:
+        """Tasks of an earlier life of this worker (their folders hold the task) are reported lost
+        and their containers removed: their logs and artifacts were not followed to the end."""
+        for saved in sorted(self.home.glob(f"tasks/*/*/{TASK_FILE}")):
+            execution = Execution.load(saved, self.context)
+            log.warning("task %s was running when this worker stopped; reporting it lost", execution.key)
+            execution.abandon("worker lost: the worker restarted while the task ran")
         for container in self.runtime.managed():
-            if container.labels.get(WORKER_LABEL) != self.settings.worker_id:
-                continue
-            log.warning("removing container %s left by an earlier run of this worker", container.name)
-            container.remove()
-            run_name, task_id, attempt = container.labels[CONTAINER_LABEL].split("/")
-            self.context.send_event(TaskFinished(
-                run_name=run_name, task_id=task_id, attempt=int(attempt), status="failed",
-                reason="worker lost: the worker restarted while the task ran"))
+            if container.labels.get(WORKER_LABEL) == self.settings.worker_id:
+                container.remove()
 
     # -------------------------------------------------------------- intake
 
@@ -108,22 +106,27 @@ class Worker:
                 self._room.release()
 
     def _consume_while_room(self) -> bool:
-        """Start tasks until the slots run out. Holds one slot on entry; returns whether it still does."""
+        """Take tasks until the slots run out. Holds one slot on entry; returns whether it still does.
+
+        A task is acknowledged once claimed and saved in its folder; its container starts in the
+        task's own thread, so starts overlap and no delivery waits on Docker.
+        """
         consumer = self.broker.consume(task_queue(), prefetch=1, timeout=int(defaults.INTAKE_POLL_TIMEOUT * 1000))
         try:
             while not self._stopping.is_set():
                 message = next(consumer)
                 if message is None:
                     continue
-                started = self._start(message.args[0])
+                taken = self._take(message.args[0])
                 consumer.ack(message)
-                if started and not self._room.acquire(blocking=False):
+                if taken and not self._room.acquire(blocking=False):
                     return False  # full: closing the consumer hands back any prefetched delivery
             return True
         finally:
             consumer.close()
 
-    def _start(self, payload: Any) -> bool:
+    def _take(self, payload: Any) -> bool:
+        """Claim a task and start it in its own thread. Returns whether it took a slot."""
         try:
             task = from_payload(payload)
         except MessageError as e:
@@ -137,17 +140,33 @@ class Worker:
         if not grant.get("granted"):
             log.info("not starting %s: %s", execution.key, grant.get("reason"))
             return False
+        execution.save()
         with self._lock:
             self._executions[execution.key] = execution
-            execution.stop_requested = execution.key in self._early_stops
-        try:
-            execution.start()
-        except DstackError as e:
-            log.warning("task %s failed to start: %s", execution.key, e)
-            threading.Thread(target=self._finish_failed, args=(execution, str(e)), daemon=True).start()
-            return True
-        threading.Thread(target=self._follow, args=(execution,), name=execution.key, daemon=True).start()
+            if execution.key in self._early_stops:
+                execution.stop_requested, execution.abort = True, self._early_stops[execution.key]
+        threading.Thread(target=self._run, args=(execution,), name=execution.key, daemon=True).start()
         return True
+
+    def _run(self, execution: Execution) -> None:
+        try:
+            try:
+                execution.start()
+            except DstackError as e:
+                log.warning("task %s failed to start: %s", execution.key, e)
+                execution.abandon(f"failed to start: {e}")
+                return
+            if execution.stop_requested:
+                execution.stop(execution.abort)
+            execution.follow()
+        except Exception:
+            log.exception("task %s failed in the worker", execution.key)
+            execution.abandon("worker error: see the worker's log")
+        finally:
+            with self._lock:
+                self._executions.pop(execution.key, None)
+                self._early_stops.pop(execution.key, None)
+            self._room.release()
 
     def _claim(self, task: Any) -> Dict[str, Any]:
         if self._rpc is None:
@@ -159,26 +178,6 @@ class Worker:
             self._rpc.close()
             self._rpc = None
             raise
-
-    def _follow(self, execution: Execution) -> None:
-        try:
-            execution.follow()
-        except Exception:
-            log.exception("following %s failed", execution.key)
-        finally:
-            self._forget(execution)
-
-    def _finish_failed(self, execution: Execution, reason: str) -> None:
-        try:
-            execution.fail_to_start(reason)
-        finally:
-            self._forget(execution)
-
-    def _forget(self, execution: Execution) -> None:
-        with self._lock:
-            self._executions.pop(execution.key, None)
-            self._early_stops.pop(execution.key, None)
-        self._room.release()
 
     # -------------------------------------------------------------- control
 

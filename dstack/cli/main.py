@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from dstack.cli.follow import follow
 from dstack.cli.render import print_runs
 from dstack.errors import DstackError
 from dstack.messages import GetRuns, StopRun, SubmitRun
-from dstack.names import artifacts_manifest_key, artifact_key, manifests_prefix, new_run_name
+from dstack.names import artifact_key, manifests_prefix, new_run_name
 from dstack.project import find_root, load_project
 from dstack.rpc import RpcClient
 from dstack.settings import Settings, load_settings

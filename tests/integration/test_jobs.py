@@ -1,8 +1,6 @@
 """Every field of the Job table, through the real scheduler, worker, Docker and S3."""
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 from tests.projects import graph_project
