@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 
@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_name TEXT PRIMARY KEY, workflow TEXT NOT NULL, status TEXT NOT NULL,
     submitted_at REAL NOT NULL, snapshot_id TEXT NOT NULL, project TEXT NOT NULL,
     reason TEXT NOT NULL, stop_requested INTEGER NOT NULL, abort INTEGER NOT NULL,
-    started_at REAL, finished_at REAL);
+    started_at REAL, finished_at REAL,
+    unfinished INTEGER NOT NULL DEFAULT 0, running INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS runs_by_time ON runs (submitted_at);
 CREATE TABLE IF NOT EXISTS tasks (
     run_name TEXT NOT NULL, task_id TEXT NOT NULL, kind TEXT NOT NULL, workflow TEXT NOT NULL,
@@ -135,8 +136,7 @@ class SqliteStateStore(StateStore):
     def save_run(self, run: RunRecord) -> None:
         values = [getattr(run, c) for c in _RUN_COLUMNS]
         values[2] = run.status.value
-        self._db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) "
-                         f"VALUES ({', '.join('?' * len(_RUN_COLUMNS))})", values)
+        self._db.execute(_upsert("runs", _RUN_COLUMNS, ("run_name",)), values)
 
     # ------------------------------------------------------------------ tasks
 
@@ -150,16 +150,22 @@ class SqliteStateStore(StateStore):
         return [_task(row) for row in rows]
 
     def save_task(self, task: TaskRecord) -> None:
-        new = self.get_task(task.run_name, task.task_id) is None
+        row = self._db.execute("SELECT status FROM tasks WHERE run_name = ? AND task_id = ?",
+                               (task.run_name, task.task_id)).fetchone()
+        new = row is None
         values: List[Any] = []
         for column in _TASK_COLUMNS:
             value = getattr(task, column)
             values.append(json.dumps(value) if column in _JSON_TASK_COLUMNS else
                           value.value if isinstance(value, (Status, Kind)) else value)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS[2:])
-        self._db.execute(f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
-                         f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))}) "
-                         f"ON CONFLICT (run_name, task_id) DO UPDATE SET {updates}", values)
+        self._db.execute(_upsert("tasks", _TASK_COLUMNS, ("run_name", "task_id")), values)
+        # the run's counters follow each change: reading them never scans the run's tasks
+        before = None if new else Status(row["status"])
+        unfinished = _counts(task.status, lambda s: not s.finished) - _counts(before, lambda s: not s.finished)
+        running = _counts(task.status, lambda s: s is Status.RUNNING) - _counts(before, lambda s: s is Status.RUNNING)
+        if unfinished or running:
+            self._db.execute("UPDATE runs SET unfinished = unfinished + ?, running = running + ? WHERE run_name = ?",
+                             (unfinished, running, task.run_name))
         if new:
             upstream = set(task.depends_on) | ({task.master} if task.master else set())
             self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?)",
@@ -172,10 +178,8 @@ class SqliteStateStore(StateStore):
         return [_task(row) for row in rows]
 
     def count_unfinished(self, run_name: str) -> Tuple[int, int]:
-        row = self._db.execute(
-            "SELECT SUM(status NOT IN ('done', 'failed', 'stopped')), SUM(status = 'running') "
-            "FROM tasks WHERE run_name = ?", (run_name,)).fetchone()
-        return int(row[0] or 0), int(row[1] or 0)
+        row = self._db.execute("SELECT unfinished, running FROM runs WHERE run_name = ?", (run_name,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     # ------------------------------------------------------------------ outbox
 
@@ -189,8 +193,20 @@ class SqliteStateStore(StateStore):
         self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
 
+def _upsert(table: str, columns: Tuple[str, ...], key: Tuple[str, ...]) -> str:
+    """INSERT, or UPDATE in place (keeping the row's id, so listing order stays creation order)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+def _counts(status: Optional[Status], test: Callable[[Status], bool]) -> int:
+    return int(status is not None and test(status))
+
+
 def _run(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
+    del data["unfinished"], data["running"]
     data["status"] = Status(data["status"])
     data["stop_requested"] = bool(data["stop_requested"])
     data["abort"] = bool(data["abort"])
