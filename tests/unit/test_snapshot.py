@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Dict, Set
+from typing import Set
 
 import pytest
 
@@ -12,14 +12,7 @@ from dstack.errors import StorageError, UnsafePath
 from dstack.names import snapshot_key
 from dstack.snapshot import file_digest, iter_project_files, materialize_snapshot, safe_join, upload_snapshot
 from dstack.storage.local import LocalStorage
-
-
-def make_tree(root: Path, files: Dict[str, str]) -> Path:
-    for relative, content in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
+from tests.services import write_project as make_tree
 
 
 def listed(root: Path) -> Set[str]:
