@@ -45,6 +45,46 @@ class ProviderSpec:
 
 
 @dataclass
+class ProviderRepo:
+    """A provider defined in another git repository's ``.dstack/providers.yaml``."""
+
+    url: str
+    name: str
+
+
+@dataclass
+class ArtifactRef:
+    """The artifacts of one job of some run, to be put into a task's folder before it starts."""
+
+    run_name: str
+    job_id: str
+
+
+@dataclass
+class TagRef:
+    """``WORKFLOW:TAG`` in ``depends-on``: the artifacts of ``workflow`` in the run tagged ``tag``."""
+
+    workflow: str
+    tag: str
+
+
+@dataclass
+class WorkflowSpec:
+    """One workflow of a run, resolved by the CLI: variables substituted, dependencies named.
+
+    Exactly one of ``provider`` and ``provider_repo`` is set.
+    """
+
+    name: str
+    data: Dict[str, Any]
+    provider: Optional[ProviderSpec] = None
+    provider_repo: Optional[ProviderRepo] = None
+    depends_on: List[str] = field(default_factory=list)
+    tagged: List[TagRef] = field(default_factory=list)
+    variables: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class JobSpec:
     """One job, as a provider created it (ids already resolved)."""
 
@@ -79,10 +119,12 @@ class ProviderTask:
     task_id: str
     attempt: int
     workflow: str
-    provider: ProviderSpec
     data: Dict[str, Any]
     snapshot_id: str
+    provider: Optional[ProviderSpec] = None
+    provider_repo: Optional[ProviderRepo] = None
     env: Dict[str, str] = field(default_factory=dict)
+    inputs: List[ArtifactRef] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +136,7 @@ class JobTask:
     job: JobSpec
     snapshot_id: str
     master: Optional[Endpoint] = None
+    inputs: List[ArtifactRef] = field(default_factory=list)
 
     @property
     def task_id(self) -> str:
@@ -122,6 +165,7 @@ class TaskStarted:
     attempt: int
     worker_id: str
     endpoint: Endpoint
+    provider_commit: Optional[str] = None
 
 
 @dataclass
@@ -146,15 +190,42 @@ class TaskFinished:
 
 @dataclass
 class SubmitRun:
-    """CLI -> scheduler: record a run and enqueue its provider."""
+    """CLI -> scheduler: record a run of ``workflow`` and of the ``workflows`` it needs (itself
+    included), and enqueue the providers that wait for nothing."""
 
     run_name: str
     workflow: str
-    provider: ProviderSpec
-    data: Dict[str, Any]
+    workflows: List[WorkflowSpec]
     snapshot_id: str
     submitted_at: float
     project: str = ""
+
+
+@dataclass
+class RestartRun:
+    """CLI -> scheduler: run the failed and stopped parts of a finished run again (of one
+    workflow and what depends on it, if ``workflow`` is set)."""
+
+    run_name: str
+    workflow: Optional[str] = None
+
+
+@dataclass
+class TagRun:
+    """CLI -> scheduler: name a run, so that ``depends-on: [WORKFLOW:TAG]`` can use its artifacts."""
+
+    run_name: str
+    tag: str
+
+
+@dataclass
+class UntagRun:
+    tag: str
+
+
+@dataclass
+class GetTags:
+    """CLI -> scheduler: every tag with its run."""
 
 
 @dataclass
@@ -186,7 +257,7 @@ class ClaimTask:
 MESSAGE_TYPES: Dict[str, type] = {
     cls.__name__: cls
     for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
-                SubmitRun, GetRuns, StopRun, ClaimTask)
+                SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags)
 }
 
 

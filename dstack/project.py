@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import jsonschema
 import yaml
 
 from dstack.errors import ConfigError
-from dstack.messages import ProviderSpec
+from dstack.messages import ProviderRepo, ProviderSpec
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
-SYSTEM_KEYS = ("name", "provider")
+SYSTEM_KEYS = ("name", "provider", "depends-on", "depends_on")
 
 
 class _Located:
@@ -124,6 +124,8 @@ class Workflow:
     provider: Union[str, Dict[str, str]]
     data: Dict[str, Any]
     line: int = 0
+    #: Workflow names, or ``WORKFLOW:TAG`` for the artifacts of a tagged run.
+    depends_on: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -147,18 +149,15 @@ class Project:
                               file=".dstack/workflows.yaml")
         return self.workflows[name]
 
-    def provider_for(self, workflow: Workflow) -> ProviderSpec:
-        """The provider ``workflow`` names.
+    def provider_for(self, workflow: Workflow) -> Union[ProviderSpec, ProviderRepo]:
+        """The provider ``workflow`` names: one of this project's, or one in another repository
+        (which the worker fetches).
 
         Raises:
-            ConfigError: unknown provider (the message lists the known ones), or a provider
-                from another repository (not supported by this version).
+            ConfigError: unknown provider; the message lists the known ones.
         """
-        if not isinstance(workflow.provider, str):
-            raise ConfigError("providers from other repositories are not supported yet; "
-                              "copy the provider into this project's .dstack/providers.yaml",
-                              file=".dstack/workflows.yaml", line=workflow.line,
-                              field=f"workflows.{workflow.name}.provider")
+        if isinstance(workflow.provider, dict):
+            return ProviderRepo(url=workflow.provider["repo"], name=workflow.provider["name"])
         if workflow.provider not in self.providers:
             known = ", ".join(sorted(self.providers)) or "none"
             raise ConfigError(f"workflow '{workflow.name}' uses provider '{workflow.provider}', which is "
@@ -207,9 +206,13 @@ def load_project(root: Path) -> Project:
         if raw["name"] in project.workflows:
             raise ConfigError(f"workflow '{raw['name']}' is defined twice", file=".dstack/workflows.yaml",
                               line=raw.line, field=f"workflows[{i}].name")
+        if "depends-on" in raw and "depends_on" in raw:
+            raise ConfigError("write depends-on or depends_on, not both", file=".dstack/workflows.yaml",
+                              line=raw.line, field=f"workflows[{i}]")
         data = {k: _plain(v) for k, v in raw.items() if k not in SYSTEM_KEYS}
+        depends_on = _plain(raw.get("depends-on", raw.get("depends_on", [])))
         project.workflows[raw["name"]] = Workflow(name=raw["name"], provider=_plain(raw["provider"]),
-                                                  data=data, line=raw.line)
+                                                  data=data, line=raw.line, depends_on=depends_on)
     if "variables" in docs:
         project.variables = _plain(docs["variables"].get("variables", {}))
     return project

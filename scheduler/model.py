@@ -22,8 +22,11 @@ class Status(str, enum.Enum):
 
 
 class Kind(str, enum.Enum):
-    PROVIDER = "provider"
-    JOB = "job"
+    """What a task record stands for."""
+
+    PROVIDER = "provider"  #: the container that creates a workflow's jobs
+    JOB = "job"            #: a job a provider created
+    WORKFLOW = "workflow"  #: no container: done when its provider and all its jobs are done
 
 
 @dataclass
@@ -51,12 +54,21 @@ class TaskRecord:
 
     def view(self) -> Dict[str, Any]:
         """The stable, scriptable view (``dstack status --json``)."""
+        if self.kind is Kind.WORKFLOW:
+            return {
+                "name": self.task_id, "status": self.status.value, "reason": self.reason,
+                "depends_on": self.spec.get("depends_on", []),
+                "tagged": [f"{t['workflow']}:{t['tag']}" for t in self.spec.get("tagged", [])],
+                "variables": self.spec.get("variables", {}), "provider_commit": self.spec.get("provider_commit"),
+                "submitted_at": self.submitted_at, "finished_at": self.finished_at,
+            }
         return {
             "job_id": self.task_id, "kind": self.kind.value, "workflow": self.workflow,
             "status": self.status.value, "exit_code": self.exit_code, "reason": self.reason,
             "attempt": self.attempt, "worker": self.worker_id, "hostname": self.hostname,
             "ports": self.ports, "depends_on": self.depends_on, "master": self.master,
-            "image": self.spec.get("image") or (self.spec.get("provider") or {}).get("image"),
+            "image": (self.spec.get("job") or self.spec.get("provider") or {}).get("image"),
+            "provider_commit": self.spec.get("provider_commit"),
             "submitted_at": self.submitted_at, "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
@@ -78,9 +90,16 @@ class RunRecord:
     finished_at: Optional[float] = None
 
     def view(self, tasks: List[TaskRecord]) -> Dict[str, Any]:
+        """The stable view: the run, its workflows (with the variables they got) and its jobs."""
+        workflows = [t.view() for t in tasks if t.kind is Kind.WORKFLOW]
+        order = {w["name"]: i for i, w in enumerate(workflows)}  # dependencies first, as submitted
+        target = next((w for w in workflows if w["name"] == self.workflow), None)
         return {
             "run_name": self.run_name, "workflow": self.workflow, "status": self.status.value,
             "reason": self.reason, "project": self.project, "submitted_at": self.submitted_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
-            "jobs": [t.view() for t in tasks],
+            "variables": target["variables"] if target else {},
+            "workflows": workflows,
+            "jobs": [t.view() for t in sorted((t for t in tasks if t.kind is not Kind.WORKFLOW),
+                                              key=lambda t: (order.get(t.workflow, 0), t.kind is not Kind.PROVIDER))],
         }

@@ -1,31 +1,28 @@
-"""The scheduler's logic: runs and tasks move through their statuses here, and only here.
+"""The scheduler's entry points: requests from the CLI and workers, events from workers.
 
-Inputs are typed messages: requests from the CLI and workers (answered), and events from
-workers (handled once, in order). Every handler is idempotent: a redelivered message finds
-its change already made and does nothing. Jobs are released by the completion events of
-what they depend on; the work per event is proportional to the job's dependents, never to
-the size of the run.
+Every handler is idempotent: a redelivered message finds its change already made and does
+nothing. The moves of tasks themselves are in :mod:`scheduler.flow`.
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph
-from dstack.messages import (ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, ProviderSpec, ProviderTask, StopRun,
-                             StopTask, SubmitRun, TaskFinished, TaskStarted, encode, from_dict)
-from dstack.names import is_valid_name, job_id as make_job_id, provider_task_id, task_queue, worker_queue
+from dstack.messages import (ArtifactRef, ClaimTask, GetRuns, GetTags, RestartRun, StopRun, StopTask, SubmitRun,
+                             TagRun, TaskFinished, TaskStarted, UntagRun, WorkflowSpec)
+from dstack.names import is_valid_name, provider_task_id
+from scheduler.flow import TaskFlow
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 from scheduler.store import StateStore
 
 log = logging.getLogger(__name__)
 
-#: Dramatiq actor names, on the worker side.
-TASK_ACTOR = "run_task"
-CONTROL_ACTOR = "control"
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class Scheduler:
@@ -42,14 +39,16 @@ class Scheduler:
         self._store = store
         self._send = send
         self._notify = notify
-        self._changed: Dict[str, Dict[str, TaskRecord]] = {}
+        self._flow = TaskFlow(store)
 
     # ------------------------------------------------------------------ entry points
 
     def handle_request(self, request: Any) -> Any:
         """Answer a request from the CLI or a worker (see :mod:`dstack.rpc`)."""
-        handlers = {SubmitRun: self.submit_run, GetRuns: self.get_runs, StopRun: self.stop_run,
-                    ClaimTask: self.claim_task}
+        handlers: Dict[type, Callable[[Any], Any]] = {
+            SubmitRun: self.submit_run, GetRuns: self.get_runs, StopRun: self.stop_run,
+            ClaimTask: self.claim_task, RestartRun: self.restart_run, TagRun: self.tag_run,
+            UntagRun: self.untag_run, GetTags: self.get_tags}
         handler = handlers.get(type(request))
         if handler is None:
             raise RequestRejected(f"the scheduler does not answer {type(request).__name__} requests")
@@ -57,7 +56,8 @@ class Scheduler:
 
     def handle_event(self, event: Any) -> None:
         """Apply an event from a worker."""
-        handlers = {TaskStarted: self.task_started, TaskFinished: self.task_finished}
+        handlers: Dict[type, Callable[[Any], None]] = {TaskStarted: self.task_started,
+                                                       TaskFinished: self.task_finished}
         handler = handlers.get(type(event))
         if handler is None:
             raise RequestRejected(f"unexpected event {type(event).__name__}")
@@ -73,100 +73,212 @@ class Scheduler:
                 self._store.remove_outbox(item_id)
 
     def _apply(self, change: Callable[[], Any]) -> Any:
-        self._changed = {}
+        self._flow.changed = {}
         with self._store.transaction():
             result = change()
+            updates = []
+            for run_name, tasks in self._flow.changed.items():
+                run = self._store.get_run(run_name)
+                if run is not None:
+                    updates.append((run_name, {"run": run.view([]), "jobs": [t.view() for t in tasks.values()
+                                                                             if t.kind is not Kind.WORKFLOW]}))
         self.flush_outbox()
-        for run_name, tasks in self._changed.items():
-            run = self._store_read(lambda: self._store.get_run(run_name))
-            if run is not None:
-                self._notify(run_name, {"run": run.view([]), "jobs": [t.view() for t in tasks.values()]})
+        for run_name, update in updates:
+            self._notify(run_name, update)
         return result
 
-    def _store_read(self, read: Callable[[], Any]) -> Any:
-        with self._store.transaction():
-            return read()
-
-    # ------------------------------------------------------------------ requests
+    # ------------------------------------------------------------------ runs
 
     def submit_run(self, request: SubmitRun) -> Dict[str, Any]:
-        if not is_valid_name(request.run_name) or not is_valid_name(request.workflow):
-            raise RequestRejected(f"invalid run or workflow name: {request.run_name!r}, {request.workflow!r}")
+        names = [w.name for w in request.workflows]
+        if not is_valid_name(request.run_name) or not all(is_valid_name(n) for n in names):
+            raise RequestRejected(f"invalid run or workflow name: {request.run_name!r}, {names!r}")
+        if request.workflow not in names or len(set(names)) != len(names):
+            raise RequestRejected("the submission must hold its target workflow once, and each workflow once")
         existing = self._store.get_run(request.run_name)
         if existing is not None:
             if existing.snapshot_id == request.snapshot_id and existing.workflow == request.workflow:
                 return existing.view(self._store.tasks_of(request.run_name))  # a resent request
             raise RequestRejected(f"a run named '{request.run_name}' exists already")
+        tag_inputs = {w.name: self._tag_inputs(w) for w in request.workflows}  # refuses before recording
+        for spec in request.workflows:
+            unknown = [d for d in spec.depends_on if d not in names]
+            if unknown:
+                raise RequestRejected(f"workflow '{spec.name}' depends on {unknown}, which are not in the run")
         run = RunRecord(run_name=request.run_name, workflow=request.workflow, status=Status.QUEUED,
-                        submitted_at=request.submitted_at, snapshot_id=request.snapshot_id,
-                        project=request.project)
+                        submitted_at=request.submitted_at, snapshot_id=request.snapshot_id, project=request.project)
         self._store.save_run(run)
-        task_id = provider_task_id(request.workflow)
-        task = TaskRecord(run_name=run.run_name, task_id=task_id, kind=Kind.PROVIDER, workflow=request.workflow,
-                          status=Status.SUBMITTED, submitted_at=time.time(),
-                          spec={"provider": asdict(request.provider), "data": request.data})
-        self._enqueue(task)
-        return run.view([task])
+        now = time.time()
+        records = []
+        for spec in request.workflows:
+            provider = TaskRecord(
+                run_name=run.run_name, task_id=provider_task_id(spec.name), kind=Kind.PROVIDER, workflow=spec.name,
+                status=Status.SUBMITTED, submitted_at=now, depends_on=list(spec.depends_on),
+                deps_left=len(spec.depends_on),
+                spec={"provider": asdict(spec.provider) if spec.provider else None,
+                      "provider_repo": asdict(spec.provider_repo) if spec.provider_repo else None, "data": spec.data})
+            workflow = TaskRecord(
+                run_name=run.run_name, task_id=spec.name, kind=Kind.WORKFLOW, workflow=spec.name,
+                status=Status.SUBMITTED, submitted_at=now, depends_on=[provider.task_id], deps_left=1,
+                spec={"depends_on": spec.depends_on, "tagged": [asdict(t) for t in spec.tagged],
+                      "tag_inputs": [asdict(r) for r in tag_inputs[spec.name]], "variables": spec.variables})
+            self._flow.save(workflow)
+            self._flow.save(provider)
+            records.append(provider)
+        for provider in records:
+            self._flow.release_if_ready(provider)
+        return run.view(self._store.tasks_of(run.run_name))
+
+    def _tag_inputs(self, spec: WorkflowSpec) -> List[ArtifactRef]:
+        """The artifacts the ``WORKFLOW:TAG`` entries of a workflow name; refuses unknown tags."""
+        refs: List[ArtifactRef] = []
+        for tagged in spec.tagged:
+            run_name = self._store.get_tag(tagged.tag)
+            if run_name is None:
+                known = ", ".join(t for t, _, _ in self._store.list_tags()) or "none"
+                raise RequestRejected(f"workflow '{spec.name}' depends on {tagged.workflow}:{tagged.tag}, but there "
+                                      f"is no tag '{tagged.tag}' (known tags: {known})")
+            record = self._store.get_task(run_name, tagged.workflow)
+            if record is None or record.status is not Status.DONE:
+                state = "is not part of it" if record is None else f"is {record.status.value} there"
+                raise RequestRejected(f"tag '{tagged.tag}' names run {run_name}, but workflow "
+                                      f"'{tagged.workflow}' {state}")
+            refs += [ArtifactRef(run_name, job.task_id) for job in self._store.jobs_of(run_name, tagged.workflow)
+                     if job.spec["job"]["artifacts"]]
+        return refs
 
     def get_runs(self, request: GetRuns) -> List[Dict[str, Any]]:
-        if request.run_name:
-            run = self._store.get_run(request.run_name)
-            if run is None:
-                raise RequestRejected(f"no run named '{request.run_name}'")
-            runs = [run]
-        else:
-            runs = self._store.list_runs(request.limit)
+        runs = [self._run(request.run_name)] if request.run_name else self._store.list_runs(request.limit)
         return [run.view(self._store.tasks_of(run.run_name)) for run in runs]
 
-    def stop_run(self, request: StopRun) -> Dict[str, Any]:
-        run = self._store.get_run(request.run_name)
+    def _run(self, run_name: str) -> RunRecord:
+        run = self._store.get_run(run_name)
         if run is None:
-            raise RequestRejected(f"no run named '{request.run_name}'")
+            raise RequestRejected(f"no run named '{run_name}'")
+        return run
+
+    def stop_run(self, request: StopRun) -> Dict[str, Any]:
+        run = self._run(request.run_name)
         if not run.status.finished:
             run.stop_requested, run.abort = True, request.abort
             self._store.save_run(run)
             for task in self._store.tasks_of(run.run_name):
-                self._stop_task(task, abort=request.abort)
-            self._update_run(run)
+                self._flow.stop(task, abort=request.abort)
+            self._flow.update_run(run)
         return run.view(self._store.tasks_of(run.run_name))
+
+    def restart_run(self, request: RestartRun) -> Dict[str, Any]:
+        """Run the failed and stopped parts again; what is done stays done and keeps its artifacts."""
+        run = self._run(request.run_name)
+        if not run.status.finished:
+            raise RequestRejected(f"run {run.run_name} is {run.status.value}; restart it once it has ended")
+        tasks = {t.task_id: t for t in self._store.tasks_of(run.run_name)}
+        if request.workflow is not None and request.workflow not in tasks:
+            known = ", ".join(sorted(t.task_id for t in tasks.values() if t.kind is Kind.WORKFLOW))
+            raise RequestRejected(f"run {run.run_name} has no workflow '{request.workflow}' (it has: {known})")
+        chosen = self._restartable(tasks, request.workflow)
+        if not chosen:
+            raise RequestRejected(f"nothing to restart in {run.run_name}: "
+                                  f"{'workflow ' + request.workflow if request.workflow else 'every part'} is done")
+        for task in chosen:
+            if task.kind is not Kind.WORKFLOW:
+                task.attempt += 1
+            task.status, task.exit_code, task.reason = Status.SUBMITTED, None, ""
+            task.worker_id = task.hostname = task.started_at = task.finished_at = None
+            task.ports = []
+        chosen_ids = {t.task_id for t in chosen}
+        for task in chosen:
+            task.deps_left = sum(1 for up, kind in self._store.upstream_of(run.run_name, task.task_id)
+                                 if kind == "dep" and (up.task_id in chosen_ids or up.status is not Status.DONE))
+            self._flow.save(task)
+        run.status, run.reason, run.finished_at = Status.QUEUED, "", None
+        run.stop_requested = run.abort = False
+        self._store.save_run(run)
+        for task in chosen:
+            self._flow.release_if_ready(task)
+        self._flow.update_run(run)
+        return run.view(self._store.tasks_of(run.run_name))
+
+    def _restartable(self, tasks: Dict[str, TaskRecord], workflow: Optional[str]) -> List[TaskRecord]:
+        """The tasks that did not end done (of ``workflow`` and everything downstream of it, if set)."""
+        if workflow is None:
+            scope: Set[str] = set(tasks)
+        else:
+            scope, pending = set(), [t.task_id for t in tasks.values() if t.workflow == workflow]
+            while pending:
+                task_id = pending.pop()
+                if task_id in scope:
+                    continue
+                scope.add(task_id)
+                pending += [d.task_id for d, _ in self._store.dependents_of(tasks[task_id].run_name, task_id)]
+        return [t for t in tasks.values() if t.task_id in scope and t.status is not Status.DONE]
 
     def claim_task(self, request: ClaimTask) -> Dict[str, Any]:
         task = self._store.get_task(request.run_name, request.task_id)
         if task is None or task.attempt != request.attempt:
             return {"granted": False, "reason": "no such task (attempt)"}
-        if task.status is not Status.QUEUED and task.worker_id != request.worker_id:
-            return {"granted": False, "reason": f"the task is {task.status.value}"}
         if task.worker_id not in (None, request.worker_id):
             return {"granted": False, "reason": f"claimed by worker {task.worker_id}"}
-        if task.status.finished:
+        if task.status not in (Status.QUEUED, Status.RUNNING) or (
+                task.status is Status.RUNNING and task.worker_id != request.worker_id):
             return {"granted": False, "reason": f"the task is {task.status.value}"}
         task.worker_id = request.worker_id
-        self._save(task)
+        self._flow.save(task)
         return {"granted": True, "reason": ""}
+
+    # ------------------------------------------------------------------ tags
+
+    def tag_run(self, request: TagRun) -> Dict[str, Any]:
+        if not _TAG.match(request.tag):
+            raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
+        run = self._run(request.run_name)
+        current = self._store.get_tag(request.tag)
+        if current not in (None, run.run_name):
+            raise RequestRejected(f"tag '{request.tag}' names run {current} already; `dstack untag {request.tag}` first")
+        self._store.set_tag(request.tag, run.run_name, time.time())
+        return {"tag": request.tag, "run_name": run.run_name}
+
+    def untag_run(self, request: UntagRun) -> Dict[str, Any]:
+        if not self._store.delete_tag(request.tag):
+            raise RequestRejected(f"no tag named '{request.tag}'")
+        return {"tag": request.tag}
+
+    def get_tags(self, request: GetTags) -> List[Dict[str, Any]]:
+        tags = []
+        for tag, run_name, created_at in self._store.list_tags():
+            run = self._store.get_run(run_name)
+            workflows = [t.task_id for t in self._store.tasks_of(run_name) if t.kind is Kind.WORKFLOW]
+            tags.append({"tag": tag, "run_name": run_name, "created_at": created_at,
+                         "status": run.status.value if run else "unknown", "workflows": workflows})
+        return tags
 
     # ------------------------------------------------------------------ events
 
     def task_started(self, event: TaskStarted) -> None:
         task = self._store.get_task(event.run_name, event.task_id)
         if task is None or task.attempt != event.attempt or task.status.finished:
-            if task is not None and task.status.finished:
-                self._send_to_worker(event.worker_id, StopTask(event.run_name, event.task_id, event.attempt))
+            if task is not None and task.attempt == event.attempt and task.status.finished:
+                self._flow.send_to_worker(event.worker_id, StopTask(event.run_name, event.task_id, event.attempt))
             return
         if task.status is Status.RUNNING:
             return
         task.status, task.started_at = Status.RUNNING, time.time()
         task.worker_id, task.hostname, task.ports = event.worker_id, event.endpoint.hostname, event.endpoint.ports
-        self._save(task)
+        if event.provider_commit:
+            task.spec["provider_commit"] = event.provider_commit
+            workflow = self._store.get_task(task.run_name, task.workflow)
+            if workflow is not None:
+                workflow.spec["provider_commit"] = event.provider_commit
+                self._flow.save(workflow)
+        self._flow.save(task)
         run = self._store.get_run(task.run_name)
         assert run is not None
         if run.stop_requested:
-            self._stop_task(task, abort=run.abort)
+            self._flow.stop(task, abort=run.abort)
         if run.started_at is None:
             run.started_at = task.started_at
-        self._update_run(run)
-        for follower in self._store.dependents_of(task.run_name, task.task_id):
-            if follower.master == task.task_id:
-                self._release_if_ready(follower)
+        self._flow.update_run(run)
+        self._flow.on_started(task)
 
     def task_finished(self, event: TaskFinished) -> None:
         task = self._store.get_task(event.run_name, event.task_id)
@@ -182,124 +294,13 @@ class Scheduler:
                 status, event.reason = Status.FAILED, f"the provider's jobs were refused: {e}"
             else:
                 if not run.stop_requested:
-                    self._create_jobs(task, jobs)
+                    self._flow.create_jobs(task, jobs)
         task.status, task.exit_code, task.reason = status, event.exit_code, event.reason
         task.finished_at = time.time()
         if task.started_at is None:
             task.started_at = task.finished_at
-        self._save(task)
+        self._flow.save(task)
         if status is Status.DONE:
-            for dependent in self._store.dependents_of(task.run_name, task.task_id):
-                if task.task_id in dependent.depends_on and dependent.status is Status.SUBMITTED:
-                    dependent.deps_left -= 1
-                    self._save(dependent)
-                    self._release_if_ready(dependent)
-        self._cancel_dependents(task)
-        self._update_run(run)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _create_jobs(self, provider: TaskRecord, jobs: List[JobSpec]) -> None:
-        """Record a provider's jobs all together, and enqueue those with nothing to wait for."""
-        ids = {job.job_id: make_job_id(provider.workflow, i) for i, job in enumerate(jobs)}
-        records = []
-        for job in jobs:
-            job.job_id = ids[job.job_id]
-            job.depends_on = [ids[d] for d in job.depends_on]
-            job.master = ids[job.master] if job.master else None
-            records.append(TaskRecord(
-                run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
-                status=Status.SUBMITTED, spec=asdict(job), depends_on=job.depends_on,
-                deps_left=len(job.depends_on), master=job.master, submitted_at=time.time()))
-        for record in records:
-            self._save(record)
-        for record in records:
-            self._release_if_ready(record)
-
-    def _release_if_ready(self, task: TaskRecord) -> None:
-        """Enqueue ``task`` if everything it depends on is done and its master (if any) runs."""
-        if task.status is not Status.SUBMITTED or task.deps_left > 0:
-            return
-        if task.master:
-            master = self._store.get_task(task.run_name, task.master)
-            if master is None or master.status is not Status.RUNNING:
-                return
-        self._enqueue(task)
-
-    def _enqueue(self, task: TaskRecord) -> None:
-        run = self._store.get_run(task.run_name)
-        assert run is not None
-        if task.kind is Kind.PROVIDER:
-            message: Any = ProviderTask(
-                run_name=task.run_name, task_id=task.task_id, attempt=task.attempt, workflow=task.workflow,
-                provider=from_dict(ProviderSpec, task.spec["provider"]), data=task.spec["data"],
-                snapshot_id=run.snapshot_id)
-        else:
-            master = None
-            if task.master:
-                record = self._store.get_task(task.run_name, task.master)
-                assert record is not None and record.hostname is not None
-                master = Endpoint(hostname=record.hostname, ports=record.ports)
-            message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_dict(JobSpec, task.spec),
-                              snapshot_id=run.snapshot_id, master=master)
-        task.status = Status.QUEUED
-        self._save(task)
-        self._store.add_outbox(task_queue(), TASK_ACTOR, encode(message))
-
-    def _stop_task(self, task: TaskRecord, *, abort: bool) -> None:
-        if task.status.finished:
-            return
-        if task.worker_id is None:  # not started anywhere: it never will be
-            task.status, task.reason, task.finished_at = Status.STOPPED, "stopped before it started", time.time()
-            self._save(task)
-            self._cancel_dependents(task)
-        else:
-            self._send_to_worker(task.worker_id, StopTask(task.run_name, task.task_id, task.attempt, abort))
-
-    def _cancel_dependents(self, task: TaskRecord) -> None:
-        """What can no longer start because ``task`` ended is ended too, transitively: its
-        dependents if it did not finish done, its followers (jobs it is the master of) whatever
-        its end."""
-        pending = [task]
-        while pending:
-            upstream = pending.pop()
-            for dependent in self._store.dependents_of(upstream.run_name, upstream.task_id):
-                if dependent.status is not Status.SUBMITTED:
-                    continue
-                if dependent.master == upstream.task_id:
-                    reason = f"master {upstream.task_id} {upstream.status.value} before this job started"
-                elif upstream.status is not Status.DONE:
-                    reason = f"dependency {upstream.task_id} {upstream.status.value}"
-                else:
-                    continue
-                dependent.status = Status.STOPPED if upstream.status is Status.STOPPED else Status.FAILED
-                dependent.reason, dependent.finished_at = reason, time.time()
-                self._save(dependent)
-                pending.append(dependent)
-
-    def _update_run(self, run: RunRecord) -> None:
-        unfinished, running = self._store.count_unfinished(run.run_name)
-        if unfinished:
-            status = Status.RUNNING if running else (Status.QUEUED if run.started_at is None else Status.RUNNING)
-        else:
-            tasks = self._store.tasks_of(run.run_name)  # once per run, at its end
-            failed = [t for t in tasks if t.status is Status.FAILED]
-            if failed:
-                status, run.reason = Status.FAILED, f"{failed[0].task_id}: {failed[0].reason}"
-            elif run.stop_requested or any(t.status is Status.STOPPED for t in tasks):
-                status = Status.STOPPED
-            else:
-                status = Status.DONE
-            run.finished_at = run.finished_at or time.time()
-        if status is not run.status or not unfinished:
-            run.status = status
-            self._store.save_run(run)
-            self._changed.setdefault(run.run_name, {})
-
-    def _send_to_worker(self, worker_id: str, message: StopTask) -> None:
-        self._store.add_outbox(worker_queue(worker_id), CONTROL_ACTOR, encode(message))
-
-    def _save(self, task: TaskRecord) -> None:
-        self._store.save_task(task)
-        self._changed.setdefault(task.run_name, {})[task.task_id] = task
-
+            self._flow.on_done(task)
+        self._flow.cancel_dependents(task)
+        self._flow.update_run(run)

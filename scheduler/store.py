@@ -42,8 +42,37 @@ class StateStore(abc.ABC):
     def save_task(self, task: TaskRecord) -> None: ...
 
     @abc.abstractmethod
-    def dependents_of(self, run_name: str, task_id: str) -> List[TaskRecord]:
-        """Tasks whose ``depends_on`` or ``master`` names ``task_id``."""
+    def dependents_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+        """``(task, kind)`` for every task waiting on ``task_id``; kind is ``dep`` or ``master``."""
+
+    @abc.abstractmethod
+    def upstream_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+        """``(task, kind)`` for every task ``task_id`` waits on."""
+
+    @abc.abstractmethod
+    def add_dependency(self, run_name: str, upstream: str, downstream: str) -> None:
+        """Make ``downstream`` wait for ``upstream`` to be done (one more dependency left)."""
+
+    @abc.abstractmethod
+    def decrement_deps(self, run_name: str, task_id: str) -> int:
+        """One dependency of the task is done; returns how many are left."""
+
+    @abc.abstractmethod
+    def jobs_of(self, run_name: str, workflow: str) -> List[TaskRecord]:
+        """The jobs a workflow's provider created."""
+
+    @abc.abstractmethod
+    def get_tag(self, tag: str) -> Optional[str]:
+        """The run a tag names."""
+
+    @abc.abstractmethod
+    def set_tag(self, tag: str, run_name: str, created_at: float) -> None: ...
+
+    @abc.abstractmethod
+    def delete_tag(self, tag: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list_tags(self) -> List[Tuple[str, str, float]]: ...
 
     @abc.abstractmethod
     def count_unfinished(self, run_name: str) -> Tuple[int, int]:
@@ -74,8 +103,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     exit_code INTEGER, reason TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL,
     finished_at REAL, PRIMARY KEY (run_name, task_id));
 CREATE TABLE IF NOT EXISTS edges (
-    run_name TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL,
+    run_name TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL, kind TEXT NOT NULL,
     PRIMARY KEY (run_name, upstream, downstream));
+CREATE INDEX IF NOT EXISTS edges_by_downstream ON edges (run_name, downstream);
+CREATE TABLE IF NOT EXISTS tags (
+    tag TEXT PRIMARY KEY, run_name TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, actor TEXT NOT NULL, payload BLOB NOT NULL);
 """
@@ -167,15 +199,54 @@ class SqliteStateStore(StateStore):
             self._db.execute("UPDATE runs SET unfinished = unfinished + ?, running = running + ? WHERE run_name = ?",
                              (unfinished, running, task.run_name))
         if new:
-            upstream = set(task.depends_on) | ({task.master} if task.master else set())
-            self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?)",
-                                 [(task.run_name, up, task.task_id) for up in upstream])
+            edges = [(task.run_name, up, task.task_id, "dep") for up in task.depends_on]
+            if task.master:
+                edges.append((task.run_name, task.master, task.task_id, "master"))
+            self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)", edges)
 
-    def dependents_of(self, run_name: str, task_id: str) -> List[TaskRecord]:
+    def dependents_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
         rows = self._db.execute(
-            "SELECT t.* FROM edges e JOIN tasks t ON t.run_name = e.run_name AND t.task_id = e.downstream "
-            "WHERE e.run_name = ? AND e.upstream = ?", (run_name, task_id))
+            "SELECT t.*, e.kind AS edge FROM edges e JOIN tasks t ON t.run_name = e.run_name "
+            "AND t.task_id = e.downstream WHERE e.run_name = ? AND e.upstream = ?", (run_name, task_id))
+        return [(_task(row), row["edge"]) for row in rows]
+
+    def upstream_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+        rows = self._db.execute(
+            "SELECT t.*, e.kind AS edge FROM edges e JOIN tasks t ON t.run_name = e.run_name "
+            "AND t.task_id = e.upstream WHERE e.run_name = ? AND e.downstream = ?", (run_name, task_id))
+        return [(_task(row), row["edge"]) for row in rows]
+
+    def add_dependency(self, run_name: str, upstream: str, downstream: str) -> None:
+        self._db.execute("INSERT INTO edges VALUES (?, ?, ?, 'dep')", (run_name, upstream, downstream))
+        self._db.execute("UPDATE tasks SET deps_left = deps_left + 1 WHERE run_name = ? AND task_id = ?",
+                         (run_name, downstream))
+
+    def decrement_deps(self, run_name: str, task_id: str) -> int:
+        self._db.execute("UPDATE tasks SET deps_left = deps_left - 1 WHERE run_name = ? AND task_id = ?",
+                         (run_name, task_id))
+        row = self._db.execute("SELECT deps_left FROM tasks WHERE run_name = ? AND task_id = ?",
+                               (run_name, task_id)).fetchone()
+        return int(row[0])
+
+    def jobs_of(self, run_name: str, workflow: str) -> List[TaskRecord]:
+        rows = self._db.execute("SELECT * FROM tasks WHERE run_name = ? AND workflow = ? AND kind = 'job' "
+                                "ORDER BY rowid", (run_name, workflow))
         return [_task(row) for row in rows]
+
+    # ------------------------------------------------------------------ tags
+
+    def get_tag(self, tag: str) -> Optional[str]:
+        row = self._db.execute("SELECT run_name FROM tags WHERE tag = ?", (tag,)).fetchone()
+        return row[0] if row else None
+
+    def set_tag(self, tag: str, run_name: str, created_at: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (tag, run_name, created_at))
+
+    def delete_tag(self, tag: str) -> bool:
+        return self._db.execute("DELETE FROM tags WHERE tag = ?", (tag,)).rowcount > 0
+
+    def list_tags(self) -> List[Tuple[str, str, float]]:
+        return [tuple(row) for row in self._db.execute("SELECT tag, run_name, created_at FROM tags ORDER BY tag")]
 
     def count_unfinished(self, run_name: str) -> Tuple[int, int]:
         row = self._db.execute("SELECT unfinished, running FROM runs WHERE run_name = ?", (run_name,)).fetchone()
@@ -214,7 +285,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
 
 
 def _task(row: sqlite3.Row) -> TaskRecord:
-    data = dict(row)
+    data = {k: row[k] for k in _TASK_COLUMNS}
     for column in _JSON_TASK_COLUMNS:
         data[column] = json.loads(data[column])
     data["status"] = Status(data["status"])

@@ -22,7 +22,7 @@ if ! "$DSTACK" status -n 1 >/dev/null 2>&1; then
   done
 fi
 
-cd "$ROOT/examples/hello"
+cd "$ROOT/examples/pipeline"
 echo "[quickstart] dstack run hello" >&2
 output="$("$DSTACK" run hello | tee /dev/stderr)"
 run_name="$(head -n 1 <<<"$output")"

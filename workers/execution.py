@@ -11,10 +11,10 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dstack import defaults
-from dstack.errors import DstackError
+from dstack.errors import DstackError, ObjectNotFound, StorageError
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
 from dstack.messages import (Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished, TaskStarted,
@@ -22,6 +22,7 @@ from dstack.messages import (Endpoint, JobSpec, JobTask, ProviderTask, Resources
 from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
+from workers.provider_repos import ProviderRepos
 from workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class WorkerContext:
     sdk_bundle: Path
     send_event: Callable[[Any], None]
     announce: Callable[[str, str, bytes], None]
+    provider_repos: ProviderRepos
 
 
 @dataclass
@@ -90,15 +92,36 @@ class Execution:
             DstackError: the task cannot start; the message says why.
         """
         if not self.workdir.exists():
-            materialize_snapshot(self.context.storage, self.task.snapshot_id, self.workdir,
+            scratch = self.folder / "work.partial"
+            shutil.rmtree(scratch, ignore_errors=True)
+            materialize_snapshot(self.context.storage, self.task.snapshot_id, scratch,
                                  cache=self.context.home / "blobs")
-        spec = self._provider_spec() if isinstance(self.task, ProviderTask) else self._job_spec()
+            self._fetch_inputs(scratch)
+            scratch.rename(self.workdir)
+        commit = None
+        if isinstance(self.task, ProviderTask):
+            spec, commit = self._provider_spec()
+        else:
+            spec = self._job_spec()
         self.container = self.context.runtime.start(spec)
         ports = self.task.job.ports if isinstance(self.task, JobTask) else []
         endpoint = Endpoint(hostname=self.context.hostname, ports=self.container.published_ports(ports))
         self.context.send_event(TaskStarted(run_name=self.task.run_name, task_id=self.task.task_id,
                                             attempt=self.task.attempt, worker_id=self.context.worker_id,
-                                            endpoint=endpoint))
+                                            endpoint=endpoint, provider_commit=commit))
+
+    def _fetch_inputs(self, workdir: Path) -> None:
+        """Put the artifacts of the workflows this one depends on at their paths in ``workdir``."""
+        storage = self.context.storage
+        for ref in self.task.inputs:
+            try:
+                manifest = json.loads(storage.get_bytes(artifacts_manifest_key(ref.run_name, ref.job_id)))
+            except ObjectNotFound:
+                raise StorageError(f"the artifacts of {ref.job_id} of run {ref.run_name} are not stored "
+                                   f"in {storage.url}") from None
+            for entry in manifest["files"]:
+                storage.get_file(artifact_key(ref.run_name, ref.job_id, entry["path"]),
+                                 safe_join(workdir, entry["path"]))
 
     def _base_env(self) -> Dict[str, str]:
         return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "PYTHONUNBUFFERED": "1",
@@ -107,22 +130,34 @@ class Execution:
     def _labels(self) -> Dict[str, str]:
         return {CONTAINER_LABEL: self.key, WORKER_LABEL: self.context.worker_id}
 
-    def _provider_spec(self) -> ContainerSpec:
+    def _provider_spec(self) -> Tuple[ContainerSpec, Optional[str]]:
+        """The provider's container, and the commit of its repository when it comes from another one.
+
+        A provider of another repository runs in a read-only checkout of it, with the project at
+        ``/workflow`` (``DSTACK_PROJECT_DIR``); a provider of the project runs in the project.
+        """
         task: ProviderTask = self.task
+        inside = defaults.CONTAINER_DSTACK_DIR
+        mounts = [(str(self.workdir), defaults.CONTAINER_WORKDIR, False)]
+        working_dir, commit, provider = defaults.CONTAINER_WORKDIR, None, task.provider
+        if task.provider_repo is not None:
+            checkout, commit, provider = self.context.provider_repos.resolve(task.provider_repo)
+            working_dir = f"{inside}/provider"
+            mounts.append((str(checkout), working_dir, True))
+        assert provider is not None
         io = self.folder / "io"
         io.mkdir(parents=True, exist_ok=True)
         (io / "workflow.json").write_text(json.dumps(
-            {"name": task.workflow, "provider": task.provider.name, "run_name": task.run_name, "data": task.data}))
-        inside = defaults.CONTAINER_DSTACK_DIR
-        env = {**self._base_env(), "WORKFLOW_NAME": task.workflow,
+            {"name": task.workflow, "provider": provider.name, "run_name": task.run_name, "data": task.data}))
+        mounts += [(str(io), f"{inside}/io", False), (str(self.context.sdk_bundle), f"{inside}/sdk", True)]
+        env = {**self._base_env(), "WORKFLOW_NAME": task.workflow, "DSTACK_PROJECT_DIR": defaults.CONTAINER_WORKDIR,
                "DSTACK_WORKFLOW_FILE": f"{inside}/io/workflow.json", "DSTACK_PROVIDER_OUTPUT": f"{inside}/io",
                "PYTHONUSERBASE": f"{inside}/sdk", **task.env}
-        return ContainerSpec(
-            name=container_name(task.run_name, task.task_id, task.attempt), image=task.provider.image,
-            script=" && ".join(task.provider.commands), env=env, working_dir=defaults.CONTAINER_WORKDIR,
-            mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False), (str(io), f"{inside}/io", False),
-                    (str(self.context.sdk_bundle), f"{inside}/sdk", True)],
+        spec = ContainerSpec(
+            name=container_name(task.run_name, task.task_id, task.attempt), image=provider.image,
+            script=" && ".join(provider.commands), env=env, working_dir=working_dir, mounts=mounts,
             labels=self._labels())
+        return spec, commit
 
     def _job_spec(self) -> ContainerSpec:
         task: JobTask = self.task

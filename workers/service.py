@@ -18,6 +18,7 @@ from dstack.rpc import RpcClient
 from dstack.settings import Settings
 from dstack.storage import open_storage
 from workers.execution import TASK_FILE, Execution, WorkerContext
+from workers.provider_repos import ProviderRepos
 from workers.runtime import DockerRuntime
 from workers.sdk_bundle import build_sdk_bundle
 
@@ -46,7 +47,7 @@ class Worker:
             storage=self.storage, runtime=self.runtime,
             sdk_bundle=build_sdk_bundle(self.home / "sdk"),
             send_event=lambda event: send(self.broker, EVENTS_QUEUE, EVENT_ACTOR, event),
-            announce=self.publisher.publish)
+            announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"))
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
         self._lock = threading.Lock()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import click
 from rich.console import Console
@@ -17,8 +17,9 @@ from dstack import __version__
 from dstack.cli.follow import follow
 from dstack.cli.render import print_runs
 from dstack.errors import DstackError
-from dstack.messages import GetRuns, StopRun, SubmitRun
+from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun
 from dstack.names import artifact_key, manifests_prefix, new_run_name
+from dstack.planning import parse_overrides, plan_run
 from dstack.project import find_root, load_project
 from dstack.rpc import RpcClient
 from dstack.settings import Settings, load_settings
@@ -78,35 +79,53 @@ def cli() -> None:
 # --------------------------------------------------------------------------- runs
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("workflow")
+@click.argument("variables", nargs=-1, type=click.UNPROCESSED)
 @click.option("-d", "--detach", is_flag=True, help="Return right after submitting; do not follow.")
 @pass_context
-def run(context: Context, workflow: str, detach: bool) -> None:
-    """Run WORKFLOW of the project in the current folder, and follow it to the end.
+def run(context: Context, workflow: str, variables: Tuple[str, ...], detach: bool) -> None:
+    """Run WORKFLOW of the project in the current folder (and the workflows it depends on), and
+    follow it to the end.
 
-    Exits 0 when the run is done, 1 when it failed or was stopped. Ctrl-C stops following,
-    not the run.
+    VARIABLES override .dstack/variables.yaml, as --name value (e.g. `dstack run train --epochs 100`).
+    Exits 0 when the run is done, 1 when it failed or was stopped. Ctrl-C stops following, not the run.
     """
     root = find_root(Path.cwd())
-    project = load_project(root)
-    chosen = project.workflow(workflow)
-    provider = project.provider_for(chosen)
+    workflows = plan_run(load_project(root), workflow, parse_overrides(variables))
     with context.rpc() as rpc:  # reaching the broker before uploading anything
         snapshot_id, files, uploaded = upload_snapshot(root, context.storage)
         run_name = new_run_name()
-        rpc.call(SubmitRun(run_name=run_name, workflow=chosen.name, provider=provider, data=chosen.data,
-                           snapshot_id=snapshot_id, submitted_at=time.time(), project=str(root)))
+        rpc.call(SubmitRun(run_name=run_name, workflow=workflow, workflows=workflows, snapshot_id=snapshot_id,
+                           submitted_at=time.time(), project=str(root)))
         err.print(f"[dim]snapshot: {files} files, {uploaded} uploaded[/]")
         out.print(run_name)
-        if detach:
-            return
-        try:
-            final = follow(rpc, context.settings.broker_url, context.storage, run_name, err=err)
-        except KeyboardInterrupt:
-            err.print(f"\nDetached; {run_name} goes on. Follow it with `dstack logs {run_name} -f`, "
-                      f"stop it with `dstack stop {run_name}`.")
-            sys.exit(130)
+        if not detach:
+            _follow_to_end(context, rpc, run_name)
+
+
+@cli.command()
+@click.argument("run_name")
+@click.argument("workflow", required=False)
+@click.option("-d", "--detach", is_flag=True, help="Return right away; do not follow.")
+@pass_context
+def restart(context: Context, run_name: str, workflow: Optional[str], detach: bool) -> None:
+    """Run the failed and stopped parts of RUN_NAME again (those of WORKFLOW and what depends on
+    it, if given). Parts that are done stay done, and their artifacts are used again."""
+    with context.rpc() as rpc:
+        rpc.call(RestartRun(run_name=run_name, workflow=workflow))
+        out.print(run_name)
+        if not detach:
+            _follow_to_end(context, rpc, run_name)
+
+
+def _follow_to_end(context: Context, rpc: RpcClient, run_name: str) -> None:
+    try:
+        final = follow(rpc, context.settings.broker_url, context.storage, run_name, err=err)
+    except KeyboardInterrupt:
+        err.print(f"\nDetached; {run_name} goes on. Follow it with `dstack logs {run_name} -f`, "
+                  f"stop it with `dstack stop {run_name}`.")
+        sys.exit(130)
     status = final["status"]
     message = f"{run_name} {status}" + (f": {final['reason']}" if final.get("reason") else "")
     err.print(f"[{'green' if status == 'done' else 'red'}]{message}[/]")
@@ -130,7 +149,7 @@ def status(context: Context, run_name: Optional[str], as_json: bool, limit: int)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
     else:
-        print_runs(out, runs)
+        print_runs(out, runs, detailed=bool(run_name))
 
 
 @cli.command()
@@ -168,6 +187,46 @@ def stop(context: Context, run_name: str, abort: bool) -> None:
     out.print(f"{run_name}: stop requested (now {view['status']})")
 
 
+# --------------------------------------------------------------------------- tags
+
+
+@cli.command()
+@click.argument("run_name")
+@click.argument("tag")
+@pass_context
+def tag(context: Context, run_name: str, tag: str) -> None:
+    """Name RUN_NAME with TAG, so that workflows can use its artifacts with `depends-on: [WORKFLOW:TAG]`."""
+    with context.rpc() as rpc:
+        rpc.call(TagRun(run_name=run_name, tag=tag))
+    out.print(f"{tag} -> {run_name}")
+
+
+@cli.command()
+@click.argument("tag")
+@pass_context
+def untag(context: Context, tag: str) -> None:
+    """Remove TAG (the run itself stays)."""
+    with context.rpc() as rpc:
+        rpc.call(UntagRun(tag=tag))
+    out.print(f"{tag} removed")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of tags.")
+@pass_context
+def tags(context: Context, as_json: bool) -> None:
+    """List tags with their runs and the workflows those runs hold."""
+    with context.rpc() as rpc:
+        listing = rpc.call(GetTags())
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    if not listing:
+        out.print("No tags yet. Tag a run with [bold]dstack tag RUN NAME[/].")
+    for item in listing:
+        click.echo(f"{item['tag']}\t{item['run_name']}\t{item['status']}\t{', '.join(item['workflows'])}")
+
+
 # --------------------------------------------------------------------------- artifacts
 
 
@@ -184,7 +243,7 @@ def artifacts_list(context: Context, run_name: str) -> None:
     manifests = _manifests(context.storage, run_name)
     for manifest in manifests:
         for entry in manifest["files"]:
-            out.print(f"{manifest['job_id']}\t{entry['path']}\t{entry['size']}")
+            click.echo(f"{manifest['job_id']}\t{entry['path']}\t{entry['size']}")
 
 
 @artifacts.command("download")

@@ -61,8 +61,22 @@ def first_line(text: str) -> str:
     return (text or "").split("\n", 1)[0]
 
 
-def print_runs(console: Console, runs: List[Dict[str, Any]]) -> None:
+def print_runs(console: Console, runs: List[Dict[str, Any]], detailed: bool = False) -> None:
+    """The runs table; ``detailed`` adds each run's workflows with their variables and sources."""
     if not runs:
         console.print("No runs yet. Start one with [bold]dstack run WORKFLOW[/].")
         return
     console.print(runs_table(runs))
+    if not detailed:
+        return
+    for run in runs:
+        for workflow in run.get("workflows", []):
+            parts = [f"workflow [bold]{workflow['name']}[/] {styled(workflow['status'])}"]
+            needs = workflow["depends_on"] + workflow["tagged"]
+            if needs:
+                parts.append("depends on " + ", ".join(needs))
+            if workflow["variables"]:
+                parts.append("variables " + " ".join(f"{k}={v}" for k, v in workflow["variables"].items()))
+            if workflow.get("provider_commit"):
+                parts.append(f"provider commit {workflow['provider_commit'][:12]}")
+            console.print("; ".join(parts))

@@ -9,9 +9,10 @@ import pytest
 
 from dstack import defaults
 from dstack.errors import MessageError
-from dstack.messages import (MESSAGE_TYPES, ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, MsgpackEncoder,
-                             ProviderSpec, ProviderTask, Resources, StopRun, StopTask, SubmitRun, TaskFinished,
-                             TaskStarted, decode, encode, from_dict, from_payload, pack, to_payload, unpack)
+from dstack.messages import (MESSAGE_TYPES, ArtifactRef, ClaimTask, Endpoint, GetRuns, GetTags, JobSpec, JobTask,
+                             MsgpackEncoder, ProviderRepo, ProviderSpec, ProviderTask, Resources, RestartRun, StopRun,
+                             StopTask, SubmitRun, TagRef, TagRun, TaskFinished, TaskStarted, UntagRun, WorkflowSpec,
+                             decode, encode, from_dict, from_payload, pack, to_payload, unpack)
 
 PROVIDER = ProviderSpec(name="curl", image="python:3.11-slim", commands=["python provider.py"])
 
@@ -39,12 +40,27 @@ SAMPLES = [
     TaskFinished(run_name="r1", task_id="train.provider", attempt=1, status="done", exit_code=0,
                  jobs=[full_job("a"), JobSpec(job_id="b", image="alpine", commands=["echo hi"])]),
     TaskFinished(run_name="r1", task_id="train.0", attempt=1, status="failed", exit_code=137, reason="OOM"),
-    SubmitRun(run_name="r1", workflow="train", provider=PROVIDER, data={"x": 1}, snapshot_id="s1",
-              submitted_at=1700000000.25, project="/home/me/proj"),
+    SubmitRun(run_name="r1", workflow="train", snapshot_id="s1", submitted_at=1700000000.25, project="/home/me/proj",
+              workflows=[WorkflowSpec(name="prepare", data={}, provider_repo=ProviderRepo(url="file:///r", name="p")),
+                         WorkflowSpec(name="train", data={"x": 1}, provider=PROVIDER, depends_on=["prepare"],
+                                      tagged=[TagRef(workflow="data", tag="v1")], variables={"epochs": "3"})]),
+    RestartRun(run_name="r1", workflow="train"),
+    TagRun(run_name="r1", tag="best"),
+    UntagRun(tag="best"),
+    GetTags(),
     GetRuns(run_name="r1", limit=5),
     GetRuns(),
     StopRun(run_name="r1", abort=True),
     ClaimTask(run_name="r1", task_id="train.0", attempt=1, worker_id="w1"),
+    # the parts a workflow DAG adds: a provider from another repository, inputs, the provider's commit
+    ProviderTask(run_name="r1", task_id="train.provider", attempt=2, workflow="train", data={}, snapshot_id="s1",
+                 provider_repo=ProviderRepo(url="https://github.com/x/y.git", name="p"),
+                 env={"EPOCHS": "3"}, inputs=[ArtifactRef(run_name="r1", job_id="prepare.0"),
+                                              ArtifactRef(run_name="tagged-run", job_id="data.1")]),
+    JobTask(run_name="r1", attempt=1, job=full_job(), snapshot_id="s1",
+            inputs=[ArtifactRef(run_name="r1", job_id="prepare.0")]),
+    TaskStarted(run_name="r1", task_id="train.provider", attempt=1, worker_id="w1", endpoint=Endpoint("h"),
+                provider_commit="0123456789abcdef0123456789abcdef01234567"),
 ]
 
 
@@ -80,11 +96,34 @@ def test_payload_carries_type_and_version() -> None:
 
 
 def test_int_accepted_for_float_field() -> None:
-    payload = to_payload(SubmitRun(run_name="r", workflow="w", provider=PROVIDER, data={}, snapshot_id="s",
-                                   submitted_at=1.0))
+    payload = to_payload(SubmitRun(run_name="r", workflow="w", workflows=[WorkflowSpec(name="w", data={},
+                                                                                       provider=PROVIDER)],
+                                   snapshot_id="s", submitted_at=1.0))
     payload["submitted_at"] = 5
     message = from_payload(payload)
     assert message.submitted_at == 5.0 and isinstance(message.submitted_at, float)
+
+
+def test_round_trip_keeps_dag_parts_typed() -> None:
+    submit = decode(encode(SAMPLES[7]))
+    assert all(isinstance(w, WorkflowSpec) for w in submit.workflows)
+    assert isinstance(submit.workflows[0].provider_repo, ProviderRepo) and submit.workflows[0].provider is None
+    assert isinstance(submit.workflows[1].provider, ProviderSpec) and submit.workflows[1].provider_repo is None
+    assert submit.workflows[1].tagged == [TagRef(workflow="data", tag="v1")]
+    provider = decode(encode(SAMPLES[-3]))
+    assert all(isinstance(i, ArtifactRef) for i in provider.inputs)
+    assert isinstance(provider.provider_repo, ProviderRepo)
+    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-2])).inputs)
+
+
+def test_new_fields_default_for_older_senders() -> None:
+    payload = to_payload(SAMPLES[0])
+    del payload["inputs"], payload["provider_repo"]
+    task = from_payload(payload)
+    assert task.inputs == [] and task.provider_repo is None
+    payload = to_payload(SAMPLES[4])
+    del payload["provider_commit"]
+    assert from_payload(payload).provider_commit is None
 
 
 def test_from_dict_builds_a_part() -> None:

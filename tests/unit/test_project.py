@@ -7,7 +7,7 @@ from typing import Optional
 import pytest
 
 from dstack.errors import ConfigError
-from dstack.messages import ProviderSpec
+from dstack.messages import ProviderRepo, ProviderSpec
 from dstack.project import SYSTEM_KEYS, Project, Workflow, field_path, find_root, load_project
 
 WORKFLOWS = """\
@@ -75,7 +75,9 @@ def test_load_valid_project(tmp_path: Path) -> None:
     assert download.data == {"url": "https://example.com/data.csv", "output": "data"}
     assert download.line == 2
     train = project.workflows["train"]
-    assert train.data == {"depends_on": ["download"], "resources": {"gpu": 1, "memory": "16GB"}}
+    assert train.data == {"resources": {"gpu": 1, "memory": "16GB"}}  # depends_on is a system key now
+    assert train.depends_on == ["download"]
+    assert download.depends_on == []
     assert train.line == 6
     for workflow in project.workflows.values():
         assert not set(SYSTEM_KEYS) & set(workflow.data)
@@ -91,7 +93,7 @@ def test_loaded_data_is_plain(tmp_path: Path) -> None:
     project = load_project(write_project(tmp_path))
     data = project.workflows["train"].data
     assert type(data) is dict
-    assert type(data["depends_on"]) is list
+    assert type(project.workflows["train"].depends_on) is list
     assert type(data["resources"]) is dict
     assert type(project.workflows["train"].provider) is str
 
@@ -144,12 +146,65 @@ def test_unknown_provider_lists_known_ones(tmp_path: Path) -> None:
     assert error.field == "workflows.broken.provider"
 
 
-def test_provider_from_another_repo_not_supported(tmp_path: Path) -> None:
+def test_provider_from_another_repo(tmp_path: Path) -> None:
     workflows = "workflows:\n  - name: w\n    provider:\n      repo: github.com/x/y\n      name: p\n"
     project = load_project(write_project(tmp_path, workflows=workflows))
     assert project.workflow("w").provider == {"repo": "github.com/x/y", "name": "p"}
-    with pytest.raises(ConfigError, match="not supported"):
-        project.provider_for(project.workflow("w"))
+    assert project.workflow("w").data == {}
+    # not looked up in this project's providers: the worker fetches it from the repository
+    assert project.provider_for(project.workflow("w")) == ProviderRepo(url="github.com/x/y", name="p")
+
+
+@pytest.mark.parametrize("provider,field", [
+    ("{repo: github.com/x/y}", "workflows[0].provider"),
+    ("{repo: '', name: p}", "workflows[0].provider"),
+    ("{repo: github.com/x/y, name: 'a b'}", "workflows[0].provider"),
+    ("{repo: github.com/x/y, name: p, ref: main}", "workflows[0].provider"),
+])
+def test_provider_from_another_repo_shape_refused(tmp_path: Path, provider: str, field: str) -> None:
+    error = load_error(write_project(tmp_path, workflows=f"workflows:\n  - name: w\n    provider: {provider}\n"))
+    assert error.file == ".dstack/workflows.yaml"
+    assert error.field is not None and error.field.startswith(field)
+    assert error.line == 3
+
+
+# ----------------------------------------------------------------------------- depends-on
+
+
+@pytest.mark.parametrize("key", ["depends-on", "depends_on"])
+def test_depends_on_both_spellings(tmp_path: Path, key: str) -> None:
+    workflows = ("workflows:\n  - name: a\n    provider: curl\n"
+                 f"  - name: b\n    provider: curl\n    {key}: [a, 'data:best']\n    epochs: 3\n")
+    project = load_project(write_project(tmp_path, workflows=workflows))
+    assert project.workflows["b"].depends_on == ["a", "data:best"]
+    assert project.workflows["b"].data == {"epochs": 3}
+    assert project.workflows["a"].depends_on == []
+
+
+def test_depends_on_both_spellings_at_once_refused(tmp_path: Path) -> None:
+    workflows = ("workflows:\n  - name: a\n    provider: curl\n"
+                 "  - name: b\n    provider: curl\n    depends-on: [a]\n    depends_on: [a]\n")
+    error = load_error(write_project(tmp_path, workflows=workflows))
+    assert "depends-on or depends_on, not both" in error.message
+    assert error.file == ".dstack/workflows.yaml"
+    assert error.line == 4
+    assert error.field == "workflows[1]"
+
+
+@pytest.mark.parametrize("entry", ["'a b'", "'a:'", "':tag'", "'a:b:c'", "7"])
+def test_depends_on_bad_entry_refused(tmp_path: Path, entry: str) -> None:
+    workflows = f"workflows:\n  - name: b\n    provider: curl\n    depends-on: [{entry}]\n"
+    error = load_error(write_project(tmp_path, workflows=workflows))
+    assert error.file == ".dstack/workflows.yaml"
+    assert error.field == "workflows[0].depends-on[0]"
+    assert error.line == 4
+
+
+def test_depends_on_not_a_list_refused(tmp_path: Path) -> None:
+    workflows = "workflows:\n  - name: b\n    provider: curl\n    depends_on: a\n"
+    error = load_error(write_project(tmp_path, workflows=workflows))
+    assert error.field == "workflows[0].depends_on"
+    assert "not of type 'array'" in error.message
 
 
 # ----------------------------------------------------------------------------- files refused

@@ -12,10 +12,11 @@ import pytest
 
 from dstack.errors import RequestRejected
 from dstack.messages import (ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, ProviderSpec, ProviderTask, StopRun,
-                             StopTask, SubmitRun, TaskFinished, TaskStarted, from_payload, unpack)
+                             StopTask, SubmitRun, TaskFinished, TaskStarted, WorkflowSpec, from_payload, unpack)
 from dstack.names import task_queue, worker_queue
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
-from scheduler.service import CONTROL_ACTOR, TASK_ACTOR, Scheduler
+from scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
+from scheduler.service import Scheduler
 from scheduler.store import SqliteStateStore
 
 PROVIDER = ProviderSpec(name="graph", image="python:3.11-slim", commands=["python3 providers/graph/main.py"])
@@ -62,6 +63,11 @@ class Harness:
         return task
 
     def tasks(self, run: str = RUN) -> Dict[str, TaskRecord]:
+        """The run's providers and jobs, in creation order (not its workflow records)."""
+        return {task_id: t for task_id, t in self.records(run).items() if t.kind is not Kind.WORKFLOW}
+
+    def records(self, run: str = RUN) -> Dict[str, TaskRecord]:
+        """Every task record of the run, workflow records included."""
         with self.store.transaction():
             return {t.task_id: t for t in self.store.tasks_of(run)}
 
@@ -78,9 +84,9 @@ class Harness:
     # -------------------------------------------------------------- acting
 
     def submit(self, run: str = RUN, workflow: str = WF, snapshot: str = "snap-1") -> Any:
-        return self.scheduler.handle_request(SubmitRun(run_name=run, workflow=workflow, provider=PROVIDER,
-                                                       data={"jobs": 2}, snapshot_id=snapshot,
-                                                       submitted_at=1700000000.0, project="/p"))
+        return self.scheduler.handle_request(SubmitRun(
+            run_name=run, workflow=workflow, workflows=[WorkflowSpec(name=workflow, data={"jobs": 2}, provider=PROVIDER)],
+            snapshot_id=snapshot, submitted_at=1700000000.0, project="/p"))
 
     def claim(self, task_id: str, worker: str = "w1", attempt: int = 1, run: str = RUN) -> Dict[str, Any]:
         return self.scheduler.handle_request(ClaimTask(run_name=run, task_id=task_id, attempt=attempt,
@@ -115,12 +121,14 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 
 def test_submit_records_queued_run_and_provider_task_in_outbox(h: Harness) -> None:
-    request = SubmitRun(run_name=RUN, workflow=WF, provider=PROVIDER, data={"epochs": 3}, snapshot_id="snap-1",
-                        submitted_at=1700000000.0, project="/home/me/p")
+    request = SubmitRun(run_name=RUN, workflow=WF, workflows=[WorkflowSpec(name=WF, data={"epochs": 3}, provider=PROVIDER)],
+                        snapshot_id="snap-1", submitted_at=1700000000.0, project="/home/me/p")
     with h.store.transaction():
         view = h.scheduler.submit_run(request)
     assert view["run_name"] == RUN and view["status"] == "queued"
     assert [j["job_id"] for j in view["jobs"]] == [PROVIDER_TASK]
+    assert [(w["name"], w["status"]) for w in view["workflows"]] == [(WF, "submitted")]
+    assert view["variables"] == {}
     assert h.sent == []  # written to the outbox only
     outbox = h.outbox()
     assert len(outbox) == 1
@@ -141,6 +149,9 @@ def test_submit_records_queued_run_and_provider_task_in_outbox(h: Harness) -> No
                                                                               1700000000.0)
     task = h.task(PROVIDER_TASK)
     assert task.kind is Kind.PROVIDER and task.status is Status.QUEUED and task.worker_id is None
+    workflow = h.task(WF)  # the workflow record: no container, waits for its provider
+    assert workflow.kind is Kind.WORKFLOW and workflow.status is Status.SUBMITTED
+    assert workflow.depends_on == [PROVIDER_TASK] and workflow.deps_left == 1
 
 
 def test_handle_request_flushes_and_notifies(h: Harness) -> None:
@@ -173,6 +184,7 @@ def test_resubmit_is_idempotent(h: Harness) -> None:
     assert [j["job_id"] for j in second["jobs"]] == [PROVIDER_TASK]
     assert len(h.sent) == 1  # no second provider task
     assert list(h.tasks()) == [PROVIDER_TASK]
+    assert list(h.records()) == [WF, PROVIDER_TASK]  # nor a second workflow record
 
 
 def test_resubmit_with_other_snapshot_rejected(h: Harness) -> None:
@@ -194,7 +206,8 @@ def test_submit_invalid_names(h: Harness, run: str, workflow: str) -> None:
 
 def test_get_runs(h: Harness) -> None:
     h.submit(run="older")
-    h.scheduler.handle_request(SubmitRun(run_name="newer", workflow=WF, provider=PROVIDER, data={},
+    h.scheduler.handle_request(SubmitRun(run_name="newer", workflow=WF,
+                                         workflows=[WorkflowSpec(name=WF, data={}, provider=PROVIDER)],
                                          snapshot_id="s", submitted_at=1800000000.0))
     runs = h.scheduler.handle_request(GetRuns())
     assert [r["run_name"] for r in runs] == ["newer", "older"]
@@ -379,6 +392,7 @@ def test_run_done_when_every_job_done(h: Harness) -> None:
     assert run.reason == ""
     assert run.finished_at is not None and run.started_at is not None
     assert h.notified[-1][1]["run"]["status"] == "done"
+    assert h.task(WF).status is Status.DONE  # after its provider and every job
 
 
 def test_failed_job_fails_dependents_transitively(h: Harness) -> None:
@@ -396,9 +410,11 @@ def test_failed_job_fails_dependents_transitively(h: Harness) -> None:
     assert tasks["train.3"].status is Status.FAILED
     assert tasks["train.3"].reason in ("dependency train.0 failed", "dependency train.2 failed")
     assert all(tasks[t].finished_at is not None for t in tasks)
+    workflow = h.task(WF)
+    assert workflow.status is Status.FAILED and workflow.reason == "dependency train.0 failed"
     run = h.run()
     assert run.status is Status.FAILED
-    assert run.reason == "train.0: exit code 3"
+    assert run.reason == "train.0: exit code 3"  # a job's reason, not the workflow record's
     assert run.finished_at is not None
 
 
@@ -422,6 +438,8 @@ def test_provider_failure_fails_run(h: Harness) -> None:
     assert run.status is Status.FAILED
     assert run.reason == "train.provider: field 'url': ... (rule: type)"
     assert list(h.tasks()) == [PROVIDER_TASK]
+    workflow = h.task(WF)
+    assert workflow.status is Status.FAILED and workflow.reason == "dependency train.provider failed"
 
 
 # ----------------------------------------------------------------------------- master
@@ -538,6 +556,8 @@ def test_provider_done_after_stop_creates_no_jobs(h: Harness) -> None:
     h.scheduler.handle_request(StopRun(RUN))
     h.finish(PROVIDER_TASK, jobs=[spec("a")])
     assert list(h.tasks()) == [PROVIDER_TASK]
+    assert list(h.records()) == [WF, PROVIDER_TASK]
+    assert h.task(WF).status is Status.STOPPED
     assert h.run().status is Status.STOPPED
 
 
@@ -607,3 +627,4 @@ def test_tasks_listed_in_creation_order(h: Harness) -> None:
     h.provider_creates([spec("a"), spec("b", ["a"]), spec("c")])
     h.start("train.0")
     assert list(h.tasks()) == [PROVIDER_TASK, "train.0", "train.1", "train.2"]
+    assert list(h.records()) == [WF, PROVIDER_TASK, "train.0", "train.1", "train.2"]

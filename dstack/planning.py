@@ -1,0 +1,138 @@
+"""Planning a run: the workflows it needs, in dependency order, with variables substituted.
+
+Everything is checked before anything is submitted: unknown workflows, dependency cycles,
+unknown variables, and ``${{ name }}`` placeholders that name no variable.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from dstack.errors import ConfigError
+from dstack.messages import ProviderRepo, TagRef, WorkflowSpec
+from dstack.project import Project, Workflow
+
+_PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_WORKFLOWS_FILE = ".dstack/workflows.yaml"
+_VARIABLES_FILE = ".dstack/variables.yaml"
+
+
+def parse_overrides(args: Sequence[str]) -> Dict[str, str]:
+    """``["--epochs", "100", "--lr=0.1"]`` -> ``{"epochs": "100", "lr": "0.1"}``.
+
+    Raises:
+        ConfigError: an argument is not ``--name value`` or ``--name=value``.
+    """
+    overrides: Dict[str, str] = {}
+    items = list(args)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--") or len(item) < 3:
+            raise ConfigError(f"unexpected argument {item!r}; variables are given as --name value")
+        name, eq, value = item[2:].partition("=")
+        if not eq:
+            if not items:
+                raise ConfigError(f"--{name} needs a value")
+            value = items.pop(0)
+        overrides[name] = value
+    return overrides
+
+
+def workflow_order(project: Project, target: str) -> List[Workflow]:
+    """``target`` and every workflow it depends on (not through tags), each once, dependencies first.
+
+    Raises:
+        ConfigError: a dependency names no workflow, or the dependencies form a cycle.
+    """
+    project.workflow(target)
+    order: List[Workflow] = []
+    state: Dict[str, int] = {}  # 1: on the current path, 2: placed
+
+    def visit(name: str, path: List[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise ConfigError("dependency cycle between workflows: " + " -> ".join(cycle), file=_WORKFLOWS_FILE,
+                              line=project.workflows[name].line, field=f"workflows.{name}.depends-on")
+        state[name] = 1
+        workflow = project.workflows[name]
+        for entry in workflow.depends_on:
+            upstream, _, tag = entry.partition(":")
+            if upstream not in project.workflows:
+                known = ", ".join(sorted(project.workflows))
+                raise ConfigError(f"workflow '{name}' depends on '{upstream}', which is not defined "
+                                  f"(known workflows: {known})", file=_WORKFLOWS_FILE, line=workflow.line,
+                                  field=f"workflows.{name}.depends-on")
+            if not tag:
+                visit(upstream, path + [name])
+        state[name] = 2
+        order.append(workflow)
+
+    visit(target, [])
+    return order
+
+
+def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] = None) -> List[WorkflowSpec]:
+    """The workflows of a run of ``target``, ready for :class:`~dstack.messages.SubmitRun`.
+
+    Raises:
+        ConfigError: see :func:`workflow_order`; also an override naming no variable (the
+            message lists the known ones) or a placeholder naming no variable.
+    """
+    overrides = overrides or {}
+    order = workflow_order(project, target)
+    sections = project.variables
+    known = set(sections.get("global", {}))
+    for workflow in order:
+        known |= set(sections.get(workflow.name, {}))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        listing = ", ".join(f"--{name}" for name in sorted(known)) or "none"
+        raise ConfigError(f"unknown variable --{unknown[0]} (known variables of this run: {listing}); "
+                          "define it in .dstack/variables.yaml", file=_VARIABLES_FILE)
+    specs = []
+    for workflow in order:
+        variables = {**sections.get("global", {}), **sections.get(workflow.name, {})}
+        variables.update({k: _typed(v) for k, v in overrides.items() if k in variables})
+        data = _substitute(workflow.data, variables, workflow, ())
+        provider = project.provider_for(workflow)
+        entries = [entry.partition(":") for entry in workflow.depends_on]
+        specs.append(WorkflowSpec(
+            name=workflow.name, data=data,
+            provider=None if isinstance(provider, ProviderRepo) else provider,
+            provider_repo=provider if isinstance(provider, ProviderRepo) else None,
+            depends_on=[name for name, _, tag in entries if not tag],
+            tagged=[TagRef(workflow=name, tag=tag) for name, _, tag in entries if tag],
+            variables={k: v for k, v in variables.items()}))
+    return specs
+
+
+def _typed(text: str) -> Any:
+    """A command-line value as YAML would read it (``100`` is a number, ``true`` a boolean)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (str, int, float, bool)) else text
+
+
+def _substitute(value: Any, variables: Dict[str, Any], workflow: Workflow, path: Tuple[Any, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, workflow, path + (k,)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables, workflow, path + (i,)) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${{" not in value:
+        return value
+    for name in _PLACEHOLDER.findall(value):
+        if name not in variables:
+            field = ".".join(str(p) for p in (f"workflows.{workflow.name}",) + path)
+            raise ConfigError(f"${{{{ {name} }}}} names no variable of workflow '{workflow.name}'; define it in "
+                              f".dstack/variables.yaml (under global or {workflow.name})", file=_WORKFLOWS_FILE,
+                              line=workflow.line, field=field)
+    whole = _PLACEHOLDER.fullmatch(value.strip())
+    if whole:  # a value that is one placeholder takes the variable's type
+        return variables[whole.group(1)]
+    return _PLACEHOLDER.sub(lambda m: str(variables[m.group(1)]), value)

@@ -1,0 +1,191 @@
+"""How tasks move: released when what they wait for is done, enqueued, cancelled when that
+can no longer happen, and how a run's status follows from its tasks.
+
+Every change is made inside the caller's transaction; messages go to the outbox. The work per
+event is proportional to the task's direct dependents, never to the size of the run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any, Dict, List
+
+from dstack.messages import (ArtifactRef, Endpoint, JobSpec, JobTask, ProviderRepo, ProviderSpec, ProviderTask,
+                             StopTask, encode, from_dict)
+from dstack.names import job_id as make_job_id, task_queue, worker_queue
+from scheduler.model import Kind, RunRecord, Status, TaskRecord
+from scheduler.store import StateStore
+
+#: Dramatiq actor names, on the worker side.
+TASK_ACTOR = "run_task"
+CONTROL_ACTOR = "control"
+
+
+def env_of(variables: Dict[str, Any]) -> Dict[str, str]:
+    """Variables as environment variables: upper-case names, text values."""
+    return {name.upper(): str(value) for name, value in variables.items()}
+
+
+class TaskFlow:
+    """The task state machine over a :class:`StateStore`; remembers what changed, per run."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.changed: Dict[str, Dict[str, TaskRecord]] = {}
+
+    def save(self, task: TaskRecord) -> None:
+        self.store.save_task(task)
+        self.changed.setdefault(task.run_name, {})[task.task_id] = task
+
+    # ------------------------------------------------------------------ forward
+
+    def release_if_ready(self, task: TaskRecord) -> None:
+        """Start ``task`` if everything it depends on is done and its master (if any) runs.
+
+        A workflow record has no container: once ready it is done, which releases what waits on it.
+        """
+        if task.status is not Status.SUBMITTED or task.deps_left > 0:
+            return
+        if task.master:
+            master = self.store.get_task(task.run_name, task.master)
+            if master is None or master.status is not Status.RUNNING:
+                return
+        if task.kind is Kind.WORKFLOW:
+            task.status, task.finished_at = Status.DONE, time.time()
+            self.save(task)
+            self.on_done(task)
+        else:
+            self.enqueue(task)
+
+    def on_done(self, task: TaskRecord) -> None:
+        """``task`` is done: one dependency less for each task waiting on it."""
+        for dependent, kind in self.store.dependents_of(task.run_name, task.task_id):
+            if kind == "dep" and dependent.status is Status.SUBMITTED:
+                dependent.deps_left = self.store.decrement_deps(task.run_name, dependent.task_id)
+                self.release_if_ready(dependent)
+
+    def on_started(self, task: TaskRecord) -> None:
+        """``task`` runs: the jobs it is the master of may start."""
+        for follower, kind in self.store.dependents_of(task.run_name, task.task_id):
+            if kind == "master":
+                self.release_if_ready(follower)
+
+    def enqueue(self, task: TaskRecord) -> None:
+        run = self.store.get_run(task.run_name)
+        assert run is not None
+        if task.kind is Kind.PROVIDER:
+            workflow = self.store.get_task(task.run_name, task.workflow)
+            assert workflow is not None
+            inputs = self.inputs_of(workflow)
+            task.spec["inputs"] = [asdict(i) for i in inputs]
+            provider = task.spec.get("provider")
+            repo = task.spec.get("provider_repo")
+            message: Any = ProviderTask(
+                run_name=task.run_name, task_id=task.task_id, attempt=task.attempt, workflow=task.workflow,
+                data=task.spec["data"], snapshot_id=run.snapshot_id,
+                provider=from_dict(ProviderSpec, provider) if provider else None,
+                provider_repo=from_dict(ProviderRepo, repo) if repo else None,
+                env=env_of(workflow.spec.get("variables", {})), inputs=inputs)
+        else:
+            master = None
+            if task.master:
+                record = self.store.get_task(task.run_name, task.master)
+                assert record is not None and record.hostname is not None
+                master = Endpoint(hostname=record.hostname, ports=record.ports)
+            message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_dict(JobSpec, task.spec["job"]),
+                              snapshot_id=run.snapshot_id, master=master,
+                              inputs=[from_dict(ArtifactRef, i) for i in task.spec.get("inputs", [])])
+        task.status = Status.QUEUED
+        self.save(task)
+        self.store.add_outbox(task_queue(), TASK_ACTOR, encode(message))
+
+    def inputs_of(self, workflow: TaskRecord) -> List[ArtifactRef]:
+        """The artifacts a workflow starts with: those of the workflows it depends on (in this
+        run, all done by now) and of the tagged runs it names."""
+        refs = [from_dict(ArtifactRef, r) for r in workflow.spec.get("tag_inputs", [])]
+        for upstream in workflow.spec.get("depends_on", []):
+            refs += [ArtifactRef(workflow.run_name, job.task_id)
+                     for job in self.store.jobs_of(workflow.run_name, upstream) if job.spec["job"]["artifacts"]]
+        return refs
+
+    def create_jobs(self, provider: TaskRecord, jobs: List[JobSpec]) -> None:
+        """Record a provider's jobs all together, and start those with nothing to wait for."""
+        workflow = self.store.get_task(provider.run_name, provider.workflow)
+        assert workflow is not None
+        ids = {job.job_id: make_job_id(provider.workflow, i) for i, job in enumerate(jobs)}
+        variables = env_of(workflow.spec.get("variables", {}))
+        records = []
+        for job in jobs:
+            job.job_id = ids[job.job_id]
+            job.depends_on = [ids[d] for d in job.depends_on]
+            job.master = ids[job.master] if job.master else None
+            job.env = {**variables, **job.env}
+            records.append(TaskRecord(
+                run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
+                status=Status.SUBMITTED, spec={"job": asdict(job), "inputs": provider.spec.get("inputs", [])},
+                depends_on=job.depends_on, deps_left=len(job.depends_on), master=job.master,
+                submitted_at=time.time()))
+        for record in records:
+            self.save(record)
+            self.store.add_dependency(record.run_name, record.task_id, workflow.task_id)
+        for record in records:
+            self.release_if_ready(record)
+
+    # ------------------------------------------------------------------ backward
+
+    def stop(self, task: TaskRecord, *, abort: bool) -> None:
+        """Stop a task: at once if no worker has it, else through its worker."""
+        if task.status.finished:
+            return
+        if task.worker_id is None:  # not started anywhere: it never will be
+            task.status, task.reason, task.finished_at = Status.STOPPED, "stopped before it started", time.time()
+            self.save(task)
+            self.cancel_dependents(task)
+        else:
+            self.send_to_worker(task.worker_id, StopTask(task.run_name, task.task_id, task.attempt, abort))
+
+    def cancel_dependents(self, task: TaskRecord) -> None:
+        """What can no longer start because ``task`` ended is ended too, transitively: its
+        dependents if it did not finish done, its followers (jobs it is the master of) whatever
+        its end. Independent branches go on."""
+        pending = [task]
+        while pending:
+            upstream = pending.pop()
+            for dependent, kind in self.store.dependents_of(upstream.run_name, upstream.task_id):
+                if dependent.status is not Status.SUBMITTED:
+                    continue
+                what = "workflow" if upstream.kind is Kind.WORKFLOW else "dependency"
+                if kind == "master":
+                    reason = f"master {upstream.task_id} {upstream.status.value} before this job started"
+                elif upstream.status is not Status.DONE:
+                    reason = f"{what} {upstream.task_id} {upstream.status.value}"
+                else:
+                    continue
+                dependent.status = Status.STOPPED if upstream.status is Status.STOPPED else Status.FAILED
+                dependent.reason, dependent.finished_at = reason, time.time()
+                self.save(dependent)
+                pending.append(dependent)
+
+    def update_run(self, run: RunRecord) -> None:
+        """Derive the run's status from its counters (and, once at its end, from its tasks)."""
+        unfinished, running = self.store.count_unfinished(run.run_name)
+        if unfinished:
+            status = Status.RUNNING if running or run.started_at is not None else Status.QUEUED
+        else:
+            tasks = self.store.tasks_of(run.run_name)  # once per run, at its end
+            failed = sorted((t for t in tasks if t.status is Status.FAILED and t.kind is not Kind.WORKFLOW),
+                            key=lambda t: (t.started_at is None, t.finished_at or 0))  # the root cause first
+            if failed:
+                status, run.reason = Status.FAILED, f"{failed[0].task_id}: {failed[0].reason}"
+            elif run.stop_requested or any(t.status is Status.STOPPED for t in tasks):
+                status = Status.STOPPED
+            else:
+                status = Status.DONE
+            run.finished_at = run.finished_at or time.time()
+        if status is not run.status or not unfinished:
+            run.status = status
+            self.store.save_run(run)
+            self.changed.setdefault(run.run_name, {})
+
+    def send_to_worker(self, worker_id: str, message: StopTask) -> None:
+        self.store.add_outbox(worker_queue(worker_id), CONTROL_ACTOR, encode(message))
