@@ -6,7 +6,8 @@ storage in a temp folder), then times ``dstack run`` on three workflows whose jo
 
 * ``single-1``: one job (dstack's fixed cost per run);
 * ``chain-20``: 20 jobs, each depending on the previous one;
-* ``fanout-100``: 100 independent jobs.
+* ``fanout-100``: 100 independent jobs;
+* ``fanin-1000``: 999 independent jobs, then one that depends on all of them.
 
 The baseline starts the same containers with the Docker SDK at the same concurrency: one
 after the other for the chain, through a ``ThreadPoolExecutor(slots)`` for the fan-out.
@@ -53,8 +54,8 @@ RUN_TIMEOUT = 1200.0
 class Case:
     """A workflow of no-op jobs, and how the direct baseline runs the same containers."""
 
-    def __init__(self, name: str, jobs: int, chained: bool) -> None:
-        self.name, self.jobs, self.chained = name, jobs, chained
+    def __init__(self, name: str, jobs: int, chained: bool, fan_in: bool = False) -> None:
+        self.name, self.jobs, self.chained, self.fan_in = name, jobs, chained, fan_in
 
     def workflow(self) -> Dict[str, Any]:
         specs: List[Dict[str, Any]] = []
@@ -62,6 +63,8 @@ class Case:
             spec: Dict[str, Any] = {"commands": ["true"], "image": TEST_IMAGE}
             if self.chained and i > 0:
                 spec["depends_on"] = [i - 1]
+            if self.fan_in and i == self.jobs - 1:  # the last job waits for all the others
+                spec["depends_on"] = list(range(self.jobs - 1))
             specs.append(spec)
         return {"name": self.name, "jobs": specs}
 
@@ -72,13 +75,16 @@ class Case:
             for _ in range(self.jobs):
                 _docker_noop(client)
         else:
+            parallel = self.jobs - 1 if self.fan_in else self.jobs
             with ThreadPoolExecutor(slots) as pool:
-                list(pool.map(lambda _: _docker_noop(client), range(self.jobs)))
+                list(pool.map(lambda _: _docker_noop(client), range(parallel)))
+            if self.fan_in:
+                _docker_noop(client)
         return time.perf_counter() - start
 
 
 CASES = [Case("single-1", 1, chained=False), Case("chain-20", 20, chained=True),
-         Case("fanout-100", 100, chained=False)]
+         Case("fanout-100", 100, chained=False), Case("fanin-1000", 1000, chained=False, fan_in=True)]
 
 
 def _docker_noop(client: docker.DockerClient) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from dstack import defaults
@@ -45,7 +46,7 @@ def connect(url: str) -> pika.BlockingConnection:
     """
     try:
         return pika.BlockingConnection(connection_parameters(url))
-    except pika.exceptions.AMQPError as e:
+    except (pika.exceptions.AMQPError, AMQPConnectorException) as e:
         raise BrokerUnavailable(
             f"cannot reach RabbitMQ at {describe(url)} ({type(e).__name__}{': ' + str(e) if str(e) else ''}); "
             "start it (`rabbitmq-server -detached`) or set DSTACK_BROKER_URL") from None

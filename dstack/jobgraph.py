@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from dstack.messages import JobSpec
 
@@ -39,6 +39,7 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
             raise ValueError(f"two jobs have the id {job.job_id!r}")
         by_id[job.job_id] = job
     for job in jobs:
+        job.depends_on = list(dict.fromkeys(job.depends_on))  # a dependency named twice counts once
         for upstream in job.depends_on + ([job.master] if job.master else []):
             if upstream not in by_id:
                 raise ValueError(f"job {job.job_id} depends on job {upstream!r}, which does not exist")
@@ -57,15 +58,23 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
 
 
 def _check_acyclic(by_id: Dict[str, JobSpec]) -> None:
-    """Depth-first search, iterative; the error shows the cycle."""
+    cycle = find_cycle({job_id: _upstream(job) for job_id, job in by_id.items()})
+    if cycle:
+        raise ValueError("dependency cycle: " + " -> ".join(cycle))
+
+
+def find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
+    """A cycle of ``graph`` (node -> the nodes it waits on) as ``[a, b, a]``, or ``None``.
+
+    Iterative depth-first search: no recursion limit on deep graphs.
+    """
     state: Dict[str, int] = {}  # 1: on the current path, 2: done
-    for root in by_id:
+    for root in graph:
         if state.get(root):
             continue
-        path: List[str] = []
-        stack = [(root, iter(_upstream(by_id[root])))]
+        path: List[str] = [root]
+        stack = [(root, iter(graph[root]))]
         state[root] = 1
-        path.append(root)
         while stack:
             node, children = stack[-1]
             child = next(children, None)
@@ -74,12 +83,12 @@ def _check_acyclic(by_id: Dict[str, JobSpec]) -> None:
                 path.pop()
                 state[node] = 2
             elif state.get(child) == 1:
-                cycle = path[path.index(child):] + [child]
-                raise ValueError("dependency cycle: " + " -> ".join(cycle))
-            elif not state.get(child):
+                return path[path.index(child):] + [child]
+            elif not state.get(child) and child in graph:
                 state[child] = 1
                 path.append(child)
-                stack.append((child, iter(_upstream(by_id[child]))))
+                stack.append((child, iter(graph[child])))
+    return None
 
 
 def _upstream(job: JobSpec) -> List[str]:

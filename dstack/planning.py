@@ -104,7 +104,7 @@ def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] 
             name=workflow.name, data=data,
             provider=None if isinstance(provider, ProviderRepo) else provider,
             provider_repo=provider if isinstance(provider, ProviderRepo) else None,
-            depends_on=[name for name, _, tag in entries if not tag],
+            depends_on=list(dict.fromkeys(name for name, _, tag in entries if not tag)),
             tagged=[TagRef(workflow=name, tag=tag) for name, _, tag in entries if tag],
             variables={k: v for k, v in variables.items()}))
     return specs

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from dstack.errors import RequestRejected
-from dstack.jobgraph import check_job_graph
+from dstack.jobgraph import check_job_graph, find_cycle
 from dstack.messages import (ArtifactRef, ClaimTask, GetRuns, GetTags, RestartRun, StopRun, StopTask, SubmitRun,
                              TagRun, TaskFinished, TaskStarted, UntagRun, WorkflowSpec)
 from dstack.names import is_valid_name, provider_task_id
@@ -102,9 +102,13 @@ class Scheduler:
             raise RequestRejected(f"a run named '{request.run_name}' exists already")
         tag_inputs = {w.name: self._tag_inputs(w) for w in request.workflows}  # refuses before recording
         for spec in request.workflows:
+            spec.depends_on = list(dict.fromkeys(spec.depends_on))
             unknown = [d for d in spec.depends_on if d not in names]
             if unknown:
                 raise RequestRejected(f"workflow '{spec.name}' depends on {unknown}, which are not in the run")
+        cycle = find_cycle({spec.name: spec.depends_on for spec in request.workflows})
+        if cycle:
+            raise RequestRejected("dependency cycle between workflows: " + " -> ".join(cycle))
         run = RunRecord(run_name=request.run_name, workflow=request.workflow, status=Status.QUEUED,
                         submitted_at=request.submitted_at, snapshot_id=request.snapshot_id, project=request.project)
         self._store.save_run(run)
@@ -173,20 +177,32 @@ class Scheduler:
         if not run.status.finished:
             raise RequestRejected(f"run {run.run_name} is {run.status.value}; restart it once it has ended")
         tasks = {t.task_id: t for t in self._store.tasks_of(run.run_name)}
-        if request.workflow is not None and request.workflow not in tasks:
+        if request.workflow is not None and (request.workflow not in tasks
+                                             or tasks[request.workflow].kind is not Kind.WORKFLOW):
             known = ", ".join(sorted(t.task_id for t in tasks.values() if t.kind is Kind.WORKFLOW))
             raise RequestRejected(f"run {run.run_name} has no workflow '{request.workflow}' (it has: {known})")
         chosen = self._restartable(tasks, request.workflow)
         if not chosen:
             raise RequestRejected(f"nothing to restart in {run.run_name}: "
                                   f"{'workflow ' + request.workflow if request.workflow else 'every part'} is done")
+        chosen_ids = {t.task_id for t in chosen}
+        for task in list(chosen):  # a follower needs its master running again
+            master = tasks.get(task.master) if task.master else None
+            if master is not None and master.task_id not in chosen_ids:
+                chosen.append(master)
+                chosen_ids.add(master.task_id)
+        for task in chosen:
+            for upstream, kind in self._store.upstream_of(run.run_name, task.task_id):
+                if kind == "dep" and upstream.task_id not in chosen_ids and upstream.status is not Status.DONE:
+                    raise RequestRejected(f"{task.task_id} waits on {upstream.task_id}, which is "
+                                          f"{upstream.status.value} and not part of this restart; restart "
+                                          f"workflow {upstream.workflow} (or the whole run) instead")
         for task in chosen:
             if task.kind is not Kind.WORKFLOW:
                 task.attempt += 1
             task.status, task.exit_code, task.reason = Status.SUBMITTED, None, ""
             task.worker_id = task.hostname = task.started_at = task.finished_at = None
             task.ports = []
-        chosen_ids = {t.task_id for t in chosen}
         for task in chosen:
             task.deps_left = sum(1 for up, kind in self._store.upstream_of(run.run_name, task.task_id)
                                  if kind == "dep" and (up.task_id in chosen_ids or up.status is not Status.DONE))
@@ -256,8 +272,10 @@ class Scheduler:
 
     def task_started(self, event: TaskStarted) -> None:
         task = self._store.get_task(event.run_name, event.task_id)
-        if task is None or task.attempt != event.attempt or task.status.finished:
-            if task is not None and task.attempt == event.attempt and task.status.finished:
+        if task is None or task.kind is Kind.WORKFLOW:
+            return
+        if task.attempt != event.attempt or task.status.finished:
+            if task.attempt == event.attempt and task.status.finished:
                 self._flow.send_to_worker(event.worker_id, StopTask(event.run_name, event.task_id, event.attempt))
             return
         if task.status is Status.RUNNING:
@@ -282,7 +300,7 @@ class Scheduler:
 
     def task_finished(self, event: TaskFinished) -> None:
         task = self._store.get_task(event.run_name, event.task_id)
-        if task is None or task.attempt != event.attempt or task.status.finished:
+        if task is None or task.kind is Kind.WORKFLOW or task.attempt != event.attempt or task.status.finished:
             return
         run = self._store.get_run(task.run_name)
         assert run is not None

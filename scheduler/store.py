@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL, PRIMARY KEY (run_name, task_id));
 CREATE TABLE IF NOT EXISTS edges (
     run_name TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL, kind TEXT NOT NULL,
-    PRIMARY KEY (run_name, upstream, downstream));
+    PRIMARY KEY (run_name, upstream, downstream, kind));
 CREATE INDEX IF NOT EXISTS edges_by_downstream ON edges (run_name, downstream);
 CREATE TABLE IF NOT EXISTS tags (
     tag TEXT PRIMARY KEY, run_name TEXT NOT NULL, created_at REAL NOT NULL);

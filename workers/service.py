@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Dict, Optional
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from dstack import defaults
 from dstack.broker import make_broker, send
-from dstack.errors import DstackError, MessageError, ServiceUnavailable
+from dstack.errors import BrokerUnavailable, DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import ClaimTask, StopTask, from_payload
 from dstack.names import EVENTS_QUEUE, WORKER_LABEL, task_queue, worker_queue
@@ -18,12 +18,15 @@ from dstack.rpc import RpcClient
 from dstack.settings import Settings
 from dstack.storage import open_storage
 from workers.execution import TASK_FILE, Execution, WorkerContext
+from workers.intake import TaskIntake
 from workers.provider_repos import ProviderRepos
 from workers.runtime import DockerRuntime
 from workers.sdk_bundle import build_sdk_bundle
 
 log = logging.getLogger(__name__)
 
+#: Longest wait between two tries to send an event, in seconds.
+MAX_EVENT_RETRY_DELAY = 10.0
 #: The scheduler's actor that handles worker events.
 EVENT_ACTOR = "handle_event"
 
@@ -46,7 +49,7 @@ class Worker:
             worker_id=settings.worker_id, hostname=settings.worker_host, home=self.home,
             storage=self.storage, runtime=self.runtime,
             sdk_bundle=build_sdk_bundle(self.home / "sdk"),
-            send_event=lambda event: send(self.broker, EVENTS_QUEUE, EVENT_ACTOR, event),
+            send_event=self._send_event,
             announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"))
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
@@ -64,13 +67,13 @@ class Worker:
     def run(self) -> None:
         """Serve until :meth:`shutdown`."""
         self.storage.check()
-        self.broker.declare_queue(task_queue())
+        self.broker.declare_queue(task_queue(), ensure=True)
         self._recover()
         self._control.start()
         log.info("worker %s: %d slots, network %s, storage %s", self.settings.worker_id,
                  self.settings.worker_slots, self.runtime.network, self.storage.url)
         try:
-            self._intake()
+            TaskIntake(self.settings.broker_url, task_queue(), self._take, self._room, self._stopping).run()
         finally:
             self._control.stop()
             self.publisher.close()
@@ -90,41 +93,6 @@ class Worker:
                 container.remove()
 
     # -------------------------------------------------------------- intake
-
-    def _intake(self) -> None:
-        """Consume only while a slot is free; with no slot, no consumer and no held delivery."""
-        while not self._stopping.is_set():
-            if not self._room.acquire(timeout=defaults.INTAKE_POLL_TIMEOUT):
-                continue
-            try:
-                holding = self._consume_while_room()
-            except (ServiceUnavailable, dramatiq.errors.ConnectionError) as e:
-                # the task goes back to the queue; the scheduler may be restarting for an upgrade
-                log.warning("cannot take tasks now (%s); retrying", e)
-                holding = True
-                self._stopping.wait(1.0)
-            if holding:
-                self._room.release()
-
-    def _consume_while_room(self) -> bool:
-        """Take tasks until the slots run out. Holds one slot on entry; returns whether it still does.
-
-        A task is acknowledged once claimed and saved in its folder; its container starts in the
-        task's own thread, so starts overlap and no delivery waits on Docker.
-        """
-        consumer = self.broker.consume(task_queue(), prefetch=1, timeout=int(defaults.INTAKE_POLL_TIMEOUT * 1000))
-        try:
-            while not self._stopping.is_set():
-                message = next(consumer)
-                if message is None:
-                    continue
-                taken = self._take(message.args[0])
-                consumer.ack(message)
-                if taken and not self._room.acquire(blocking=False):
-                    return False  # full: closing the consumer hands back any prefetched delivery
-            return True
-        finally:
-            consumer.close()
 
     def _take(self, payload: Any) -> bool:
         """Claim a task and start it in its own thread. Returns whether it took a slot."""
@@ -179,6 +147,20 @@ class Worker:
             self._rpc.close()
             self._rpc = None
             raise
+
+    def _send_event(self, event: Any) -> None:
+        """Events are how the scheduler learns what became of a task: retried until RabbitMQ
+        takes them (the broker may be restarting)."""
+        delay = 0.5
+        while True:
+            try:
+                send(self.broker, EVENTS_QUEUE, EVENT_ACTOR, event)
+                return
+            except BrokerUnavailable as e:
+                log.warning("cannot send %s for %s yet (%s); retrying in %.1f s", type(event).__name__,
+                            event.task_id, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_EVENT_RETRY_DELAY)
 
     # -------------------------------------------------------------- control
 

@@ -85,7 +85,8 @@ class Harness:
 
     def submit(self, run: str = RUN, workflow: str = WF, snapshot: str = "snap-1") -> Any:
         return self.scheduler.handle_request(SubmitRun(
-            run_name=run, workflow=workflow, workflows=[WorkflowSpec(name=workflow, data={"jobs": 2}, provider=PROVIDER)],
+            run_name=run, workflow=workflow,
+            workflows=[WorkflowSpec(name=workflow, data={"jobs": 2}, provider=PROVIDER)],
             snapshot_id=snapshot, submitted_at=1700000000.0, project="/p"))
 
     def claim(self, task_id: str, worker: str = "w1", attempt: int = 1, run: str = RUN) -> Dict[str, Any]:
@@ -121,7 +122,8 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 
 def test_submit_records_queued_run_and_provider_task_in_outbox(h: Harness) -> None:
-    request = SubmitRun(run_name=RUN, workflow=WF, workflows=[WorkflowSpec(name=WF, data={"epochs": 3}, provider=PROVIDER)],
+    request = SubmitRun(run_name=RUN, workflow=WF,
+                        workflows=[WorkflowSpec(name=WF, data={"epochs": 3}, provider=PROVIDER)],
                         snapshot_id="snap-1", submitted_at=1700000000.0, project="/home/me/p")
     with h.store.transaction():
         view = h.scheduler.submit_run(request)
@@ -493,6 +495,24 @@ def test_master_done_before_follower_released_does_not_hang_the_run(h: Harness) 
     h.finish("train.1")
     assert h.task("train.2").status.finished
     assert h.run().status.finished
+
+
+def test_follower_that_also_depends_on_its_master_does_not_hang_the_run(h: Harness) -> None:
+    h.provider_creates([spec("master"), spec("follower", ["master"], master="master")])
+    h.start("train.0")
+    h.finish("train.0")
+    follower = h.task("train.1")
+    assert follower.status is Status.FAILED
+    assert follower.reason == "master train.0 done before this job started"
+    assert h.run().status is Status.FAILED
+
+
+def test_dependency_listed_twice_is_waited_for_once(h: Harness) -> None:
+    h.provider_creates([spec("a"), spec("b", ["a", "a"])])
+    h.start("train.0")
+    sent = len(h.sent)
+    h.finish("train.0")
+    assert [m.job.job_id for m in h.job_tasks(sent)] == ["train.1"]
 
 
 # ----------------------------------------------------------------------------- stop
