@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any, Dict, Optional
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from dstack.broker import make_broker, send
-from dstack.errors import BrokerUnavailable, DstackError, MessageError
+from dstack.broker import make_broker
+from dstack.errors import DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import ClaimTask, StopTask, from_payload
-from dstack.names import EVENTS_QUEUE, WORKER_LABEL, task_queue, worker_queue
+from dstack.names import WORKER_LABEL, task_queue, worker_queue
 from dstack.rpc import RpcClient
 from dstack.settings import Settings
 from dstack.storage import open_storage
 from workers.execution import TASK_FILE, Execution, WorkerContext
+from workers.events import EventSender
 from workers.intake import TaskIntake
 from workers.provider_repos import ProviderRepos
 from workers.runtime import DockerRuntime
@@ -25,10 +25,6 @@ from workers.sdk_bundle import build_sdk_bundle
 
 log = logging.getLogger(__name__)
 
-#: Longest wait between two tries to send an event, in seconds.
-MAX_EVENT_RETRY_DELAY = 10.0
-#: The scheduler's actor that handles worker events.
-EVENT_ACTOR = "handle_event"
 
 
 class Worker:
@@ -45,11 +41,12 @@ class Worker:
         self.storage = open_storage(settings.storage_url)
         self.runtime = DockerRuntime(settings.network)
         self.publisher = Publisher(settings.broker_url)
+        self.events = EventSender(self.broker)
         self.context = WorkerContext(
             worker_id=settings.worker_id, hostname=settings.worker_host, home=self.home,
             storage=self.storage, runtime=self.runtime,
             sdk_bundle=build_sdk_bundle(self.home / "sdk"),
-            send_event=self._send_event,
+            send_event=self.events.send,
             announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"))
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
@@ -76,6 +73,7 @@ class Worker:
             TaskIntake(self.settings.broker_url, task_queue(), self._take, self._room, self._stopping).run()
         finally:
             self._control.stop()
+            self.events.close()
             self.publisher.close()
 
     def shutdown(self) -> None:
@@ -147,20 +145,6 @@ class Worker:
             self._rpc.close()
             self._rpc = None
             raise
-
-    def _send_event(self, event: Any) -> None:
-        """Events are how the scheduler learns what became of a task: retried until RabbitMQ
-        takes them (the broker may be restarting)."""
-        delay = 0.5
-        while True:
-            try:
-                send(self.broker, EVENTS_QUEUE, EVENT_ACTOR, event)
-                return
-            except BrokerUnavailable as e:
-                log.warning("cannot send %s for %s yet (%s); retrying in %.1f s", type(event).__name__,
-                            event.task_id, e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_EVENT_RETRY_DELAY)
 
     # -------------------------------------------------------------- control
 

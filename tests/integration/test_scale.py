@@ -1,6 +1,7 @@
 """A provider that creates 1,000 jobs in a fan-out and fan-in shape completes."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from tests.projects import graph_project
@@ -23,3 +24,7 @@ def test_thousand_jobs_fan_out_and_fan_in(cluster: Cluster, tmp_path: Path) -> N
     assert len(by_id) == JOBS + 1 and all(j["status"] == "done" for j in by_id.values())
     last_of_fan_out = max(by_id[f"wide.{i}"]["finished_at"] for i in range(JOBS - 1))
     assert by_id[f"wide.{JOBS - 1}"]["started_at"] >= last_of_fan_out
+    # the services' connections do not grow with the number of tasks they handled
+    vhost = cluster.broker_url.rsplit("/", 1)[1]
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "vhost"], capture_output=True, text=True)
+    assert sum(line.strip() == vhost for line in listed.stdout.splitlines()) < 30
