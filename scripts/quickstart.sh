@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up dstack on this machine and run the example workflow `hello` on the embedded
+# Set up dstack on this machine and run the example pipeline `evaluate` on the embedded
 # defaults: RabbitMQ on 127.0.0.1, storage in a folder under $DSTACK_HOME (~/.dstack).
 # Starts `dstack up` (a scheduler and a worker) in the background unless a scheduler
 # already answers, and stops it again at the end.
@@ -23,8 +23,8 @@ if ! "$DSTACK" status -n 1 >/dev/null 2>&1; then
 fi
 
 cd "$ROOT/examples/pipeline"
-echo "[quickstart] dstack run hello" >&2
-output="$("$DSTACK" run hello | tee /dev/stderr)"
+echo "[quickstart] dstack run evaluate (prepare -> train -> evaluate)" >&2
+output="$("$DSTACK" run evaluate | tee /dev/stderr)"
 run_name="$(head -n 1 <<<"$output")"
 echo "[quickstart] artifacts of $run_name:" >&2
 "$DSTACK" artifacts list "$run_name"
