@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
+from dstack.errors import DstackError
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 
 
@@ -88,6 +89,9 @@ class StateStore(abc.ABC):
     def remove_outbox(self, item_id: int) -> None: ...
 
 
+#: Version of the tables below; a database of another version is refused, not misread.
+SCHEMA_VERSION = 2
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_name TEXT PRIMARY KEY, workflow TEXT NOT NULL, status TEXT NOT NULL,
@@ -130,7 +134,13 @@ class SqliteStateStore(StateStore):
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        if has_tables and version != SCHEMA_VERSION:
+            raise DstackError(f"the scheduler's state at {path} has schema version {version}, not "
+                              f"{SCHEMA_VERSION} (written by another version of dstack); move it away to start afresh")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.RLock()
         self._depth = 0
 

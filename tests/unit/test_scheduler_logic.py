@@ -648,3 +648,17 @@ def test_tasks_listed_in_creation_order(h: Harness) -> None:
     h.start("train.0")
     assert list(h.tasks()) == [PROVIDER_TASK, "train.0", "train.1", "train.2"]
     assert list(h.records()) == [WF, PROVIDER_TASK, "train.0", "train.1", "train.2"]
+
+
+def test_state_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from dstack.errors import DstackError
+
+    path = tmp_path / "state.db"
+    SqliteStateStore(path).close()
+    db = sqlite3.connect(str(path))
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with pytest.raises(DstackError, match="schema version 1, not 2"):
+        SqliteStateStore(path)
