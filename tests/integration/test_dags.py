@@ -187,6 +187,6 @@ def test_provider_from_another_repository(cluster: Cluster, tmp_path: Path) -> N
     assert run["jobs"][0]["provider_commit"] == commit
 
     missing = cluster.status(run_name_of(cluster.dstack("run", "missing", cwd=project)))
-    assert f"has no provider 'nope' (it has: remote-graph)" in missing["jobs"][0]["reason"]
+    assert "has no provider 'nope' (it has: remote-graph)" in missing["jobs"][0]["reason"]
     unreachable = cluster.status(run_name_of(cluster.dstack("run", "unreachable", cwd=project)))
     assert "cannot fetch" in unreachable["jobs"][0]["reason"] and "no-repo" in unreachable["jobs"][0]["reason"]

@@ -54,12 +54,15 @@ def test_missing_image(cluster: Cluster, tmp_path: Path) -> None:
 
 
 def test_command_exit_code(cluster: Cluster, tmp_path: Path) -> None:
-    run, jobs = failed_run(cluster, tmp_path, [{"commands": ["echo before", "exit 4"]},
+    run, jobs = failed_run(cluster, tmp_path, [{"commands": ["echo before > out/partial.txt", "cat out/partial.txt",
+                                                             "exit 4"], "artifacts": ["out"]},
                                                {"commands": ["true"], "depends_on": [0]}])
     assert jobs["w.0"]["exit_code"] == 4 and "exit code 4" in jobs["w.0"]["reason"]
     assert "before" in jobs["w.0"]["reason"]
     assert jobs["w.1"]["status"] == "failed" and jobs["w.1"]["reason"] == "dependency w.0 failed"
     assert run["reason"].startswith("w.0: exit code 4")
+    listing = cluster.dstack("artifacts", "list", run["run_name"]).stdout
+    assert "w.0\tout/partial.txt\t7" in listing  # uploaded although the job failed
 
 
 def test_out_of_memory(cluster: Cluster, tmp_path: Path) -> None:
