@@ -40,7 +40,7 @@ import docker
 
 from dstack.names import WORKER_LABEL
 from tests.projects import graph_project
-from tests.services import REPO_ROOT, TEST_IMAGE, Cluster, Vhost, write_project
+from tests.services import Cluster, REPO_ROOT, TEST_IMAGE, Vhost, run_name_of, write_project
 
 NOOP = ["/bin/sh", "-c", "true"]
 WORKER_ID = "bench-worker"
@@ -103,7 +103,7 @@ def dstack_run(cluster: Cluster, project: Path, case: Case) -> Dict[str, Any]:
     if result.returncode != 0:
         raise RuntimeError(f"`dstack run {case.name}` exited {result.returncode}:\n{result.stdout}\n"
                            f"{result.stderr}\n{cluster.logs()}")
-    run_name = result.stdout.splitlines()[0].strip()
+    run_name = run_name_of(result)
     run = cluster.status(run_name)
     if run["status"] != "done":
         raise RuntimeError(f"{run_name} is {run['status']}: {run['reason']}")

@@ -52,6 +52,14 @@ def connect(url: str) -> pika.BlockingConnection:
             "start it (`rabbitmq-server -detached`) or set DSTACK_BROKER_URL") from None
 
 
+def close_quietly(connection: pika.BlockingConnection) -> None:
+    """Close ``connection``; one the broker already dropped is closed enough."""
+    try:
+        connection.close()
+    except pika.exceptions.AMQPError:
+        pass
+
+
 def make_broker(url: str) -> RabbitmqBroker:
     """The Dramatiq broker every dstack service uses, also made the global one.
 

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import pika
 
-from dstack.broker import connect
+from dstack.broker import close_quietly, connect
 from dstack.errors import BrokerUnavailable
 from dstack.names import LOGS_EXCHANGE, UPDATES_EXCHANGE
 
@@ -70,10 +70,9 @@ class Publisher:
 class Subscription:
     """A private queue receiving the live notifications of one run (logs and updates)."""
 
-    def __init__(self, url: str, run_name: str, *, logs: bool = True, updates: bool = True) -> None:
+    def __init__(self, url: str, run_name: str) -> None:
         self._url = url
         self._run_name = run_name
-        self._exchanges = [e for e, wanted in ((LOGS_EXCHANGE, logs), (UPDATES_EXCHANGE, updates)) if wanted]
         self._connect()
 
     def _connect(self) -> None:
@@ -81,7 +80,7 @@ class Subscription:
         self._channel = self._connection.channel()
         declare_exchanges(self._channel)
         self._queue = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        for exchange in self._exchanges:
+        for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
             self._channel.queue_bind(self._queue, exchange, routing_key=self._run_name)
 
     def get(self, timeout: float) -> Optional[Tuple[str, bytes]]:
@@ -106,7 +105,4 @@ class Subscription:
         self._connect()
 
     def close(self) -> None:
-        try:
-            self._connection.close()
-        except pika.exceptions.AMQPError:
-            pass
+        close_quietly(self._connection)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pika
 
 from dstack import defaults
-from dstack.broker import connect, describe
+from dstack.broker import close_quietly, connect, describe
 from dstack.errors import (BrokerUnavailable, DstackError, MessageError, RequestRejected,
                            SchedulerUnavailable)
 from dstack.messages import decode, encode, pack, unpack
@@ -83,10 +83,7 @@ class RpcClient:
         return reply.get("result")
 
     def close(self) -> None:
-        try:
-            self._connection.close()
-        except pika.exceptions.AMQPError:
-            pass
+        close_quietly(self._connection)
 
     def __enter__(self) -> "RpcClient":
         return self
@@ -139,10 +136,7 @@ class RpcServer:
                                           pika.BasicProperties(correlation_id=properties.correlation_id))
                 channel.basic_ack(method.delivery_tag)
         finally:
-            try:
-                connection.close()
-            except pika.exceptions.AMQPError:
-                pass
+            close_quietly(connection)
 
     def _answer(self, body: bytes) -> dict:
         try:

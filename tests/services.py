@@ -162,6 +162,12 @@ class FileServer:
         self.server.shutdown()
 
 
+def run_name_of(result: subprocess.CompletedProcess) -> str:
+    """The run name `dstack run` prints on its first line ("" when it printed nothing)."""
+    words = result.stdout.split()
+    return words[0] if words else ""
+
+
 def write_project(root: Path, files: Dict[str, str]) -> Path:
     """Create a project folder holding ``files`` (path -> text)."""
     for path, text in files.items():

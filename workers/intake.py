@@ -15,7 +15,7 @@ import dramatiq
 import pika
 
 from dstack import defaults
-from dstack.broker import connect
+from dstack.broker import close_quietly, connect
 from dstack.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,7 @@ class TaskIntake:
                 else:
                     connection.process_data_events(0)  # heartbeats while full
         finally:
-            try:
-                connection.close()
-            except pika.exceptions.AMQPError:
-                pass
+            close_quietly(connection)
 
     def _consume_while_room(self, channel: Any) -> None:
         """Holds one slot on entry, and gives it back unless a task took it."""

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.projects import graph_project
-from tests.services import Cluster, FileServer, Vhost, queue_consumers, wait_for, write_project
+from tests.services import Cluster, FileServer, Vhost, queue_consumers, run_name_of, wait_for, write_project
 from tests.spec import curl_example
 
 
@@ -38,7 +38,7 @@ def test_snapshot_honours_gitignore_and_uploads_only_changes(cluster: Cluster, t
     (project / "keep.txt").write_text("2")
     second = cluster.dstack("run", "w", cwd=project)
     assert "snapshot: 6 files, 1 uploaded" in second.stderr
-    run_name = second.stdout.splitlines()[0].strip()
+    run_name = run_name_of(second)
     out = tmp_path / "out"
     cluster.dstack("artifacts", "download", run_name, "-o", str(out))
     listed = (out / "w.0" / "out" / "files.txt").read_text().split()

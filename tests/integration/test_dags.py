@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import yaml
 
 from tests.projects import GRAPH_PROVIDER, GRAPH_SCHEMA, graph_project
-from tests.services import Cluster, FileServer, write_project
+from tests.services import Cluster, FileServer, run_name_of, write_project
 
 
 def job(commands: List[str], artifacts: List[str] = ()) -> Dict[str, Any]:
@@ -21,10 +21,6 @@ def project_of(tmp_path: Path, workflows: List[Dict[str, Any]], variables: Dict[
     if variables is not None:
         files[".dstack/variables.yaml"] = yaml.safe_dump({"variables": variables})
     return write_project(tmp_path / "project", files)
-
-
-def run_name_of(result: subprocess.CompletedProcess) -> str:
-    return result.stdout.splitlines()[0].strip()
 
 
 def test_diamond_runs_each_workflow_once_in_order_with_upstream_artifacts(cluster: Cluster, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from dstack.messages import JobSpec, JobTask
 from dstack.names import task_queue
 from tests.conftest import start_cluster
 from tests.projects import graph_project
-from tests.services import Cluster, FileServer, PrivateRabbitMQ, wait_for, write_project
+from tests.services import Cluster, FileServer, PrivateRabbitMQ, run_name_of, wait_for, write_project
 
 
 def test_job_outliving_the_consumer_timeout_runs_exactly_once(tmp_path: Path, files: FileServer, s3: object,
@@ -25,7 +25,7 @@ def test_job_outliving_the_consumer_timeout_runs_exactly_once(tmp_path: Path, fi
         result = cluster.dstack("run", "w", cwd=project, timeout=240)
         assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
         assert files.hits["/job-started"] == 1
-        run = cluster.status(result.stdout.splitlines()[0].strip())
+        run = cluster.status(run_name_of(result))
         assert [(j["job_id"], j["status"], j["attempt"]) for j in run["jobs"]] == [
             ("w.provider", "done", 1), ("w.0", "done", 1)]
     finally:
@@ -37,7 +37,7 @@ def test_redelivered_task_starts_no_second_container(cluster: Cluster, tmp_path:
     jobs = [{"commands": [f"curl -s {files.url}/original", "sleep 4"]}]
     project = write_project(tmp_path / "project", graph_project([{"name": "w", "jobs": jobs}]))
     result = cluster.dstack("run", "w", "-d", cwd=project)
-    run_name = result.stdout.splitlines()[0].strip()
+    run_name = run_name_of(result)
     wait_for(lambda: files.hits.get("/original"), 60, "the job to start")
     duplicate = JobTask(run_name=run_name, attempt=1, snapshot_id="unused",
                         job=JobSpec(job_id="w.0", image="python:3.9", commands=[f"curl -s {files.url}/duplicate"]))

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 
 from tests.projects import graph_project
-from tests.services import Cluster, free_port, write_project
+from tests.services import Cluster, free_port, run_name_of, write_project
 
 
 def run_workflow(cluster: Cluster, tmp_path: Path, files: dict, workflow: str = "w"):
     project = write_project(tmp_path / "project", files)
     result = cluster.dstack("run", workflow, cwd=project)
-    run_name = result.stdout.splitlines()[0].strip() if result.stdout.strip() else ""
+    run_name = run_name_of(result)
     return result, run_name
 
 

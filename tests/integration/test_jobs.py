@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.projects import graph_project
-from tests.services import Cluster, FileServer, free_port, wait_for, write_project
+from tests.services import Cluster, FileServer, free_port, run_name_of, wait_for, write_project
 
 
 def run(cluster: Cluster, tmp_path: Path, jobs: list, *args: str, **kw: object):
     project = write_project(tmp_path / "project", graph_project([{"name": "w", "jobs": jobs}], **kw))
     result = cluster.dstack("run", "w", *args, cwd=project)
-    run_name = result.stdout.splitlines()[0].strip() if result.stdout else ""
+    run_name = run_name_of(result)
     return result, run_name
 
 

@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 from tests.projects import graph_project
-from tests.services import Cluster, write_project
+from tests.services import Cluster, run_name_of, write_project
 
 JOBS = 1000
 
@@ -19,7 +19,7 @@ def test_thousand_jobs_fan_out_and_fan_in(cluster: Cluster, tmp_path: Path) -> N
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wide.{JOBS - 1} | fan-in" in result.stdout
-    run = cluster.status(result.stdout.splitlines()[0].strip())
+    run = cluster.status(run_name_of(result))
     by_id = {j["job_id"]: j for j in run["jobs"]}
     assert len(by_id) == JOBS + 1 and all(j["status"] == "done" for j in by_id.values())
     last_of_fan_out = max(by_id[f"wide.{i}"]["finished_at"] for i in range(JOBS - 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.services import Cluster, FileServer, write_project
+from tests.services import Cluster, FileServer, run_name_of, write_project
 from tests.spec import curl_example
 
 SPEC_URL = "https://github.com/karpathy/char-rnn/blob/master/data/tinyshakespeare/input.txt"
@@ -23,7 +23,7 @@ def test_curl_example_runs_verbatim(cluster: Cluster, files: FileServer, tmp_pat
     result = cluster.dstack("run", "tinyshakespeare", cwd=project)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    run_name = result.stdout.splitlines()[0].strip()
+    run_name = run_name_of(result)
     assert "tinyshakespeare.provider | dstack: tinyshakespeare: created 1 job(s)" in result.stdout
     assert f"{run_name} done" in result.stderr
 
@@ -54,6 +54,6 @@ def test_schema_violation_fails_the_run_naming_the_field(cluster: Cluster, tmp_p
 
     assert result.returncode == 1
     assert "field 'output': 42 is not of type 'string' (rule: type)" in result.stderr
-    run = cluster.status(result.stdout.splitlines()[0].strip())
+    run = cluster.status(run_name_of(result))
     assert run["status"] == "failed" and "field 'output'" in run["reason"]
     assert [j["job_id"] for j in run["jobs"]] == ["tinyshakespeare.provider"]  # no job was created
