@@ -123,6 +123,13 @@ class Execution:
                 storage.get_file(artifact_key(ref.run_name, ref.job_id, entry["path"]),
                                  safe_join(workdir, entry["path"]))
 
+    @property
+    def _container_name(self) -> str:
+        return container_name(self.task.run_name, self.task.task_id, self.task.attempt)
+
+    def _log_writer(self) -> LogWriter:
+        return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
+
     def _base_env(self) -> Dict[str, str]:
         return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "PYTHONUNBUFFERED": "1",
                 "JOB_HOSTNAME": self.context.hostname}
@@ -154,7 +161,7 @@ class Execution:
                "DSTACK_WORKFLOW_FILE": f"{inside}/io/workflow.json", "DSTACK_PROVIDER_OUTPUT": f"{inside}/io",
                "PYTHONUSERBASE": f"{inside}/sdk", **task.env}
         spec = ContainerSpec(
-            name=container_name(task.run_name, task.task_id, task.attempt), image=provider.image,
+            name=self._container_name, image=provider.image,
             script=" && ".join(provider.commands), env=env, working_dir=working_dir, mounts=mounts,
             labels=self._labels())
         return spec, commit
@@ -175,7 +182,7 @@ class Execution:
         env.update(job.env)
         resources = job.resources
         return ContainerSpec(
-            name=container_name(task.run_name, task.task_id, task.attempt), image=job.image,
+            name=self._container_name, image=job.image,
             script=" && ".join(job.commands), env=env, working_dir=workdir,
             mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False)], labels=self._labels(),
             ports=job.ports, cpu=resources.cpu, memory_mib=resources.memory_mib,
@@ -186,7 +193,7 @@ class Execution:
     def follow(self) -> None:
         """Ship the logs until the container exits, then upload artifacts and report the end."""
         assert self.container is not None
-        writer = LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
+        writer = self._log_writer()
         flusher = _Ticker(writer.flush_if_due)
         try:
             for data in self.container.logs():
@@ -209,7 +216,7 @@ class Execution:
     def abandon(self, reason: str) -> None:
         """Report the task failed for ``reason`` (it did not start, or its end was not seen),
         remove its container if there is one, and clean up."""
-        writer = LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
+        writer = self._log_writer()
         writer.add_lines([f"dstack: {self.task.task_id} failed: {reason}"])
         writer.close()
         self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,

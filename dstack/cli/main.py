@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 
 from dstack import __version__
-from dstack.cli.follow import follow
+from dstack.cli.follow import LogPrinter, follow
 from dstack.cli.render import print_runs
 from dstack.errors import DstackError
 from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun
@@ -159,8 +159,6 @@ def status(context: Context, run_name: Optional[str], as_json: bool, limit: int)
 @pass_context
 def logs(context: Context, run_name: str, job: Optional[str], live: bool) -> None:
     """Print the logs of RUN_NAME (or of its JOB), each line marked with its job."""
-    from dstack.cli.follow import LogPrinter
-
     if live:
         with context.rpc() as rpc:
             try:
