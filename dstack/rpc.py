@@ -40,9 +40,12 @@ class RpcClient:
     def __init__(self, url: str, *, timeout: float = defaults.RPC_TIMEOUT) -> None:
         self._url = url
         self._timeout = timeout
-        self._connection = connect(url)
-        self._channel = self._connection.channel()
         self._replies: dict = {}
+        self._connect()
+
+    def _connect(self) -> None:
+        self._connection = connect(self._url)
+        self._channel = self._connection.channel()
         self._channel.basic_consume(_REPLY_TO, self._on_reply, auto_ack=True)
 
     def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
@@ -55,18 +58,16 @@ class RpcClient:
             SchedulerUnavailable: no scheduler consumes requests, or none answered in time.
             RequestRejected: the scheduler refused the request; the message says why.
         """
+        correlation_id = uuid.uuid4().hex
         try:
-            queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
-            if queue.method.consumer_count == 0:
-                raise SchedulerUnavailable(
-                    f"no scheduler is running on the broker at {describe(self._url)}; "
-                    "start one with `dstack up` (single machine) or `dstack scheduler`")
-            correlation_id = uuid.uuid4().hex
-            self._channel.basic_publish(
-                exchange="", routing_key=RPC_QUEUE, body=encode(request),
-                properties=pika.BasicProperties(
-                    reply_to=_REPLY_TO, correlation_id=correlation_id, delivery_mode=1,
-                    expiration=str(int(self._timeout * 1000))))
+            try:
+                self._send(request, correlation_id)
+            except pika.exceptions.AMQPError:
+                # the broker dropped a connection left idle (a long `dstack run` follows its run
+                # on another one); the request was not sent, so sending it on a new one is safe
+                close_quietly(self._connection)
+                self._connect()
+                self._send(request, correlation_id)
             deadline = time.monotonic() + self._timeout
             while correlation_id not in self._replies:
                 left = deadline - time.monotonic()
@@ -81,6 +82,18 @@ class RpcClient:
         if not reply.get("ok"):
             raise RequestRejected(reply.get("error") or "the scheduler refused the request")
         return reply.get("result")
+
+    def _send(self, request: Any, correlation_id: str) -> None:
+        queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
+        if queue.method.consumer_count == 0:
+            raise SchedulerUnavailable(
+                f"no scheduler is running on the broker at {describe(self._url)}; "
+                "start one with `dstack up` (single machine) or `dstack scheduler`")
+        self._channel.basic_publish(
+            exchange="", routing_key=RPC_QUEUE, body=encode(request),
+            properties=pika.BasicProperties(
+                reply_to=_REPLY_TO, correlation_id=correlation_id, delivery_mode=1,
+                expiration=str(int(self._timeout * 1000))))
 
     def close(self) -> None:
         close_quietly(self._connection)

@@ -79,12 +79,12 @@ def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *, 
                 exchange, body = item
                 if exchange == LOGS_EXCHANGE:
                     printer.live(LogChunk.decode(body))
-                    continue
-                update = unpack(body)
-                _show_changes(update["jobs"], statuses, err if show_status else None)
-                run["status"] = update["run"]["status"]
-                if run["status"] not in FINISHED:
-                    continue
+                else:
+                    update = unpack(body)
+                    _show_changes(update["jobs"], statuses, err if show_status else None)
+                    run["status"] = update["run"]["status"]
+            # also while notifications keep coming: a missed one is caught up, and the request
+            # connection stays in use
             if run["status"] in FINISHED or time.monotonic() >= next_refresh:
                 run = _refresh(rpc, run_name, statuses, err if show_status else None)
                 next_refresh = time.monotonic() + REFRESH_INTERVAL
