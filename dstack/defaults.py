@@ -30,6 +30,10 @@ LOG_CHUNK_BYTES = 256 * 1024
 STOP_GRACE_PERIOD = 10
 #: How many tasks (provider runs and jobs) one worker runs at once when its config does not say.
 WORKER_SLOTS = 4
+#: Seconds between two reports of a worker to the scheduler (what it has, what runs on it).
+HEARTBEAT_INTERVAL = 10.0
+#: Seconds after its last report that the scheduler counts a worker as gone.
+WORKER_TIMEOUT = 60.0
 #: Seconds the worker's intake waits for a task before it checks its capacity again.
 INTAKE_POLL_TIMEOUT = 1.0
 

@@ -36,6 +36,24 @@ class Resources:
 
 
 @dataclass
+class GpuInfo:
+    """One GPU of a worker: its device id (as Docker and the NVIDIA runtime take it), model and memory."""
+
+    id: str
+    name: str
+    memory_mib: int
+
+
+@dataclass
+class Inventory:
+    """What a worker has for tasks (or, in a report, has free)."""
+
+    cpu: float
+    memory_mib: int
+    gpus: List[GpuInfo] = field(default_factory=list)
+
+
+@dataclass
 class ProviderSpec:
     """A provider from ``.dstack/providers.yaml``: the container that creates a workflow's jobs."""
 
@@ -153,6 +171,14 @@ class StopTask:
     abort: bool = False
 
 
+@dataclass
+class QueueOpened:
+    """Scheduler -> every live worker: the task queue ``queue`` of tasks needing ``needs`` holds tasks now."""
+
+    queue: str
+    needs: Resources
+
+
 # ----------------------------------------------------------------------------- events
 
 
@@ -254,10 +280,48 @@ class ClaimTask:
     worker_id: str
 
 
+@dataclass
+class Allocation:
+    """What one task holds on its worker: what it asked for, and the GPUs it got."""
+
+    run_name: str
+    task_id: str
+    attempt: int
+    needs: Resources
+    gpu_ids: List[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerReport:
+    """Worker -> scheduler, when it starts and then every heartbeat interval: what it has, and
+    what its tasks hold. The reply names the task queues that hold tasks:
+    ``{"queues": [{"queue": name, "needs": Resources as a map}]}``."""
+
+    worker_id: str
+    host: str
+    resources: Inventory
+    slots: int
+    in_use: List[Allocation]
+    started_at: float
+
+
+@dataclass
+class WorkerLeaving:
+    """Worker -> scheduler: it stops; it is no longer live."""
+
+    worker_id: str
+
+
+@dataclass
+class GetWorkers:
+    """CLI -> scheduler: the live workers, with what they have and what is in use."""
+
+
 MESSAGE_TYPES: Dict[str, type] = {
     cls.__name__: cls
     for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
-                SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags)
+                SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags,
+                QueueOpened, WorkerReport, WorkerLeaving, GetWorkers)
 }
 
 

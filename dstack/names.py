@@ -4,6 +4,10 @@ from __future__ import annotations
 import re
 import secrets
 
+from typing import Optional
+
+from dstack.messages import Resources
+from dstack.placement import gpu_model
 from dstack.storage.base import check_key
 
 #: Events from workers to the scheduler (Dramatiq queue).
@@ -27,9 +31,26 @@ def is_valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
-def task_queue(tag: str = "cpu") -> str:
-    """The queue that workers able to run ``tag`` tasks consume from."""
-    return f"dstack.tasks.{tag}"
+#: The queue of tasks that ask for no particular resources; every worker takes from it.
+DEFAULT_TASK_QUEUE = "dstack.tasks.cpu"
+
+
+def task_queue(needs: Optional[Resources] = None) -> str:
+    """The queue of tasks that need exactly ``needs``: one queue per kind of task, named after
+    what it needs (``dstack.tasks.gpu2xa100-vram40960mib-cpu8``), so that a worker takes only from
+    queues whose tasks fit what it has free. GPU memory, CPUs and memory name the queue only when
+    asked for; shared memory is no resource a worker counts."""
+    parts = []
+    if needs is not None:
+        if needs.gpu_count:
+            parts.append(f"gpu{needs.gpu_count}x{gpu_model(needs.gpu_name) if needs.gpu_name else 'any'}")
+            if needs.gpu_memory_mib:
+                parts.append(f"vram{needs.gpu_memory_mib}mib")
+        if needs.cpu:
+            parts.append(f"cpu{needs.cpu:g}")
+        if needs.memory_mib:
+            parts.append(f"mem{needs.memory_mib}mib")
+    return f"dstack.tasks.{'-'.join(parts)}" if parts else DEFAULT_TASK_QUEUE
 
 
 def worker_queue(worker_id: str) -> str:

@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
@@ -23,6 +23,9 @@ ENV_VARS = {
     "DSTACK_WORKER_SLOTS": "worker_slots",
     "DSTACK_WORKER_HOST": "worker_host",
     "DSTACK_NETWORK": "network",
+    "DSTACK_WORKER_RESOURCES": "worker_resources",
+    "DSTACK_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "DSTACK_WORKER_TIMEOUT": "worker_timeout",
 }
 
 
@@ -41,6 +44,11 @@ class Settings:
             default: the host name).
         network: ``host`` or ``bridge`` for job containers (``DSTACK_NETWORK``); empty means
             bridge when the Docker engine has a bridge network, else host.
+        worker_resources: what a worker offers, declared or restricted (``DSTACK_WORKER_RESOURCES``,
+            YAML such as ``{cpu: 8, memory: 64GB, gpu: 2}``); empty: what the machine has.
+        heartbeat_interval: seconds between two reports of a worker (``DSTACK_HEARTBEAT_INTERVAL``).
+        worker_timeout: seconds after its last report that the scheduler counts a worker as gone
+            (``DSTACK_WORKER_TIMEOUT``).
     """
 
     home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
@@ -50,6 +58,9 @@ class Settings:
     worker_slots: int = defaults.WORKER_SLOTS
     worker_host: str = ""
     network: str = ""
+    worker_resources: Dict[str, Any] = field(default_factory=dict)
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    worker_timeout: float = defaults.WORKER_TIMEOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -89,7 +100,39 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
             raise ConfigError(f"worker slots must be a whole number of at least 1, not {raw!r}",
                               field="DSTACK_WORKER_SLOTS")
         values["worker_slots"] = slots
+    for name in ("heartbeat_interval", "worker_timeout"):
+        if name in values:
+            values[name] = _seconds(values[name], name)
+    if isinstance(values.get("worker_resources"), str):
+        values["worker_resources"] = yaml_mapping(str(values["worker_resources"]), "DSTACK_WORKER_RESOURCES")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def yaml_mapping(text: str, field: str) -> Dict[str, Any]:
+    """A YAML mapping given as text (an environment variable, an option).
+
+    Raises:
+        ConfigError: not YAML, or not a mapping; the message names ``field``.
+    """
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", field=field) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping such as '{{cpu: 8, memory: 64GB, gpu: 2}}', not {text!r}",
+                          field=field)
+    return data
+
+
+def _seconds(raw: object, name: str) -> float:
+    try:
+        seconds = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if seconds <= 0:
+        raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds, not {raw!r}",
+                          field="DSTACK_" + name.upper())
+    return seconds
 
 
 def _read_config_file(path: Path) -> Dict[str, object]:

@@ -11,8 +11,8 @@ from dataclasses import asdict
 from typing import Any, Dict, List
 
 from dstack.messages import (ArtifactRef, Endpoint, JobSpec, JobTask, ProviderRepo, ProviderSpec, ProviderTask,
-                             StopTask, encode, from_dict)
-from dstack.names import job_id as make_job_id, task_queue, worker_queue
+                             QueueOpened, Resources, StopTask, encode, from_dict)
+from dstack.names import DEFAULT_TASK_QUEUE, job_id as make_job_id, task_queue, worker_queue
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 from scheduler.store import StateStore
 
@@ -27,10 +27,16 @@ def env_of(variables: Dict[str, Any]) -> Dict[str, str]:
 
 
 class TaskFlow:
-    """The task state machine over a :class:`StateStore`; remembers what changed, per run."""
+    """The task state machine over a :class:`StateStore`; remembers what changed, per run.
 
-    def __init__(self, store: StateStore) -> None:
+    Args:
+        store: the state.
+        worker_timeout: seconds after its last report that a worker counts as gone.
+    """
+
+    def __init__(self, store: StateStore, worker_timeout: float) -> None:
         self.store = store
+        self.worker_timeout = worker_timeout
         self.changed: Dict[str, Dict[str, TaskRecord]] = {}
 
     def save(self, task: TaskRecord) -> None:
@@ -71,8 +77,10 @@ class TaskFlow:
                 self.release_if_ready(follower)
 
     def enqueue(self, task: TaskRecord) -> None:
+        """Put ``task`` on the queue of tasks that need what it needs."""
         run = self.store.get_run(task.run_name)
         assert run is not None
+        needs = Resources()
         if task.kind is Kind.PROVIDER:
             workflow = self.store.get_task(task.run_name, task.workflow)
             assert workflow is not None
@@ -95,9 +103,18 @@ class TaskFlow:
             message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_dict(JobSpec, task.spec["job"]),
                               snapshot_id=run.snapshot_id, master=master,
                               inputs=[from_dict(ArtifactRef, i) for i in task.spec.get("inputs", [])])
+            needs = message.job.resources
+        task.queue = task_queue(needs)
+        if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:
+            for report in self.live_workers():  # they take from the queues they know of
+                self.send_to_worker(report["worker_id"], QueueOpened(task.queue, needs))
         task.status = Status.QUEUED
         self.save(task)
-        self.store.add_outbox(task_queue(), TASK_ACTOR, encode(message))
+        self.store.add_outbox(task.queue, TASK_ACTOR, encode(message))
+
+    def live_workers(self) -> List[Dict[str, Any]]:
+        """The latest report of every worker heard from within the worker timeout."""
+        return [report for report, _ in self.store.workers_seen_since(time.time() - self.worker_timeout)]
 
     def inputs_of(self, workflow: TaskRecord) -> List[ArtifactRef]:
         """The artifacts a workflow starts with: those of the workflows it depends on (in this
@@ -187,5 +204,5 @@ class TaskFlow:
             self.store.save_run(run)
             self.changed.setdefault(run.run_name, {})
 
-    def send_to_worker(self, worker_id: str, message: StopTask) -> None:
+    def send_to_worker(self, worker_id: str, message: Any) -> None:
         self.store.add_outbox(worker_queue(worker_id), CONTROL_ACTOR, encode(message))

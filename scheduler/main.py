@@ -31,7 +31,8 @@ class SchedulerService:
         self.broker = make_broker(settings.broker_url)
         self.publisher = Publisher(settings.broker_url)
         self.store = SqliteStateStore(settings.home / "scheduler" / "state.db")
-        self.scheduler = Scheduler(self.store, send=self._send, notify=self._notify)
+        self.scheduler = Scheduler(self.store, send=self._send, notify=self._notify,
+                                   worker_timeout=settings.worker_timeout)
         self._lock = threading.Lock()
         self.rpc = RpcServer(settings.broker_url, self._locked(self.scheduler.handle_request))
         dramatiq.actor(self._on_event, broker=self.broker, actor_name=EVENT_ACTOR, queue_name=EVENTS_QUEUE,

@@ -51,6 +51,8 @@ class TaskRecord:
     submitted_at: float = 0.0
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
+    #: the task queue it is (or was last) put on
+    queue: str = "dstack.tasks.cpu"
 
     def view(self) -> Dict[str, Any]:
         """The stable, scriptable view (``dstack status --json``)."""
@@ -68,6 +70,7 @@ class TaskRecord:
             "attempt": self.attempt, "worker": self.worker_id, "hostname": self.hostname,
             "ports": self.ports, "depends_on": self.depends_on, "master": self.master,
             "image": (self.spec.get("job") or self.spec.get("provider") or {}).get("image"),
+            "resources": (self.spec.get("job") or {}).get("resources", {}),
             "provider_commit": self.spec.get("provider_commit"),
             "submitted_at": self.submitted_at, "started_at": self.started_at, "finished_at": self.finished_at,
         }

@@ -11,11 +11,14 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Set
 
+from dstack import defaults
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph, find_cycle
-from dstack.messages import (ArtifactRef, ClaimTask, GetRuns, GetTags, RestartRun, StopRun, StopTask, SubmitRun,
-                             TagRun, TaskFinished, TaskStarted, UntagRun, WorkflowSpec)
+from dstack.messages import (ArtifactRef, ClaimTask, GetRuns, GetTags, GetWorkers, Inventory, Resources, RestartRun,
+                             StopRun, StopTask, SubmitRun, TagRun, TaskFinished, TaskStarted, UntagRun, WorkerLeaving,
+                             WorkerReport, WorkflowSpec, from_dict)
 from dstack.names import is_valid_name, provider_task_id
+from dstack.placement import describe_needs, fits
 from scheduler.flow import TaskFlow
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 from scheduler.store import StateStore
@@ -32,14 +35,16 @@ class Scheduler:
         store: the state.
         send: ``send(queue, actor, payload_bytes)`` publishes a message (from the outbox).
         notify: ``notify(run_name, update)`` tells live followers about a change.
+        worker_timeout: seconds after its last report that a worker counts as gone.
     """
 
     def __init__(self, store: StateStore, send: Callable[[str, str, bytes], None],
-                 notify: Callable[[str, Dict[str, Any]], None]) -> None:
+                 notify: Callable[[str, Dict[str, Any]], None],
+                 worker_timeout: float = defaults.WORKER_TIMEOUT) -> None:
         self._store = store
         self._send = send
         self._notify = notify
-        self._flow = TaskFlow(store)
+        self._flow = TaskFlow(store, worker_timeout)
 
     # ------------------------------------------------------------------ entry points
 
@@ -48,7 +53,8 @@ class Scheduler:
         handlers: Dict[type, Callable[[Any], Any]] = {
             SubmitRun: self.submit_run, GetRuns: self.get_runs, StopRun: self.stop_run,
             ClaimTask: self.claim_task, RestartRun: self.restart_run, TagRun: self.tag_run,
-            UntagRun: self.untag_run, GetTags: self.get_tags}
+            UntagRun: self.untag_run, GetTags: self.get_tags, WorkerReport: self.worker_report,
+            WorkerLeaving: self.worker_leaving, GetWorkers: self.get_workers}
         handler = handlers.get(type(request))
         if handler is None:
             raise RequestRejected(f"the scheduler does not answer {type(request).__name__} requests")
@@ -80,8 +86,8 @@ class Scheduler:
             for run_name, tasks in self._flow.changed.items():
                 run = self._store.get_run(run_name)
                 if run is not None:
-                    updates.append((run_name, {"run": run.view([]), "jobs": [t.view() for t in tasks.values()
-                                                                             if t.kind is not Kind.WORKFLOW]}))
+                    jobs = self._explain_waits([t.view() for t in tasks.values() if t.kind is not Kind.WORKFLOW])
+                    updates.append((run_name, {"run": run.view([]), "jobs": jobs}))
         self.flush_outbox()
         for run_name, update in updates:
             self._notify(run_name, update)
@@ -153,7 +159,22 @@ class Scheduler:
 
     def get_runs(self, request: GetRuns) -> List[Dict[str, Any]]:
         runs = [self._run(request.run_name)] if request.run_name else self._store.list_runs(request.limit)
-        return [run.view(self._store.tasks_of(run.run_name)) for run in runs]
+        views = [run.view(self._store.tasks_of(run.run_name)) for run in runs]
+        self._explain_waits([job for view in views for job in view["jobs"]])
+        return views
+
+    def _explain_waits(self, jobs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Give each queued job that fits no live worker a reason saying so, and what it asks for."""
+        queued = [job for job in jobs if job["status"] == Status.QUEUED.value and not job["reason"]]
+        if queued:
+            workers = [from_dict(Inventory, report["resources"]) for report in self._flow.live_workers()]
+            for job in queued:
+                needs = from_dict(Resources, job["resources"])
+                if not workers:
+                    job["reason"] = f"waiting for a worker: none is live (needs {describe_needs(needs)})"
+                elif not any(fits(needs, inventory) is not None for inventory in workers):
+                    job["reason"] = f"waiting for capacity: no live worker has {describe_needs(needs)}"
+        return jobs
 
     def _run(self, run_name: str) -> RunRecord:
         run = self._store.get_run(run_name)
@@ -241,6 +262,22 @@ class Scheduler:
         task.worker_id = request.worker_id
         self._flow.save(task)
         return {"granted": True, "reason": ""}
+
+    # ------------------------------------------------------------------ workers
+
+    def worker_report(self, report: WorkerReport) -> Dict[str, Any]:
+        """Record a worker's report; answer with the task queues that hold tasks."""
+        self._store.save_worker(report.worker_id, asdict(report), time.time())
+        return {"queues": [{"queue": queue, "needs": needs} for queue, needs in self._store.open_queues()]}
+
+    def worker_leaving(self, request: WorkerLeaving) -> Dict[str, Any]:
+        self._store.delete_worker(request.worker_id)
+        return {}
+
+    def get_workers(self, request: GetWorkers) -> List[Dict[str, Any]]:
+        """The live workers: their latest report, and when it came."""
+        since = time.time() - self._flow.worker_timeout
+        return [{**report, "seen_at": seen_at} for report, seen_at in self._store.workers_seen_since(since)]
 
     # ------------------------------------------------------------------ tags
 

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from dstack.errors import DstackError
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
@@ -80,6 +80,25 @@ class StateStore(abc.ABC):
         """``(unfinished tasks, running tasks)`` of a run."""
 
     @abc.abstractmethod
+    def add_queue(self, queue: str, needs: Dict[str, Any]) -> int:
+        """Make ``queue`` (of tasks needing ``needs``) known; returns how many tasks are queued in it."""
+
+    @abc.abstractmethod
+    def open_queues(self) -> List[Tuple[str, Dict[str, Any]]]:
+        """``(queue, needs)`` of every task queue that holds queued tasks."""
+
+    @abc.abstractmethod
+    def save_worker(self, worker_id: str, report: Dict[str, Any], seen_at: float) -> None:
+        """Keep a worker's latest report, received at ``seen_at``."""
+
+    @abc.abstractmethod
+    def delete_worker(self, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def workers_seen_since(self, since: float) -> List[Tuple[Dict[str, Any], float]]:
+        """``(report, seen_at)`` of every worker that reported at ``since`` or later, by worker id."""
+
+    @abc.abstractmethod
     def add_outbox(self, queue: str, actor: str, payload: bytes) -> None: ...
 
     @abc.abstractmethod
@@ -90,7 +109,7 @@ class StateStore(abc.ABC):
 
 
 #: Version of the tables below; a database of another version is refused, not misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -105,22 +124,34 @@ CREATE TABLE IF NOT EXISTS tasks (
     status TEXT NOT NULL, spec TEXT NOT NULL, attempt INTEGER NOT NULL, depends_on TEXT NOT NULL,
     deps_left INTEGER NOT NULL, master TEXT, worker_id TEXT, hostname TEXT, ports TEXT NOT NULL,
     exit_code INTEGER, reason TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL,
-    finished_at REAL, PRIMARY KEY (run_name, task_id));
+    finished_at REAL, queue TEXT NOT NULL DEFAULT 'dstack.tasks.cpu', PRIMARY KEY (run_name, task_id));
 CREATE TABLE IF NOT EXISTS edges (
     run_name TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL, kind TEXT NOT NULL,
     PRIMARY KEY (run_name, upstream, downstream, kind));
 CREATE INDEX IF NOT EXISTS edges_by_downstream ON edges (run_name, downstream);
 CREATE TABLE IF NOT EXISTS tags (
     tag TEXT PRIMARY KEY, run_name TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (
+    queue TEXT PRIMARY KEY, needs TEXT NOT NULL, queued INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY, report TEXT NOT NULL, seen_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, actor TEXT NOT NULL, payload BLOB NOT NULL);
+"""
+
+#: Version 2 had one task queue, and no record of queues and workers.
+_FROM_VERSION_2 = "BEGIN;" + _SCHEMA + f"""
+ALTER TABLE tasks ADD COLUMN queue TEXT NOT NULL DEFAULT 'dstack.tasks.cpu';
+INSERT INTO queues SELECT 'dstack.tasks.cpu', '{{}}', count(*) FROM tasks WHERE status = 'queued';
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
 """
 
 _RUN_COLUMNS = ("run_name", "workflow", "status", "submitted_at", "snapshot_id", "project", "reason",
                 "stop_requested", "abort", "started_at", "finished_at")
 _TASK_COLUMNS = ("run_name", "task_id", "kind", "workflow", "status", "spec", "attempt", "depends_on",
                  "deps_left", "master", "worker_id", "hostname", "ports", "exit_code", "reason",
-                 "submitted_at", "started_at", "finished_at")
+                 "submitted_at", "started_at", "finished_at", "queue")
 _JSON_TASK_COLUMNS = ("spec", "depends_on", "ports")
 
 
@@ -136,6 +167,9 @@ class SqliteStateStore(StateStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        if has_tables and version == 2:
+            self._db.executescript(_FROM_VERSION_2)
+            version = SCHEMA_VERSION
         if has_tables and version != SCHEMA_VERSION:
             raise DstackError(f"the scheduler's state at {path} has schema version {version}, not "
                               f"{SCHEMA_VERSION} (written by another version of dstack); move it away to start afresh")
@@ -192,7 +226,7 @@ class SqliteStateStore(StateStore):
         return [_task(row) for row in rows]
 
     def save_task(self, task: TaskRecord) -> None:
-        row = self._db.execute("SELECT status FROM tasks WHERE run_name = ? AND task_id = ?",
+        row = self._db.execute("SELECT status, queue FROM tasks WHERE run_name = ? AND task_id = ?",
                                (task.run_name, task.task_id)).fetchone()
         new = row is None
         values: List[Any] = []
@@ -208,6 +242,13 @@ class SqliteStateStore(StateStore):
         if unfinished or running:
             self._db.execute("UPDATE runs SET unfinished = unfinished + ?, running = running + ? WHERE run_name = ?",
                              (unfinished, running, task.run_name))
+        # and so do the queues' counters: listing the queues that hold tasks never scans tasks
+        was_queued = row is not None and row["status"] == Status.QUEUED.value
+        is_queued = task.status is Status.QUEUED
+        if was_queued and (not is_queued or row["queue"] != task.queue):
+            self._db.execute("UPDATE queues SET queued = queued - 1 WHERE queue = ?", (row["queue"],))
+        if is_queued and not (was_queued and row["queue"] == task.queue):
+            self._db.execute("UPDATE queues SET queued = queued + 1 WHERE queue = ?", (task.queue,))
         if new:
             edges = [(task.run_name, up, task.task_id, "dep") for up in task.depends_on]
             if task.master:
@@ -261,6 +302,26 @@ class SqliteStateStore(StateStore):
     def count_unfinished(self, run_name: str) -> Tuple[int, int]:
         row = self._db.execute("SELECT unfinished, running FROM runs WHERE run_name = ?", (run_name,)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # ------------------------------------------------------------------ queues and workers
+
+    def add_queue(self, queue: str, needs: Dict[str, Any]) -> int:
+        self._db.execute("INSERT OR IGNORE INTO queues (queue, needs) VALUES (?, ?)", (queue, json.dumps(needs)))
+        return int(self._db.execute("SELECT queued FROM queues WHERE queue = ?", (queue,)).fetchone()[0])
+
+    def open_queues(self) -> List[Tuple[str, Dict[str, Any]]]:
+        rows = self._db.execute("SELECT queue, needs FROM queues WHERE queued > 0 ORDER BY queue")
+        return [(row[0], json.loads(row[1])) for row in rows]
+
+    def save_worker(self, worker_id: str, report: Dict[str, Any], seen_at: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", (worker_id, json.dumps(report), seen_at))
+
+    def delete_worker(self, worker_id: str) -> None:
+        self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def workers_seen_since(self, since: float) -> List[Tuple[Dict[str, Any], float]]:
+        rows = self._db.execute("SELECT report, seen_at FROM workers WHERE seen_at >= ? ORDER BY worker_id", (since,))
+        return [(json.loads(row[0]), row[1]) for row in rows]
 
     # ------------------------------------------------------------------ outbox
 

@@ -17,8 +17,8 @@ from dstack import defaults
 from dstack.errors import DstackError, ObjectNotFound, StorageError
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
-from dstack.messages import (Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished, TaskStarted,
-                             decode, encode)
+from dstack.messages import (Allocation, Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished,
+                             TaskStarted, decode, encode)
 from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
@@ -46,6 +46,8 @@ class WorkerContext:
     runtime: ContainerRuntime
     sdk_bundle: Path
     send_event: Callable[[Any], None]
+    #: whether the worker has GPUs (then a job that asks for none is shown none)
+    has_gpus: bool
     announce: Callable[[str, str, bytes], None]
     provider_repos: ProviderRepos
 
@@ -56,6 +58,8 @@ class Execution:
 
     task: Any  # ProviderTask | JobTask
     context: WorkerContext
+    #: what the task holds on this worker (none for a task found after a restart)
+    allocation: Optional[Allocation] = None
     container: Optional[Container] = None
     stop_requested: bool = False
     abort: bool = False
@@ -180,13 +184,16 @@ class Execution:
             env["MASTER_JOB_HOSTNAME"] = task.master.hostname
             env.update({f"MASTER_JOB_PORT_{i}": str(p) for i, p in enumerate(task.master.ports)})
         env.update(job.env)
+        gpu_ids = self.allocation.gpu_ids if self.allocation else []
+        if gpu_ids or self.context.has_gpus:  # "void": the NVIDIA runtime shows the job no GPU
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids) or "void"
         resources = job.resources
         return ContainerSpec(
             name=self._container_name, image=job.image,
             script=" && ".join(job.commands), env=env, working_dir=workdir,
             mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False)], labels=self._labels(),
             ports=job.ports, cpu=resources.cpu, memory_mib=resources.memory_mib,
-            shm_size_mib=resources.shm_size_mib)
+            shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids)
 
     # -------------------------------------------------------------- follow to the end
 

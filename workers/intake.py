@@ -1,79 +1,104 @@
-"""Taking tasks from a queue only while there is room to run them.
+"""Taking tasks from the queues whose tasks fit what the worker has free, one at a time.
 
-One long-lived connection. While the worker has a free slot it consumes with prefetch 1,
-acknowledging each task as soon as it is taken; when the slots run out it cancels the
-consumer, and RabbitMQ gets back the delivery it had sent ahead. So no delivery is ever
-held while the worker is busy, however long its jobs run.
+One long-lived connection and one channel with a prefetch of one delivery for the whole
+channel, so the worker is never sent a task ahead. Before each wait it consumes from exactly
+the queues it can take a task from now, and cancels its consumers on the others: a worker
+with one free GPU is sent no two-GPU task, and a busy worker holds no delivery, however long
+its jobs run. A task that does not fit after all (another task took what it needed) goes back
+to its queue, and that queue is left alone until something changes.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Iterable, Optional, Set
 
 import dramatiq
 import pika
 
 from dstack import defaults
 from dstack.broker import close_quietly, connect
-from dstack.errors import ServiceUnavailable
+from dstack.errors import MessageError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class TaskIntake:
-    """Feeds ``take`` with the payloads of ``queue``'s messages while ``room`` has a slot.
+    """Feeds ``take`` with the payloads of the tasks on the queues ``open_queues`` names.
 
     Args:
         url: the broker.
-        queue: the task queue (declared already, by Dramatiq).
-        take: gets a message's payload; returns True when it took a slot of ``room`` for the
-            task. Raising :class:`~dstack.errors.ServiceUnavailable` puts the message back.
-        room: one slot per task that may run at once.
+        open_queues: the queues whose tasks the worker can take now.
+        take: gets a task's payload; returns False to put it back on its queue (it does not fit
+            now). Raising :class:`~dstack.errors.ServiceUnavailable` puts it back too.
+        declare: makes sure a queue exists before it is consumed from.
         stopping: set to stop.
     """
 
-    def __init__(self, url: str, queue: str, take: Callable[[Any], bool], room: threading.BoundedSemaphore,
-                 stopping: threading.Event) -> None:
-        self._url, self._queue, self._take = url, queue, take
-        self._room, self._stopping = room, stopping
+    def __init__(self, url: str, open_queues: Callable[[], Iterable[str]], take: Callable[[Any], bool],
+                 declare: Callable[[str], None], stopping: threading.Event) -> None:
+        self._url, self._open_queues, self._take, self._declare = url, open_queues, take, declare
+        self._stopping = stopping
+        self._connection: Optional[pika.BlockingConnection] = None
+        self._held_back: Set[str] = set()
+        self._error: Optional[BaseException] = None
+
+    def wake(self) -> None:
+        """Something changed (capacity was given back, a queue opened): look at the queues again.
+        Safe to call from any thread."""
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(self._held_back.clear)
+            except pika.exceptions.AMQPError:
+                pass  # closed: the next connection starts afresh anyway
 
     def run(self) -> None:
         while not self._stopping.is_set():
             try:
                 self._serve()
             except (ServiceUnavailable, pika.exceptions.AMQPError) as e:
-                log.warning("cannot take tasks now (%s); retrying", e)  # the message went back to the queue
+                log.warning("cannot take tasks now (%s); retrying", e)  # the delivery went back to its queue
                 self._stopping.wait(1.0)
 
     def _serve(self) -> None:
-        connection = connect(self._url)
+        self._connection = connection = connect(self._url)
+        self._held_back.clear()
         try:
             channel = connection.channel()
-            channel.basic_qos(prefetch_count=1)
+            channel.basic_qos(prefetch_count=1, global_qos=True)
+            consumers: Dict[str, str] = {}
             while not self._stopping.is_set():
-                if self._room.acquire(timeout=defaults.INTAKE_POLL_TIMEOUT):
-                    self._consume_while_room(channel)
-                else:
-                    connection.process_data_events(0)  # heartbeats while full
+                wanted = set(self._open_queues()) - self._held_back
+                for queue in set(consumers) - wanted:
+                    channel.basic_cancel(consumers.pop(queue))  # nacks a delivery sent ahead
+                for queue in sorted(wanted - set(consumers)):
+                    self._declare(queue)
+                    consumers[queue] = channel.basic_consume(queue, functools.partial(self._on_delivery, queue))
+                connection.process_data_events(time_limit=defaults.INTAKE_POLL_TIMEOUT)
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
         finally:
+            self._connection = None
             close_quietly(connection)
 
-    def _consume_while_room(self, channel: Any) -> None:
-        """Holds one slot on entry, and gives it back unless a task took it."""
-        holding = True
+    def _on_delivery(self, queue: str, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         try:
-            for method, _properties, body in channel.consume(self._queue, inactivity_timeout=defaults.INTAKE_POLL_TIMEOUT):
-                if self._stopping.is_set():
-                    break
-                if method is None:
-                    continue
-                took = self._take(dramatiq.Message.decode(body).args[0])
-                channel.basic_ack(method.delivery_tag)
-                if took and not self._room.acquire(blocking=False):
-                    holding = False
-                    break
-        finally:
-            if holding:
-                self._room.release()
-            channel.cancel()  # hands back the delivery sent ahead, if any
+            payload = dramatiq.Message.decode(body).args[0]
+        except (dramatiq.DecodeError, MessageError, AttributeError, IndexError, TypeError) as e:
+            log.error("dropping an undecodable task from %s: %s", queue, e)
+            channel.basic_ack(method.delivery_tag)
+            return
+        try:
+            took = self._take(payload)
+        except ServiceUnavailable as e:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self._error = e
+            return
+        if took:
+            channel.basic_ack(method.delivery_tag)
+        else:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self._held_back.add(queue)

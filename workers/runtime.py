@@ -8,6 +8,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import docker
 import docker.errors
+import docker.types
 import requests
 
 from dstack.errors import ImageNotFound, RuntimeErrorInContainer
@@ -32,6 +33,8 @@ class ContainerSpec:
     cpu: Optional[float] = None
     memory_mib: Optional[int] = None
     shm_size_mib: Optional[int] = None
+    #: the GPUs the container gets (device ids)
+    gpu_ids: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,12 @@ class DockerRuntime(ContainerRuntime):
 
     Args:
         network: ``host`` or ``bridge``; empty picks bridge when the engine has one.
+        gpu_devices: whether the machine's GPUs are real devices, given to containers through
+            the NVIDIA container runtime (else a container's GPUs are named in its environment only).
     """
 
-    def __init__(self, network: str = "") -> None:
+    def __init__(self, network: str = "", gpu_devices: bool = False) -> None:
+        self.gpu_devices = gpu_devices
         try:
             self._client = docker.from_env(timeout=120)
             self._client.ping()
@@ -143,6 +149,7 @@ class DockerRuntime(ContainerRuntime):
             names = {n.name for n in self._client.networks.list()}
             network = "bridge" if "bridge" in names else "host"
         self.network = network
+        self._engine_cpus = float(self._client.info().get("NCPU") or 1)
 
     def start(self, spec: ContainerSpec) -> Container:
         options = dict(
@@ -154,12 +161,14 @@ class DockerRuntime(ContainerRuntime):
             options["network_mode"] = "host"
         else:
             options["ports"] = {f"{port}/tcp": None for port in spec.ports}
-        if spec.cpu:
-            options["nano_cpus"] = int(spec.cpu * 1e9)
+        if spec.cpu:  # a worker may declare more CPUs than its machine has; the engine refuses more
+            options["nano_cpus"] = int(min(spec.cpu, self._engine_cpus) * 1e9)
         if spec.memory_mib:
             options["mem_limit"] = options["memswap_limit"] = f"{spec.memory_mib}m"
         if spec.shm_size_mib:
             options["shm_size"] = f"{spec.shm_size_mib}m"
+        if spec.gpu_ids and self.gpu_devices:
+            options["device_requests"] = [docker.types.DeviceRequest(device_ids=spec.gpu_ids, capabilities=[["gpu"]])]
         try:
             container = self._client.containers.create(**options)
         except docker.errors.ImageNotFound:

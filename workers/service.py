@@ -1,9 +1,10 @@
-"""The worker service: takes tasks while it has room, runs them, obeys stop requests."""
+"""The worker service: takes the tasks that fit what it has free, runs them, obeys stop requests."""
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Optional
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -11,49 +12,62 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dstack.broker import make_broker
 from dstack.errors import DstackError, MessageError
 from dstack.live import Publisher
-from dstack.messages import ClaimTask, StopTask, from_payload
-from dstack.names import WORKER_LABEL, task_queue, worker_queue
+from dstack.messages import (ClaimTask, Inventory, JobTask, QueueOpened, Resources, StopTask, WorkerReport,
+                             from_payload)
+from dstack.names import DEFAULT_TASK_QUEUE, WORKER_LABEL, worker_queue
+from dstack.placement import describe_inventory
 from dstack.rpc import RpcClient
 from dstack.settings import Settings
 from dstack.storage import open_storage
+from workers.capacity import Capacity
 from workers.execution import TASK_FILE, Execution, WorkerContext
 from workers.events import EventSender
 from workers.intake import TaskIntake
+from workers.inventory import worker_inventory
 from workers.provider_repos import ProviderRepos
+from workers.reporter import Reporter
 from workers.runtime import DockerRuntime
 from workers.sdk_bundle import build_sdk_bundle
 
 log = logging.getLogger(__name__)
 
 
-
 class Worker:
-    """Runs tasks from the task queue, at most ``settings.worker_slots`` at once.
+    """Runs the tasks that fit what it has free, at most ``settings.worker_slots`` at once.
 
-    The intake takes one task at a time and only while a slot is free; it acknowledges the
-    delivery once the container runs, so no delivery stays open for the life of a job.
+    It takes from the queues whose tasks fit what is free now (see :mod:`workers.intake`), one
+    task at a time, holds what the task needs until it ends, and acknowledges the delivery once
+    the task is claimed and saved, so no delivery stays open for the life of a job.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, inventory: Optional[Inventory] = None, gpu_devices: bool = False) -> None:
         self.settings = settings
         self.home = settings.home / "workers" / settings.worker_id
+        if inventory is None:
+            inventory, gpu_devices = worker_inventory(settings.worker_resources)
+        self.capacity = Capacity(inventory, settings.worker_slots, on_release=self._capacity_changed)
         self.broker: RabbitmqBroker = make_broker(settings.broker_url)
         self.storage = open_storage(settings.storage_url)
-        self.runtime = DockerRuntime(settings.network)
+        self.runtime = DockerRuntime(settings.network, gpu_devices=gpu_devices)
         self.publisher = Publisher(settings.broker_url)
         self.events = EventSender(self.broker)
         self.context = WorkerContext(
             worker_id=settings.worker_id, hostname=settings.worker_host, home=self.home,
-            storage=self.storage, runtime=self.runtime,
+            storage=self.storage, runtime=self.runtime, has_gpus=bool(inventory.gpus),
             sdk_bundle=build_sdk_bundle(self.home / "sdk"),
             send_event=self.events.send,
             announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"))
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._room = threading.BoundedSemaphore(settings.worker_slots)
         self._stopping = threading.Event()
         self._rpc: Optional[RpcClient] = None
+        self._started_at = time.time()
+        #: the task queues this worker knows of, with what their tasks need, and when it learnt of each
+        self._queues: Dict[str, Tuple[Resources, float]] = {DEFAULT_TASK_QUEUE: (Resources(), float("inf"))}
+        self._intake = TaskIntake(settings.broker_url, self._open_queues, self._take, self._declare, self._stopping)
+        self._reporter = Reporter(settings.broker_url, self._report, self._learn_queues,
+                                  settings.heartbeat_interval, self._stopping)
         self._control = dramatiq.Worker(self.broker, queues={worker_queue(settings.worker_id)}, worker_threads=2)
         dramatiq.actor(self._on_control, broker=self.broker, actor_name="control",
                        queue_name=worker_queue(settings.worker_id), max_retries=3, time_limit=60_000,
@@ -64,15 +78,20 @@ class Worker:
     def run(self) -> None:
         """Serve until :meth:`shutdown`."""
         self.storage.check()
-        self.broker.declare_queue(task_queue(), ensure=True)
         self._recover()
         self._control.start()
-        log.info("worker %s: %d slots, network %s, storage %s", self.settings.worker_id,
-                 self.settings.worker_slots, self.runtime.network, self.storage.url)
+        log.info("worker %s: %s, %d slots, network %s, storage %s", self.settings.worker_id,
+                 describe_inventory(self.capacity.inventory), self.settings.worker_slots, self.runtime.network,
+                 self.storage.url)
+        self._reporter.report()
+        reporter = threading.Thread(target=self._reporter.run, name="reporter", daemon=True)
+        reporter.start()
         try:
-            TaskIntake(self.settings.broker_url, task_queue(), self._take, self._room, self._stopping).run()
+            self._intake.run()
         finally:
             self._control.stop()
+            reporter.join(timeout=5)
+            self._reporter.leave(self.settings.worker_id)
             self.events.close()
             self.publisher.close()
 
@@ -92,27 +111,67 @@ class Worker:
 
     # -------------------------------------------------------------- intake
 
+    def _open_queues(self) -> List[str]:
+        """The known task queues whose tasks fit what is free now."""
+        with self._lock:
+            queues = list(self._queues.items())
+        return [queue for queue, (needs, _) in queues if self.capacity.can_take(needs)]
+
+    def _declare(self, queue: str) -> None:
+        self.broker.declare_queue(queue, ensure=True)
+
+    def _learn_queues(self, queues: List[Tuple[str, Resources]], asked_at: float) -> None:
+        """The scheduler's list of queues that hold tasks, as of ``asked_at``: forget the others,
+        unless learnt of since."""
+        with self._lock:
+            known = {queue: entry for queue, entry in self._queues.items() if entry[1] > asked_at}
+            known.update({queue: (needs, asked_at) for queue, needs in queues})
+            known[DEFAULT_TASK_QUEUE] = self._queues[DEFAULT_TASK_QUEUE]
+            self._queues = known
+        self._intake.wake()
+
+    def _capacity_changed(self) -> None:
+        self._intake.wake()
+        self._reporter.changed()
+
+    def _report(self) -> WorkerReport:
+        return WorkerReport(worker_id=self.settings.worker_id, host=self.settings.worker_host,
+                            resources=self.capacity.inventory, slots=self.capacity.slots,
+                            in_use=self.capacity.held(), started_at=self._started_at)
+
     def _take(self, payload: Any) -> bool:
-        """Claim a task and start it in its own thread. Returns whether it took a slot."""
+        """Claim a task, hold what it needs and start it in its own thread. Returns False to put
+        the task back on its queue: it does not fit what is free now."""
         try:
             task = from_payload(payload)
         except MessageError as e:
             log.error("dropping a malformed task: %s", e)
-            return False
+            return True
         execution = Execution(task=task, context=self.context)
         with self._lock:
             if execution.key in self._executions:
-                return False  # a redelivery of a task running here
-        grant = self._claim(task)
+                return True  # a redelivery of a task running here
+        needs = task.job.resources if isinstance(task, JobTask) else Resources()
+        allocation = self.capacity.reserve(task.run_name, task.task_id, task.attempt, needs)
+        if allocation is None:
+            return False
+        try:
+            grant = self._claim(task)
+        except DstackError:
+            self.capacity.release(allocation)
+            raise
         if not grant.get("granted"):
             log.info("not starting %s: %s", execution.key, grant.get("reason"))
-            return False
+            self.capacity.release(allocation)
+            return True
+        execution.allocation = allocation
         execution.save()
         with self._lock:
             self._executions[execution.key] = execution
             if execution.key in self._early_stops:
                 execution.stop_requested, execution.abort = True, self._early_stops[execution.key]
         threading.Thread(target=self._run, args=(execution,), name=execution.key, daemon=True).start()
+        self._reporter.changed()
         return True
 
     def _run(self, execution: Execution) -> None:
@@ -133,7 +192,8 @@ class Worker:
             with self._lock:
                 self._executions.pop(execution.key, None)
                 self._early_stops.pop(execution.key, None)
-            self._room.release()
+            if execution.allocation is not None:
+                self.capacity.release(execution.allocation)
 
     def _claim(self, task: Any) -> Dict[str, Any]:
         if self._rpc is None:
@@ -149,7 +209,17 @@ class Worker:
     # -------------------------------------------------------------- control
 
     def _on_control(self, payload: Any) -> None:
-        request = from_payload(payload, StopTask)
+        message = from_payload(payload)
+        if isinstance(message, QueueOpened):
+            with self._lock:
+                self._queues[message.queue] = (message.needs, time.monotonic())
+            self._intake.wake()
+        elif isinstance(message, StopTask):
+            self._stop(message)
+        else:
+            raise MessageError(f"a worker takes no {type(message).__name__} on its control queue")
+
+    def _stop(self, request: StopTask) -> None:
         key = f"{request.run_name}/{request.task_id}/{request.attempt}"
         with self._lock:
             execution = self._executions.get(key)

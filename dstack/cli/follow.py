@@ -111,12 +111,15 @@ def _refresh(rpc: RpcClient, run_name: str, statuses: Dict[str, str], err: Optio
 
 def _show_changes(jobs: Any, statuses: Dict[str, str], err: Optional[Console]) -> None:
     for job in jobs:
-        if statuses.get(job["job_id"]) == job["status"]:
+        seen = f"{job['status']}: {job.get('reason') or ''}"  # a queued job can start or stop waiting
+        if statuses.get(job["job_id"]) == seen:
             continue
-        statuses[job["job_id"]] = job["status"]
+        statuses[job["job_id"]] = seen
         if err is None:
             continue
         detail = ""
+        if job["status"] == "queued" and job.get("reason"):
+            detail = f": {job['reason']}"
         if job["status"] in ("done", "failed") and job.get("exit_code") is not None:
             detail = f" (exit code {job['exit_code']})"
         if job.get("reason") and job["status"] in ("failed", "stopped"):

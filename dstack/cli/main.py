@@ -15,9 +15,9 @@ from rich.console import Console
 
 from dstack import __version__
 from dstack.cli.follow import LogPrinter, follow
-from dstack.cli.render import print_runs
+from dstack.cli.render import print_runs, print_workers
 from dstack.errors import DstackError
-from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun
+from dstack.messages import GetRuns, GetTags, GetWorkers, RestartRun, StopRun, SubmitRun, TagRun, UntagRun
 from dstack.names import artifact_key, manifests_prefix, new_run_name
 from dstack.planning import parse_overrides, plan_run
 from dstack.project import find_root, load_project
@@ -290,14 +290,35 @@ def scheduler(context: Context) -> None:
 
 @cli.command()
 @click.option("--slots", type=int, default=None, help="Tasks run at once (default: DSTACK_WORKER_SLOTS or 4).")
+@click.option("--resources", default=None, metavar="YAML",
+              help="What the worker offers, declared or restricted, e.g. '{cpu: 8, memory: 64GB, gpu: 2}' or "
+                   "'{gpu: {count: 2, name: A100, memory: 40GB}}' (default: DSTACK_WORKER_RESOURCES, else what "
+                   "the machine has).")
 @pass_context
-def worker(context: Context, slots: Optional[int]) -> None:
-    """Run a worker: it takes tasks from the queues and runs them in Docker containers."""
-    from dstack.settings import with_overrides
+def worker(context: Context, slots: Optional[int], resources: Optional[str]) -> None:
+    """Run a worker: it takes the tasks that fit what it has free and runs them in Docker containers."""
+    from dstack.settings import with_overrides, yaml_mapping
     from workers.service import Worker
 
-    settings = with_overrides(context.settings, worker_slots=slots) if slots else context.settings
+    settings = context.settings
+    if slots:
+        settings = with_overrides(settings, worker_slots=slots)
+    if resources is not None:
+        settings = with_overrides(settings, worker_resources=yaml_mapping(resources, "--resources"))
     _serve(Worker(settings))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of workers.")
+@pass_context
+def workers(context: Context, as_json: bool) -> None:
+    """The live workers: what each has, what is in use and by which job, and when it last reported."""
+    with context.rpc() as rpc:
+        found = rpc.call(GetWorkers())
+    if as_json:
+        out.print_json(json.dumps(found))
+    else:
+        print_workers(out, found)
 
 
 @cli.command()

@@ -7,6 +7,9 @@ from typing import Any, Dict, List, Optional
 from rich.console import Console
 from rich.table import Table
 
+from dstack.messages import Allocation, Inventory, Resources, from_dict
+from dstack.placement import describe_inventory, describe_needs
+
 STATUS_STYLES = {"submitted": "dim", "queued": "yellow", "running": "cyan", "done": "green",
                  "failed": "red", "stopped": "magenta"}
 
@@ -80,3 +83,28 @@ def print_runs(console: Console, runs: List[Dict[str, Any]], detailed: bool = Fa
             if workflow.get("provider_commit"):
                 parts.append(f"provider commit {workflow['provider_commit'][:12]}")
             console.print("; ".join(parts))
+
+
+def print_workers(console: Console, workers: List[Dict[str, Any]]) -> None:
+    """Live workers: what each has, what each job holds, and when the worker last reported."""
+    if not workers:
+        console.print("No live workers. Start one with [bold]dstack worker[/] (or [bold]dstack up[/]).")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("WORKER", "HOST", "RESOURCES", "IN USE", "SLOTS", "REPORTED"):
+        table.add_column(column, overflow="fold")
+    for worker in workers:
+        inventory = from_dict(Inventory, worker["resources"])
+        in_use = [from_dict(Allocation, a) for a in worker["in_use"]]
+        table.add_row(f"[bold]{worker['worker_id']}[/]", worker["host"], describe_inventory(inventory),
+                      "\n".join(_holding(a) for a in in_use) or "-", f"{len(in_use)}/{worker['slots']}",
+                      ago(worker["seen_at"]))
+    console.print(table)
+
+
+def _holding(allocation: Allocation) -> str:
+    """``witty-otter-1234/train.0: 2xA100, 4 CPUs (GPUs 0,1)``."""
+    needs: Resources = allocation.needs
+    held = "" if not (needs.gpu_count or needs.cpu or needs.memory_mib) else f": {describe_needs(needs)}"
+    gpus = f" (GPU {','.join(allocation.gpu_ids)})" if allocation.gpu_ids else ""
+    return f"{allocation.run_name}/{allocation.task_id}{held}{gpus}"

@@ -9,10 +9,12 @@ import pytest
 
 from dstack import defaults
 from dstack.errors import MessageError
-from dstack.messages import (MESSAGE_TYPES, ArtifactRef, ClaimTask, Endpoint, GetRuns, GetTags, JobSpec, JobTask,
-                             MsgpackEncoder, ProviderRepo, ProviderSpec, ProviderTask, Resources, RestartRun, StopRun,
-                             StopTask, SubmitRun, TagRef, TagRun, TaskFinished, TaskStarted, UntagRun, WorkflowSpec,
-                             decode, encode, from_dict, from_payload, pack, to_payload, unpack)
+from dstack.messages import (MESSAGE_TYPES, Allocation, ArtifactRef, ClaimTask, Endpoint, GetRuns, GetTags,
+                             GetWorkers, GpuInfo, Inventory, JobSpec, JobTask, MsgpackEncoder, ProviderRepo,
+                             ProviderSpec, ProviderTask, QueueOpened, Resources, RestartRun, StopRun, StopTask,
+                             SubmitRun, TagRef, TagRun, TaskFinished, TaskStarted, UntagRun, WorkerLeaving,
+                             WorkerReport, WorkflowSpec, decode, encode, from_dict, from_payload, pack, to_payload,
+                             unpack)
 
 PROVIDER = ProviderSpec(name="curl", image="python:3.11-slim", commands=["python provider.py"])
 
@@ -61,6 +63,16 @@ SAMPLES = [
             inputs=[ArtifactRef(run_name="r1", job_id="prepare.0")]),
     TaskStarted(run_name="r1", task_id="train.provider", attempt=1, worker_id="w1", endpoint=Endpoint("h"),
                 provider_commit="0123456789abcdef0123456789abcdef01234567"),
+    # workers and placement
+    QueueOpened(queue="dstack.tasks.gpu2xa100", needs=Resources(gpu_count=2, gpu_name="A100")),
+    WorkerReport(worker_id="w1", host="gpu-1", slots=4, started_at=1700000000.5,
+                 resources=Inventory(cpu=32, memory_mib=256000, gpus=[
+                     GpuInfo(id="0", name="NVIDIA A100-SXM4-40GB", memory_mib=40960),
+                     GpuInfo(id="1", name="NVIDIA A100-SXM4-40GB", memory_mib=40960)]),
+                 in_use=[Allocation(run_name="r1", task_id="train.0", attempt=1,
+                                    needs=Resources(cpu=4, gpu_count=1), gpu_ids=["1"])]),
+    WorkerLeaving(worker_id="w1"),
+    GetWorkers(),
 ]
 
 
@@ -110,10 +122,17 @@ def test_round_trip_keeps_dag_parts_typed() -> None:
     assert isinstance(submit.workflows[0].provider_repo, ProviderRepo) and submit.workflows[0].provider is None
     assert isinstance(submit.workflows[1].provider, ProviderSpec) and submit.workflows[1].provider_repo is None
     assert submit.workflows[1].tagged == [TagRef(workflow="data", tag="v1")]
-    provider = decode(encode(SAMPLES[-3]))
+    provider = decode(encode(SAMPLES[-7]))
     assert all(isinstance(i, ArtifactRef) for i in provider.inputs)
     assert isinstance(provider.provider_repo, ProviderRepo)
-    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-2])).inputs)
+    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-6])).inputs)
+
+
+def test_round_trip_keeps_worker_parts_typed() -> None:
+    report = decode(encode(next(m for m in SAMPLES if isinstance(m, WorkerReport))))
+    assert all(isinstance(g, GpuInfo) for g in report.resources.gpus)
+    assert isinstance(report.in_use[0], Allocation) and isinstance(report.in_use[0].needs, Resources)
+    assert report.resources.cpu == 32.0 and isinstance(report.resources.cpu, float)
 
 
 def test_new_fields_default_for_older_senders() -> None:

@@ -660,5 +660,5 @@ def test_state_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(str(path))
     db.execute("PRAGMA user_version = 1")
     db.close()
-    with pytest.raises(DstackError, match="schema version 1, not 2"):
+    with pytest.raises(DstackError, match="schema version 1, not 3"):
         SqliteStateStore(path)

@@ -1,0 +1,79 @@
+"""The worker's reports to the scheduler: what it has and what runs on it, when it starts, every
+heartbeat interval and soon after each change. Each answer names the task queues that hold
+tasks, which is how the worker learns of queues it has never taken from."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from dstack.errors import DstackError
+from dstack.messages import Resources, WorkerLeaving, WorkerReport, from_dict
+from dstack.rpc import RpcClient
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two reports made because something changed.
+MIN_GAP = 1.0
+
+
+class Reporter:
+    """Sends :class:`WorkerReport` to the scheduler from its own thread.
+
+    Args:
+        url: the broker.
+        report: builds the current report.
+        on_queues: gets the open task queues ``(queue, needs)`` of each answer, and the
+            ``time.monotonic()`` at which the report was sent.
+        interval: seconds between two reports when nothing changes.
+        stopping: set to stop.
+    """
+
+    def __init__(self, url: str, report: Callable[[], WorkerReport],
+                 on_queues: Callable[[List[Tuple[str, Resources]], float], None], interval: float,
+                 stopping: threading.Event) -> None:
+        self._url, self._report, self._on_queues = url, report, on_queues
+        self._interval, self._stopping = interval, stopping
+        self._changed = threading.Event()
+        self._rpc: Optional[RpcClient] = None
+
+    def changed(self) -> None:
+        """Report soon. Safe to call from any thread."""
+        self._changed.set()
+
+    def report(self) -> bool:
+        """Report now; returns whether the scheduler answered."""
+        sent_at = time.monotonic()
+        answer = self._call(self._report())
+        if answer is None:
+            return False
+        self._on_queues([(q["queue"], from_dict(Resources, q["needs"])) for q in answer["queues"]], sent_at)
+        return True
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._changed.wait(self._interval)
+            self._changed.clear()
+            if self._stopping.is_set():
+                break
+            self.report()
+            self._stopping.wait(MIN_GAP)
+
+    def leave(self, worker_id: str) -> None:
+        """Tell the scheduler this worker stops (best effort: otherwise its reports just stop)."""
+        self._call(WorkerLeaving(worker_id=worker_id))
+        if self._rpc is not None:
+            self._rpc.close()
+
+    def _call(self, request: Any) -> Optional[Dict[str, Any]]:
+        try:
+            if self._rpc is None:
+                self._rpc = RpcClient(self._url)
+            return self._rpc.call(request)  # type: ignore[no-any-return]
+        except DstackError as e:
+            log.warning("cannot report to the scheduler (%s); trying again later", e)
+            if self._rpc is not None:
+                self._rpc.close()
+                self._rpc = None
+            return None
