@@ -46,7 +46,7 @@ class GpuInfo:
 
 @dataclass
 class Inventory:
-    """What a worker has for tasks (or, in a report, has free)."""
+    """What a worker has for tasks."""
 
     cpu: float
     memory_mib: int

@@ -1,6 +1,7 @@
 """Queue names, exchange names, storage keys and container names: built here and nowhere else."""
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 
@@ -43,11 +44,14 @@ def task_queue(needs: Optional[Resources] = None) -> str:
     parts = []
     if needs is not None:
         if needs.gpu_count:
-            parts.append(f"gpu{needs.gpu_count}x{gpu_model(needs.gpu_name) if needs.gpu_name else 'any'}")
+            model = gpu_model(needs.gpu_name) if needs.gpu_name else "any"
+            if len(model) > 32:  # queue names have at most 255 bytes
+                model = model[:24] + hashlib.sha1(model.encode()).hexdigest()[:8]
+            parts.append(f"gpu{needs.gpu_count}x{model}")
             if needs.gpu_memory_mib:
                 parts.append(f"vram{needs.gpu_memory_mib}mib")
         if needs.cpu:
-            parts.append(f"cpu{needs.cpu:g}")
+            parts.append(f"cpu{needs.cpu:.3f}".rstrip("0").rstrip("."))
         if needs.memory_mib:
             parts.append(f"mem{needs.memory_mib}mib")
     return f"dstack.tasks.{'-'.join(parts)}" if parts else DEFAULT_TASK_QUEUE

@@ -75,10 +75,10 @@ def describe_needs(needs: Resources) -> str:
 
 
 def describe_inventory(inventory: Inventory) -> str:
-    """``8 CPUs, 31GB memory, 2xNVIDIA A100-SXM4-40GB (40GB)``."""
-    parts = [f"{inventory.cpu:g} CPUs", f"{_size(inventory.memory_mib)} memory"]
+    """``8 CPUs, 31GB memory, 2xNVIDIA A100-SXM4-40GB (40960 MiB)``."""
+    parts = [f"{inventory.cpu:g} CPU{'s' if inventory.cpu != 1 else ''}", f"{_size(inventory.memory_mib)} memory"]
     models: dict = {}
     for gpu in inventory.gpus:
         models.setdefault((gpu.name, gpu.memory_mib), []).append(gpu.id)
-    parts += [f"{len(ids)}x{name} ({_size(mib)})" for (name, mib), ids in models.items()]
+    parts += [f"{len(ids)}x{name} ({mib} MiB)" for (name, mib), ids in models.items()]  # as the driver says
     return ", ".join(parts)

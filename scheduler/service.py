@@ -171,7 +171,8 @@ class Scheduler:
             for job in queued:
                 needs = from_dict(Resources, job["resources"])
                 if not workers:
-                    job["reason"] = f"waiting for a worker: none is live (needs {describe_needs(needs)})"
+                    asks = describe_needs(needs) if needs != Resources() else ""
+                    job["reason"] = "waiting for a worker: none is live" + (f" (needs {asks})" if asks else "")
                 elif not any(fits(needs, inventory) is not None for inventory in workers):
                     job["reason"] = f"waiting for capacity: no live worker has {describe_needs(needs)}"
         return jobs

@@ -42,7 +42,10 @@ class Provider:
 
     def start(self) -> None:
         """Create the jobs and hand them to dstack (all of them, or none on error)."""
-        jobs = self.create_jobs()
+        try:
+            jobs = self.create_jobs()
+        except ValueError as e:  # the SDK's classes say what is wrong with what they were given
+            self._fail(f"workflow '{self.workflow.name}': {e}")
         if not isinstance(jobs, list) or not jobs or not all(isinstance(j, Job) for j in jobs):
             self._fail("create_jobs() must return a non-empty list of dstack.Job"
                        f" (got {jobs!r:.200})")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|)\s*$", re.IGNORECASE)
 _MIB_PER_UNIT = {"": 1.0, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
@@ -73,12 +73,21 @@ class ResourceRequirements:
         self.shm_size_mib = parse_size_mib(shm_size, "shm_size")
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ResourceRequirements":
-        """Build from workflow parameters: ``{cpu, memory, gpu: N | {count, name, memory}, shm_size}``."""
+    def from_dict(cls, data: Dict[str, Any], where: str = "resources") -> "ResourceRequirements":
+        """Build from workflow parameters: ``{cpu, memory, gpu: N | {count, name, memory}, shm_size}``.
+
+        Raises:
+            ValueError: a key or value is wrong; the message starts with ``where`` (and the key).
+        """
+        _check_keys(data, where, ("cpu", "memory", "gpu", "shm_size"))
         gpu = data.get("gpu")
         if isinstance(gpu, dict):
-            gpu = GPU(**gpu)
-        return cls(cpu=data.get("cpu"), memory=data.get("memory"), gpu=gpu, shm_size=data.get("shm_size"))
+            _check_keys(gpu, f"{where}.gpu", ("count", "name", "memory"))
+        try:
+            return cls(cpu=data.get("cpu"), memory=data.get("memory"), shm_size=data.get("shm_size"),
+                       gpu=GPU(**gpu) if isinstance(gpu, dict) else gpu)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     def to_dict(self) -> Dict[str, Any]:
         """The wire form (sizes in MiB)."""
@@ -90,3 +99,11 @@ class ResourceRequirements:
             "gpu_name": self.gpu.name if self.gpu else None,
             "gpu_memory_mib": self.gpu.memory_mib if self.gpu else None,
         }
+
+
+def _check_keys(data: Any, where: str, keys: Tuple[str, ...]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping with keys among {', '.join(keys)}, not {data!r}")
+    unknown = sorted(str(k) for k in data if k not in keys)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(keys)}")

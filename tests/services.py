@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pika
 
@@ -48,17 +48,23 @@ class Vhost:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True)
 
 
-def queue_consumers(url: str, queue: str) -> int:
-    """How many consumers ``queue`` has (0 if it does not exist)."""
+def queue_counts(url: str, queue: str) -> Tuple[int, int]:
+    """``(messages ready, consumers)`` of ``queue`` (``(0, 0)`` if it does not exist)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         try:
-            return channel.queue_declare(queue, passive=True).method.consumer_count
+            method = channel.queue_declare(queue, passive=True).method
+            return method.message_count, method.consumer_count
         except pika.exceptions.ChannelClosedByBroker:
-            return 0
+            return 0, 0
     finally:
         connection.close()
+
+
+def queue_consumers(url: str, queue: str) -> int:
+    """How many consumers ``queue`` has (0 if it does not exist)."""
+    return queue_counts(url, queue)[1]
 
 
 def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -48,9 +48,10 @@ class Capacity:
             return len(self._held) < self.slots and fits(needs, self._free()) is not None
 
     def reserve(self, run_name: str, task_id: str, attempt: int, needs: Resources) -> Optional[Allocation]:
-        """Hold what a task needs (its GPUs chosen here), or return ``None`` if it does not fit now."""
+        """Hold what a task needs (its GPUs chosen here), or return ``None`` if it does not fit now
+        (or holds something already)."""
         with self._lock:
-            if len(self._held) >= self.slots:
+            if len(self._held) >= self.slots or f"{run_name}/{task_id}/{attempt}" in self._held:
                 return None
             gpu_ids = fits(needs, self._free())
             if gpu_ids is None:

@@ -10,7 +10,7 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from dstack.broker import make_broker
-from dstack.errors import DstackError, MessageError
+from dstack.errors import BrokerUnavailable, DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import (ClaimTask, Inventory, JobTask, QueueOpened, Resources, StopTask, WorkerReport,
                              from_payload)
@@ -44,7 +44,10 @@ class Worker:
         self.settings = settings
         self.home = settings.home / "workers" / settings.worker_id
         if inventory is None:
-            inventory, gpu_devices = worker_inventory(settings.worker_resources)
+            inventory, gpu_devices = worker_inventory(settings.worker_resources, source="worker_resources")
+            if inventory.gpus and not gpu_devices:
+                log.warning("the GPUs this worker declares are not all reported by nvidia-smi: its jobs are "
+                            "told their GPUs (NVIDIA_VISIBLE_DEVICES) but given no device")
         self.capacity = Capacity(inventory, settings.worker_slots, on_release=self._capacity_changed)
         self.broker: RabbitmqBroker = make_broker(settings.broker_url)
         self.storage = open_storage(settings.storage_url)
@@ -118,7 +121,10 @@ class Worker:
         return [queue for queue, (needs, _) in queues if self.capacity.can_take(needs)]
 
     def _declare(self, queue: str) -> None:
-        self.broker.declare_queue(queue, ensure=True)
+        try:
+            self.broker.declare_queue(queue, ensure=True)
+        except dramatiq.errors.ConnectionError as e:
+            raise BrokerUnavailable(f"cannot declare task queue {queue}: {e}") from None
 
     def _learn_queues(self, queues: List[Tuple[str, Resources]], asked_at: float) -> None:
         """The scheduler's list of queues that hold tasks, as of ``asked_at``: forget the others,

@@ -103,7 +103,7 @@ def print_workers(console: Console, workers: List[Dict[str, Any]]) -> None:
 
 
 def _holding(allocation: Allocation) -> str:
-    """``witty-otter-1234/train.0: 2xA100, 4 CPUs (GPUs 0,1)``."""
+    """``witty-otter-1234/train.0: 2xA100, 4 CPUs (GPU 0,1)``."""
     needs: Resources = allocation.needs
     held = "" if not (needs.gpu_count or needs.cpu or needs.memory_mib) else f": {describe_needs(needs)}"
     gpus = f" (GPU {','.join(allocation.gpu_ids)})" if allocation.gpu_ids else ""

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import _storage_env
 from tests.projects import graph_project
 from tests.s3server import MotoServer
-from tests.services import Cluster, Vhost, run_name_of, wait_for, write_project
+from tests.services import Cluster, Vhost, queue_counts, run_name_of, wait_for, write_project
 
 CPU_ONLY = "{cpu: 2, memory: 2GB, gpu: 0}"
 ONE_T4 = "{cpu: 4, memory: 8GB, gpu: {count: 1, name: Tesla T4, memory: 15360MB}}"
@@ -154,6 +154,8 @@ def test_job_waits_for_capacity_and_starts_when_a_worker_joins(fleet: Cluster, t
     job = fleet.status(run_name)["jobs"][-1]
     assert job["status"] == "queued", job
     assert job["reason"] == "waiting for capacity: no live worker has 1xH100 (80GB each)", job
+    queue = "dstack.tasks.gpu1xh100-vram81920mib"  # nobody takes from it: no worker is sent the task in vain
+    assert queue_counts(fleet.broker_url, queue) == (1, 0)
     shown = fleet.dstack("status", run_name)
     assert "waiting for capacity" in shown.stdout
 
@@ -178,7 +180,7 @@ def test_workers_lists_what_each_has_and_holds(fleet: Cluster, tmp_path: Path) -
     assert (held["run_name"], held["task_id"], held["gpu_ids"]) == (run_name, "w.0", ["0"])
     assert time.time() - worker["seen_at"] < 15
     table = fleet.dstack("workers").stdout
-    assert "gpu-a100" in table and "2xNVIDIA A100-SXM4-80GB (80GB)" in table
+    assert "gpu-a100" in table and "2xNVIDIA A100-SXM4-80GB (81920 MiB)" in table
     assert f"{run_name}/w.0: 1xGPU, 2 CPUs, 1GB memory (GPU 0)" in table
     assert fleet.dstack("stop", run_name, "--abort").returncode == 0
     wait_for(lambda: not workers(fleet)[0]["in_use"], 30, "the GPU to be given back")

@@ -116,8 +116,12 @@ def test_from_dict() -> None:
                            "gpu_name": "T4", "gpu_memory_mib": 16384}
     assert ResourceRequirements.from_dict({"gpu": 2}).to_dict()["gpu_count"] == 2
     assert ResourceRequirements.from_dict({}).to_dict()["gpu_count"] == 0
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"^resources.gpu: unknown key\(s\) cnt; the keys are count, name, memory$"):
         ResourceRequirements.from_dict({"gpu": {"cnt": 1}})
+    with pytest.raises(ValueError, match=r"^resources: unknown key\(s\) gpus; the keys are cpu, memory, gpu, shm_size$"):
+        ResourceRequirements.from_dict({"gpus": 1})
+    with pytest.raises(ValueError, match=r"^jobs\[0\].resources: memory must be a size like '16GB'"):
+        ResourceRequirements.from_dict({"memory": "lots"}, where="jobs[0].resources")
 
 
 # ----------------------------------------------------------------------------- Job

@@ -1,0 +1,216 @@
+"""workers.runtime.DockerRuntime.start: the options it gives Docker to create a task's container
+(GPUs, CPU and memory limits, shared memory, network), checked against a fake Docker client."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional
+
+import docker.errors
+import docker.types
+import pytest
+
+from dstack.errors import ImageNotFound, RuntimeErrorInContainer
+from workers.runtime import ContainerSpec, DockerContainer, DockerRuntime
+
+
+class FakeContainer:
+    def __init__(self, name: str, labels: Dict[str, str]) -> None:
+        self.name = name
+        self.labels = labels
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+
+class FakeContainers:
+    """``client.containers``: records what ``create`` was given; may refuse with ``error``."""
+
+    def __init__(self) -> None:
+        self.created: List[Dict[str, Any]] = []
+        self.error: Optional[Exception] = None
+        self.existing: Dict[str, FakeContainer] = {}
+
+    def create(self, **options: Any) -> FakeContainer:
+        self.created.append(options)
+        if self.error is not None:
+            raise self.error
+        return FakeContainer(options["name"], options.get("labels") or {})
+
+    def get(self, name: str) -> FakeContainer:
+        return self.existing[name]
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.containers = FakeContainers()
+
+
+def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus: float = 2) -> DockerRuntime:
+    """A DockerRuntime set up as ``__init__`` would, without reaching a Docker engine."""
+    runtime = DockerRuntime.__new__(DockerRuntime)
+    runtime.gpu_devices = gpu_devices
+    runtime._client = FakeClient()  # type: ignore[assignment]
+    runtime.network = network
+    runtime._engine_cpus = engine_cpus
+    return runtime
+
+
+def spec(**overrides: Any) -> ContainerSpec:
+    fields: Dict[str, Any] = dict(
+        name="dstack-witty-otter-1234-train-0-0", image="python:3.11", script="python train.py",
+        env={"DSTACK_RUN": "witty-otter-1234"}, working_dir="/workflow",
+        mounts=[("/var/dstack/tasks/x", "/workflow", False), ("/var/dstack/inputs", "/inputs", True)],
+        labels={"ai.dstack.task": "witty-otter-1234/train.0/0"})
+    fields.update(overrides)
+    return ContainerSpec(**fields)
+
+
+def created(runtime: DockerRuntime, container_spec: ContainerSpec) -> Dict[str, Any]:
+    """Start ``container_spec`` and return the options Docker was asked to create it with."""
+    runtime.start(container_spec)
+    client: FakeClient = runtime._client  # type: ignore[assignment]
+    assert len(client.containers.created) == 1
+    return client.containers.created[0]
+
+
+# ----------------------------------------------------------------------------- the basics
+
+
+def test_basic_options() -> None:
+    runtime = make_runtime()
+    container = runtime.start(spec())
+    options = runtime._client.containers.created[0]  # type: ignore[attr-defined]
+    assert options["image"] == "python:3.11"
+    assert options["command"] == ["/bin/sh", "-c", "python train.py"]
+    assert options["name"] == "dstack-witty-otter-1234-train-0-0"
+    assert options["environment"] == {"DSTACK_RUN": "witty-otter-1234"}
+    assert options["working_dir"] == "/workflow"
+    assert options["labels"] == {"ai.dstack.task": "witty-otter-1234/train.0/0"}
+    assert options["detach"] is True
+    assert options["volumes"] == {"/var/dstack/tasks/x": {"bind": "/workflow", "mode": "rw"},
+                                  "/var/dstack/inputs": {"bind": "/inputs", "mode": "ro"}}
+    assert isinstance(container, DockerContainer)
+    assert container.name == "dstack-witty-otter-1234-train-0-0"
+    assert container._container.started == 1  # type: ignore[attr-defined]
+
+
+def test_no_limits_when_none_are_asked() -> None:
+    options = created(make_runtime(gpu_devices=True), spec())
+    for key in ("nano_cpus", "mem_limit", "memswap_limit", "shm_size", "device_requests"):
+        assert key not in options, key
+
+
+# ----------------------------------------------------------------------------- GPUs
+
+
+def test_gpus_are_device_requests_when_the_gpus_are_real() -> None:
+    options = created(make_runtime(gpu_devices=True), spec(gpu_ids=["1", "3"]))
+    [request] = options["device_requests"]
+    assert isinstance(request, docker.types.DeviceRequest)
+    assert request.device_ids == ["1", "3"]
+    assert request.capabilities == [["gpu"]]
+    assert not request.count  # the ids, not a count, choose the GPUs
+
+
+def test_no_device_requests_when_the_gpus_are_not_devices() -> None:
+    options = created(make_runtime(gpu_devices=False), spec(gpu_ids=["0", "1"]))
+    assert "device_requests" not in options
+
+
+def test_no_device_requests_without_gpus() -> None:
+    options = created(make_runtime(gpu_devices=True), spec(gpu_ids=[]))
+    assert "device_requests" not in options
+
+
+# ----------------------------------------------------------------------------- CPU, memory, shared memory
+
+
+@pytest.mark.parametrize(("cpu", "engine_cpus", "nano_cpus"), [
+    (4, 2, 2_000_000_000),  # clamped to what the engine has
+    (2, 2, 2_000_000_000),
+    (0.5, 2, 500_000_000),
+    (1.5, 8, 1_500_000_000),
+    (0.25, 1, 250_000_000),
+    (16, 7.0, 7_000_000_000),
+])
+def test_nano_cpus(cpu: float, engine_cpus: float, nano_cpus: int) -> None:
+    options = created(make_runtime(engine_cpus=engine_cpus), spec(cpu=cpu))
+    assert options["nano_cpus"] == nano_cpus
+    assert isinstance(options["nano_cpus"], int)
+
+
+def test_memory_limit_without_swap() -> None:
+    options = created(make_runtime(), spec(memory_mib=512))
+    assert options["mem_limit"] == "512m"
+    assert options["memswap_limit"] == "512m"
+
+
+def test_shm_size() -> None:
+    options = created(make_runtime(), spec(shm_size_mib=2048))
+    assert options["shm_size"] == "2048m"
+    assert "mem_limit" not in options
+
+
+def test_all_limits_together() -> None:
+    options = created(make_runtime(gpu_devices=True, engine_cpus=32),
+                      spec(cpu=8, memory_mib=65536, shm_size_mib=8192, gpu_ids=["0", "1"]))
+    assert options["nano_cpus"] == 8_000_000_000
+    assert options["mem_limit"] == options["memswap_limit"] == "65536m"
+    assert options["shm_size"] == "8192m"
+    assert options["device_requests"][0].device_ids == ["0", "1"]
+
+
+# ----------------------------------------------------------------------------- network
+
+
+def test_host_network_publishes_no_ports() -> None:
+    options = created(make_runtime(network="host"), spec(ports=[8888, 6006]))
+    assert options["network_mode"] == "host"
+    assert "ports" not in options
+
+
+def test_bridge_network_publishes_each_port_on_a_free_host_port() -> None:
+    options = created(make_runtime(network="bridge"), spec(ports=[8888, 6006]))
+    assert options["ports"] == {"8888/tcp": None, "6006/tcp": None}
+    assert "network_mode" not in options
+
+
+def test_bridge_network_without_ports() -> None:
+    options = created(make_runtime(network="bridge"), spec())
+    assert options["ports"] == {}
+
+
+def test_published_ports_on_the_host_network_are_the_ports() -> None:
+    runtime = make_runtime(network="host")
+    container = runtime.start(spec(ports=[8888]))
+    assert container.published_ports([8888, 6006]) == [8888, 6006]
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_missing_image() -> None:
+    runtime = make_runtime()
+    runtime._client.containers.error = docker.errors.ImageNotFound("no such image")  # type: ignore[attr-defined]
+    with pytest.raises(ImageNotFound, match="python:3.11"):
+        runtime.start(spec())
+
+
+def test_a_container_of_that_name_is_the_one_started_before() -> None:
+    runtime = make_runtime()
+    containers: FakeContainers = runtime._client.containers  # type: ignore[attr-defined]
+    existing = FakeContainer(spec().name, {"ai.dstack.task": "before"})
+    containers.existing[existing.name] = existing
+    containers.error = docker.errors.APIError("Conflict", response=SimpleNamespace(status_code=409))
+    container = runtime.start(spec())
+    assert isinstance(container, DockerContainer)
+    assert container._container is existing  # type: ignore[attr-defined]
+
+
+def test_other_refusals() -> None:
+    runtime = make_runtime()
+    runtime._client.containers.error = docker.errors.APIError(  # type: ignore[attr-defined]
+        "Bad Request", response=SimpleNamespace(status_code=400), explanation="invalid device request")
+    with pytest.raises(RuntimeErrorInContainer, match="invalid device request"):
+        runtime.start(spec(gpu_ids=["0"]))
