@@ -12,7 +12,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dstack.broker import make_broker
 from dstack.errors import BrokerUnavailable, DstackError, MessageError
 from dstack.live import Publisher
-from dstack.messages import (ClaimTask, Inventory, JobTask, QueueOpened, Resources, StopTask, WorkerReport,
+from dstack.messages import (ClaimTask, JobTask, QueueOpened, Resources, StopTask, WorkerReport,
                              from_payload)
 from dstack.names import DEFAULT_TASK_QUEUE, WORKER_LABEL, worker_queue
 from dstack.placement import describe_inventory
@@ -40,14 +40,13 @@ class Worker:
     the task is claimed and saved, so no delivery stays open for the life of a job.
     """
 
-    def __init__(self, settings: Settings, inventory: Optional[Inventory] = None, gpu_devices: bool = False) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.home = settings.home / "workers" / settings.worker_id
-        if inventory is None:
-            inventory, gpu_devices = worker_inventory(settings.worker_resources, source="worker_resources")
-            if inventory.gpus and not gpu_devices:
-                log.warning("the GPUs this worker declares are not all reported by nvidia-smi: its jobs are "
-                            "told their GPUs (NVIDIA_VISIBLE_DEVICES) but given no device")
+        inventory, gpu_devices = worker_inventory(settings.worker_resources, source="worker_resources")
+        if inventory.gpus and not gpu_devices:
+            log.warning("the GPUs this worker declares are not all reported by nvidia-smi: its jobs are "
+                        "told their GPUs (NVIDIA_VISIBLE_DEVICES) but given no device")
         self.capacity = Capacity(inventory, settings.worker_slots, on_release=self._capacity_changed)
         self.broker: RabbitmqBroker = make_broker(settings.broker_url)
         self.storage = open_storage(settings.storage_url)
