@@ -34,6 +34,8 @@ WORKER_SLOTS = 4
 HEARTBEAT_INTERVAL = 10.0
 #: Seconds after its last report that the scheduler counts a worker as gone.
 WORKER_TIMEOUT = 60.0
+#: Seconds a worker told to stop (SIGTERM) lets its running tasks go on before it stops them.
+DRAIN_PERIOD = 30.0
 #: Seconds the worker's intake waits for a task before it checks its capacity again.
 INTAKE_POLL_TIMEOUT = 1.0
 

@@ -36,6 +36,15 @@ class Resources:
 
 
 @dataclass
+class RetryPolicy:
+    """Run a failed job again up to ``limit`` more times, waiting ``backoff_s`` before the first
+    retry and twice as long before each next one."""
+
+    limit: int = 0
+    backoff_s: float = 10.0
+
+
+@dataclass
 class GpuInfo:
     """One GPU of a worker: its device id (as Docker and the NVIDIA runtime take it), model and memory."""
 
@@ -100,6 +109,9 @@ class WorkflowSpec:
     depends_on: List[str] = field(default_factory=list)
     tagged: List[TagRef] = field(default_factory=list)
     variables: Dict[str, Any] = field(default_factory=dict)
+    #: what its jobs get unless they say otherwise
+    retry: Optional[RetryPolicy] = None
+    max_duration_s: Optional[float] = None
 
 
 @dataclass
@@ -116,6 +128,8 @@ class JobSpec:
     depends_on: List[str] = field(default_factory=list)
     master: Optional[str] = None
     env: Dict[str, str] = field(default_factory=dict)
+    retry: Optional[RetryPolicy] = None
+    max_duration_s: Optional[float] = None
 
 
 @dataclass
@@ -209,6 +223,8 @@ class TaskFinished:
     exit_code: Optional[int] = None
     reason: str = ""
     jobs: Optional[List[JobSpec]] = None
+    #: it failed because it ran past its ``max_duration`` (and is not retried)
+    timed_out: bool = False
 
 
 # ----------------------------------------------------------------------------- requests
@@ -294,8 +310,9 @@ class Allocation:
 @dataclass
 class WorkerReport:
     """Worker -> scheduler, when it starts and then every heartbeat interval: what it has, and
-    what its tasks hold. The reply names the task queues that hold tasks:
-    ``{"queues": [{"queue": name, "needs": Resources as a map}]}``."""
+    what its tasks hold. The reply names the task queues that hold tasks, and the tasks the
+    worker holds that are not its own anymore, to stop:
+    ``{"queues": [{"queue": name, "needs": Resources as a map}], "stop": [{run_name, task_id, attempt}]}``."""
 
     worker_id: str
     host: str

@@ -106,7 +106,8 @@ def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] 
             provider_repo=provider if isinstance(provider, ProviderRepo) else None,
             depends_on=list(dict.fromkeys(name for name, _, tag in entries if not tag)),
             tagged=[TagRef(workflow=name, tag=tag) for name, _, tag in entries if tag],
-            variables={k: v for k, v in variables.items()}))
+            variables={k: v for k, v in variables.items()},
+            retry=workflow.retry, max_duration_s=workflow.max_duration_s))
     return specs
 
 

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import jsonschema
 import yaml
 
 from dstack.errors import ConfigError
-from dstack.messages import ProviderRepo, ProviderSpec
+from dstack.messages import ProviderRepo, ProviderSpec, RetryPolicy
+from sdk.retry import Retry, parse_duration_s
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
-SYSTEM_KEYS = ("name", "provider", "depends-on", "depends_on")
+SYSTEM_KEYS = ("name", "provider", "depends-on", "depends_on", "retry", "max_duration")
 
 
 class _Located:
@@ -126,6 +127,9 @@ class Workflow:
     line: int = 0
     #: Workflow names, or ``WORKFLOW:TAG`` for the artifacts of a tagged run.
     depends_on: List[str] = field(default_factory=list)
+    #: what its jobs get unless their provider says otherwise
+    retry: Optional[RetryPolicy] = None
+    max_duration_s: Optional[float] = None
 
 
 @dataclass
@@ -211,11 +215,26 @@ def load_project(root: Path) -> Project:
                               line=raw.line, field=f"workflows[{i}]")
         data = {k: _plain(v) for k, v in raw.items() if k not in SYSTEM_KEYS}
         depends_on = _plain(raw.get("depends-on", raw.get("depends_on", [])))
-        project.workflows[raw["name"]] = Workflow(name=raw["name"], provider=_plain(raw["provider"]),
-                                                  data=data, line=raw.line, depends_on=depends_on)
+        where = f"workflows[{i}]"
+        retry = _parsed(lambda: Retry.from_value(_plain(raw["retry"])), raw, "retry", where)
+        max_duration_s = _parsed(lambda: parse_duration_s(raw["max_duration"], "max_duration"), raw, "max_duration",
+                                 where)
+        project.workflows[raw["name"]] = Workflow(
+            name=raw["name"], provider=_plain(raw["provider"]), data=data, line=raw.line, depends_on=depends_on,
+            retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None, max_duration_s=max_duration_s)
     if "variables" in docs:
         project.variables = _plain(docs["variables"].get("variables", {}))
     return project
+
+
+def _parsed(parse: Callable[[], Any], raw: Any, key: str, where: str) -> Any:
+    """``parse()`` of ``raw[key]`` (``None`` without the key); a ValueError names the file, line and field."""
+    if key not in raw:
+        return None
+    try:
+        return parse()
+    except ValueError as e:
+        raise ConfigError(str(e), file=".dstack/workflows.yaml", line=raw.line, field=f"{where}.{key}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -26,6 +26,7 @@ ENV_VARS = {
     "DSTACK_WORKER_RESOURCES": "worker_resources",
     "DSTACK_HEARTBEAT_INTERVAL": "heartbeat_interval",
     "DSTACK_WORKER_TIMEOUT": "worker_timeout",
+    "DSTACK_DRAIN_PERIOD": "drain_period",
 }
 
 
@@ -49,6 +50,8 @@ class Settings:
         heartbeat_interval: seconds between two reports of a worker (``DSTACK_HEARTBEAT_INTERVAL``).
         worker_timeout: seconds after its last report that the scheduler counts a worker as gone
             (``DSTACK_WORKER_TIMEOUT``).
+        drain_period: seconds a worker told to stop (SIGTERM) lets its running tasks go on before
+            it stops them (``DSTACK_DRAIN_PERIOD``).
     """
 
     home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
@@ -61,6 +64,7 @@ class Settings:
     worker_resources: Dict[str, Any] = field(default_factory=dict)
     heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
     worker_timeout: float = defaults.WORKER_TIMEOUT
+    drain_period: float = defaults.DRAIN_PERIOD
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -100,7 +104,7 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
             raise ConfigError(f"worker slots must be a whole number of at least 1, not {raw!r}",
                               field="DSTACK_WORKER_SLOTS")
         values["worker_slots"] = slots
-    for name in ("heartbeat_interval", "worker_timeout"):
+    for name in ("heartbeat_interval", "worker_timeout", "drain_period"):
         if name in values:
             values[name] = _seconds(values[name], name)
     if isinstance(values.get("worker_resources"), str):

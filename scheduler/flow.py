@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any, Dict, List
 
 from dstack.messages import (ArtifactRef, Endpoint, JobSpec, JobTask, ProviderRepo, ProviderSpec, ProviderTask,
-                             QueueOpened, Resources, StopTask, encode, from_dict)
+                             QueueOpened, Resources, RetryPolicy, StopTask, encode, from_dict)
 from dstack.names import DEFAULT_TASK_QUEUE, job_id as make_job_id, task_queue, worker_queue
 from scheduler.model import Kind, RunRecord, Status, TaskRecord
 from scheduler.store import StateStore
@@ -19,6 +19,8 @@ from scheduler.store import StateStore
 #: Dramatiq actor names, on the worker side.
 TASK_ACTOR = "run_task"
 CONTROL_ACTOR = "control"
+#: The longest wait before a retry, in seconds, however often the backoff has doubled.
+MAX_BACKOFF_S = 600.0
 
 
 def env_of(variables: Dict[str, Any]) -> Dict[str, str]:
@@ -108,13 +110,14 @@ class TaskFlow:
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:
             for report in self.live_workers():  # they take from the queues they know of
                 self.send_to_worker(report["worker_id"], QueueOpened(task.queue, needs))
-        task.status = Status.QUEUED
+        task.status, task.reason = Status.QUEUED, ""
         self.save(task)
         self.store.add_outbox(task.queue, TASK_ACTOR, encode(message))
 
     def live_workers(self) -> List[Dict[str, Any]]:
         """The latest report of every worker heard from within the worker timeout."""
-        return [report for report, _ in self.store.workers_seen_since(time.time() - self.worker_timeout)]
+        since = time.time() - self.worker_timeout
+        return [report for report, seen_at in self.store.workers() if seen_at >= since]
 
     def inputs_of(self, workflow: TaskRecord) -> List[ArtifactRef]:
         """The artifacts a workflow starts with: those of the workflows it depends on (in this
@@ -137,6 +140,10 @@ class TaskFlow:
             job.depends_on = [ids[d] for d in job.depends_on]
             job.master = ids[job.master] if job.master else None
             job.env = {**variables, **job.env}
+            if job.retry is None and workflow.spec.get("retry"):
+                job.retry = from_dict(RetryPolicy, workflow.spec["retry"])
+            if job.max_duration_s is None:
+                job.max_duration_s = workflow.spec.get("max_duration_s")
             records.append(TaskRecord(
                 run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
                 status=Status.SUBMITTED, spec={"job": asdict(job), "inputs": provider.spec.get("inputs", [])},
@@ -147,6 +154,33 @@ class TaskFlow:
             self.store.add_dependency(record.run_name, record.task_id, workflow.task_id)
         for record in records:
             self.release_if_ready(record)
+
+    # ------------------------------------------------------------------ retries
+
+    def retry_later(self, task: TaskRecord, reason: str) -> bool:
+        """If ``task``, a job that failed for ``reason``, may run again, make it wait for its
+        backoff (doubling with each retry) as its next attempt, and return True."""
+        policy = (task.spec.get("job") or {}).get("retry")
+        retries = task.spec.get("retries", 0)
+        if task.kind is not Kind.JOB or not policy or retries >= policy["limit"]:
+            return False
+        delay = min(policy["backoff_s"] * 2 ** retries, MAX_BACKOFF_S)
+        task.spec["retries"], task.spec["retry_at"] = retries + 1, time.time() + delay
+        task.status, task.attempt = Status.RETRYING, task.attempt + 1
+        task.reason = f"{reason.splitlines()[0] if reason else 'failed'}; retry {retries + 1} of {policy['limit']} " \
+                      f"in {delay:g} s"
+        task.worker_id = task.hostname = task.started_at = task.finished_at = None
+        task.ports = []
+        self.save(task)
+        return True
+
+    def release_due_retries(self, now: float) -> None:
+        """Start again the jobs whose backoff has passed."""
+        for task in self.store.tasks_in_status(Status.RETRYING):
+            if task.spec["retry_at"] <= now:
+                task.status = Status.SUBMITTED
+                self.save(task)
+                self.release_if_ready(task)
 
     # ------------------------------------------------------------------ backward
 

@@ -8,7 +8,7 @@ from typing import Any, Dict
 import dramatiq
 
 from dstack.broker import describe, make_broker
-from dstack.errors import MessageError
+from dstack.errors import DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import from_payload, pack, unpack
 from dstack.names import EVENTS_QUEUE, UPDATES_EXCHANGE
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: Dramatiq actor that receives worker events.
 EVENT_ACTOR = "handle_event"
+#: Seconds between two ticks (retries that are due, workers that stopped reporting).
+TICK_INTERVAL = 1.0
 
 
 class SchedulerService:
@@ -66,7 +68,14 @@ class SchedulerService:
         server.start()
         self.worker.start()
         log.info("scheduler: broker %s, state %s", describe(self.settings.broker_url), self.store.path)
-        self._stopping.wait()
+        while not self._stopping.wait(TICK_INTERVAL):
+            try:
+                with self._lock:
+                    self.scheduler.tick()
+            except (DstackError, dramatiq.errors.ConnectionError) as e:
+                log.warning("tick: %s (what it sends stays in the outbox)", e)
+            except Exception:  # a bug: say so, keep ticking
+                log.exception("tick failed")
         self.rpc.stop()
         self.worker.stop()
         server.join(5)

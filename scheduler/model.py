@@ -12,6 +12,7 @@ class Status(str, enum.Enum):
     SUBMITTED = "submitted"  #: recorded; waiting for what it depends on
     QUEUED = "queued"        #: on a task queue, waiting for a worker
     RUNNING = "running"
+    RETRYING = "retrying"    #: failed, and runs again once its backoff has passed
     DONE = "done"
     FAILED = "failed"
     STOPPED = "stopped"

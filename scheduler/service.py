@@ -45,6 +45,7 @@ class Scheduler:
         self._send = send
         self._notify = notify
         self._flow = TaskFlow(store, worker_timeout)
+        self._started_at = time.time()
 
     # ------------------------------------------------------------------ entry points
 
@@ -131,7 +132,8 @@ class Scheduler:
                 run_name=run.run_name, task_id=spec.name, kind=Kind.WORKFLOW, workflow=spec.name,
                 status=Status.SUBMITTED, submitted_at=now, depends_on=[provider.task_id], deps_left=1,
                 spec={"depends_on": spec.depends_on, "tagged": [asdict(t) for t in spec.tagged],
-                      "tag_inputs": [asdict(r) for r in tag_inputs[spec.name]], "variables": spec.variables})
+                      "tag_inputs": [asdict(r) for r in tag_inputs[spec.name]], "variables": spec.variables,
+                      "retry": asdict(spec.retry) if spec.retry else None, "max_duration_s": spec.max_duration_s})
             self._flow.save(workflow)
             self._flow.save(provider)
             records.append(provider)
@@ -223,6 +225,7 @@ class Scheduler:
             if task.kind is not Kind.WORKFLOW:
                 task.attempt += 1
             task.status, task.exit_code, task.reason = Status.SUBMITTED, None, ""
+            task.spec.pop("retries", None)  # a restart gets its retries anew
             task.worker_id = task.hostname = task.started_at = task.finished_at = None
             task.ports = []
         for task in chosen:
@@ -264,12 +267,51 @@ class Scheduler:
         self._flow.save(task)
         return {"granted": True, "reason": ""}
 
+    def tick(self) -> None:
+        """What time alone makes happen (called every second): retries whose backoff has passed
+        start, and workers that stopped reporting are lost, with their tasks."""
+        now = time.time()
+        self._apply(lambda: (self._flow.release_due_retries(now), self._lose_silent_workers(now)))
+
+    def _lose_silent_workers(self, now: float) -> None:
+        """A worker silent for the worker timeout is gone: each task it held runs again (by its
+        retry policy) or fails, "worker lost". After the scheduler starts, every worker gets a
+        full timeout to report, however long the scheduler was away."""
+        timeout = self._flow.worker_timeout
+        if now - self._started_at < timeout:
+            return
+        for report, seen_at in self._store.workers():
+            if seen_at >= now - timeout:
+                continue
+            worker_id = report["worker_id"]
+            log.warning("worker %s has not reported for %.0f s: it is lost", worker_id, now - seen_at)
+            self._store.delete_worker(worker_id)
+            reason = f"worker lost: {worker_id} stopped reporting ({now - seen_at:.0f} s ago)"
+            for task in self._store.tasks_held_by(worker_id):
+                run = self._store.get_run(task.run_name)
+                assert run is not None
+                if run.stop_requested or not self._flow.retry_later(task, reason):
+                    task.status, task.reason, task.finished_at = Status.FAILED, reason, now
+                    task.started_at = task.started_at or now
+                    self._flow.save(task)
+                    self._flow.cancel_dependents(task)
+                self._flow.update_run(run)
+
     # ------------------------------------------------------------------ workers
 
     def worker_report(self, report: WorkerReport) -> Dict[str, Any]:
-        """Record a worker's report; answer with the task queues that hold tasks."""
+        """Record a worker's report; answer with the task queues that hold tasks, and the tasks
+        the worker holds that are not its own anymore (it was counted lost, or they ended): it
+        stops them."""
         self._store.save_worker(report.worker_id, asdict(report), time.time())
-        return {"queues": [{"queue": queue, "needs": needs} for queue, needs in self._store.open_queues()]}
+        stale = []
+        for held in report.in_use:
+            task = self._store.get_task(held.run_name, held.task_id)
+            if (task is None or task.attempt != held.attempt or task.status.finished
+                    or task.worker_id not in (None, report.worker_id)):
+                stale.append({"run_name": held.run_name, "task_id": held.task_id, "attempt": held.attempt})
+        return {"queues": [{"queue": queue, "needs": needs} for queue, needs in self._store.open_queues()],
+                "stop": stale}
 
     def worker_leaving(self, request: WorkerLeaving) -> Dict[str, Any]:
         self._store.delete_worker(request.worker_id)
@@ -278,7 +320,7 @@ class Scheduler:
     def get_workers(self, request: GetWorkers) -> List[Dict[str, Any]]:
         """The live workers: their latest report, and when it came."""
         since = time.time() - self._flow.worker_timeout
-        return [{**report, "seen_at": seen_at} for report, seen_at in self._store.workers_seen_since(since)]
+        return [{**report, "seen_at": seen_at} for report, seen_at in self._store.workers() if seen_at >= since]
 
     # ------------------------------------------------------------------ tags
 
@@ -351,6 +393,10 @@ class Scheduler:
             else:
                 if not run.stop_requested:
                     self._flow.create_jobs(task, jobs)
+        if (status is Status.FAILED and not event.timed_out and not run.stop_requested
+                and self._flow.retry_later(task, event.reason)):
+            self._flow.update_run(run)
+            return
         task.status, task.exit_code, task.reason = status, event.exit_code, event.reason
         task.finished_at = time.time()
         if task.started_at is None:

@@ -76,6 +76,10 @@ class StateStore(abc.ABC):
     def list_tags(self) -> List[Tuple[str, str, float]]: ...
 
     @abc.abstractmethod
+    def tasks_in_status(self, status: Status) -> List[TaskRecord]:
+        """Every task of every run in ``status``."""
+
+    @abc.abstractmethod
     def count_unfinished(self, run_name: str) -> Tuple[int, int]:
         """``(unfinished tasks, running tasks)`` of a run."""
 
@@ -95,8 +99,12 @@ class StateStore(abc.ABC):
     def delete_worker(self, worker_id: str) -> None: ...
 
     @abc.abstractmethod
-    def workers_seen_since(self, since: float) -> List[Tuple[Dict[str, Any], float]]:
-        """``(report, seen_at)`` of every worker that reported at ``since`` or later, by worker id."""
+    def workers(self) -> List[Tuple[Dict[str, Any], float]]:
+        """``(latest report, seen_at)`` of every worker heard from and not gone, by worker id."""
+
+    @abc.abstractmethod
+    def tasks_held_by(self, worker_id: str) -> List[TaskRecord]:
+        """The unfinished tasks a worker claimed."""
 
     @abc.abstractmethod
     def add_outbox(self, queue: str, actor: str, payload: bytes) -> None: ...
@@ -125,6 +133,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     deps_left INTEGER NOT NULL, master TEXT, worker_id TEXT, hostname TEXT, ports TEXT NOT NULL,
     exit_code INTEGER, reason TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL,
     finished_at REAL, queue TEXT NOT NULL DEFAULT 'dstack.tasks.cpu', PRIMARY KEY (run_name, task_id));
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks (worker_id);
 CREATE TABLE IF NOT EXISTS edges (
     run_name TEXT NOT NULL, upstream TEXT NOT NULL, downstream TEXT NOT NULL, kind TEXT NOT NULL,
     PRIMARY KEY (run_name, upstream, downstream, kind));
@@ -299,6 +309,9 @@ class SqliteStateStore(StateStore):
     def list_tags(self) -> List[Tuple[str, str, float]]:
         return [tuple(row) for row in self._db.execute("SELECT tag, run_name, created_at FROM tags ORDER BY tag")]
 
+    def tasks_in_status(self, status: Status) -> List[TaskRecord]:
+        return [_task(row) for row in self._db.execute("SELECT * FROM tasks WHERE status = ?", (status.value,))]
+
     def count_unfinished(self, run_name: str) -> Tuple[int, int]:
         row = self._db.execute("SELECT unfinished, running FROM runs WHERE run_name = ?", (run_name,)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
@@ -319,9 +332,14 @@ class SqliteStateStore(StateStore):
     def delete_worker(self, worker_id: str) -> None:
         self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
-    def workers_seen_since(self, since: float) -> List[Tuple[Dict[str, Any], float]]:
-        rows = self._db.execute("SELECT report, seen_at FROM workers WHERE seen_at >= ? ORDER BY worker_id", (since,))
+    def workers(self) -> List[Tuple[Dict[str, Any], float]]:
+        rows = self._db.execute("SELECT report, seen_at FROM workers ORDER BY worker_id")
         return [(json.loads(row[0]), row[1]) for row in rows]
+
+    def tasks_held_by(self, worker_id: str) -> List[TaskRecord]:
+        rows = self._db.execute("SELECT * FROM tasks WHERE worker_id = ? AND status IN (?, ?)",
+                                (worker_id, Status.QUEUED.value, Status.RUNNING.value))
+        return [_task(row) for row in rows]
 
     # ------------------------------------------------------------------ outbox
 

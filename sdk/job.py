@@ -1,9 +1,10 @@
 """The :class:`Job` a provider creates."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from sdk.resources import ResourceRequirements
+from sdk.retry import Retry, parse_duration_s
 
 
 class Job:
@@ -21,13 +22,17 @@ class Job:
         master: a job this one talks to; this job starts once the master runs and gets
             ``MASTER_JOB_HOSTNAME`` and ``MASTER_JOB_PORT_<i>``.
         environment: extra environment variables.
+        retry: run the job again when it fails (default: as its workflow's ``retry`` says, else never).
+        max_duration: how long the job may run, e.g. ``"2h"``; it is stopped and fails past it
+            (default: as its workflow's ``max_duration`` says, else no limit).
     """
 
     def __init__(self, image: str, commands: List[str], ports: Optional[List[int]] = None,
                  working_dir: Optional[str] = None, artifacts: Optional[List[str]] = None,
                  resources: Optional[ResourceRequirements] = None,
                  depends_on: Optional[List["Job"]] = None, master: Optional["Job"] = None,
-                 environment: Optional[Dict[str, str]] = None) -> None:
+                 environment: Optional[Dict[str, str]] = None, retry: Optional[Retry] = None,
+                 max_duration: Union[str, int, float, None] = None) -> None:
         if not isinstance(image, str) or not image:
             raise ValueError("Job(image=...) must be a non-empty image name")
         if isinstance(commands, str) or not all(isinstance(c, str) for c in commands or []):
@@ -41,6 +46,10 @@ class Job:
         self.depends_on = list(depends_on or [])
         self.master = master
         self.environment = {str(k): str(v) for k, v in (environment or {}).items()}
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValueError("Job(retry=...) must be a dstack.Retry")
+        self.retry = retry
+        self.max_duration_s = parse_duration_s(max_duration, "Job(max_duration=...)")
 
     def __repr__(self) -> str:
         return f"Job(image={self.image!r}, commands={self.commands!r})"
@@ -69,4 +78,6 @@ def jobs_to_dicts(jobs: List[Job]) -> List[Dict[str, Any]]:
         "depends_on": [ref(dep, i, "depends_on") for dep in job.depends_on],
         "master": ref(job.master, i, "master") if job.master is not None else None,
         "environment": job.environment,
+        "retry": job.retry.to_dict() if job.retry else None,
+        "max_duration_s": job.max_duration_s,
     } for i, job in enumerate(jobs)]

@@ -1,8 +1,9 @@
 """Fixtures for the real services. A test that needs a missing service fails; it never skips."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Dict, Iterator, Optional
 
 import docker
 import pytest
@@ -74,6 +75,27 @@ def private_cluster(tmp_path: Path, s3: MotoServer, docker_engine: docker.Docker
     host.delete()
 
 
+@contextlib.contextmanager
+def scheduler_only(root: Path, s3: MotoServer, env: Optional[Dict[str, str]] = None,
+                   **scheduler_env: str) -> Iterator[Cluster]:
+    """A cluster of its own with a scheduler and no worker yet: its tests start the workers they need."""
+    host = Vhost()
+    cluster = Cluster(root, host.url, _storage_env(s3, f"dstack-{host.name[-8:]}"))
+    cluster.env.update(env or {})
+    try:
+        cluster.start_scheduler(**scheduler_env)
+        yield cluster
+    finally:
+        cluster.stop()
+        host.delete()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, s3: MotoServer, docker_engine: docker.DockerClient) -> Iterator[Cluster]:
+    with scheduler_only(tmp_path / "fleet", s3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def files(tmp_path: Path) -> Iterator[FileServer]:
     folder = tmp_path / "www"
@@ -84,18 +106,12 @@ def files(tmp_path: Path) -> Iterator[FileServer]:
     server.stop()
 
 
-@pytest.fixture(autouse=True)
-def _show_cluster_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for name in ("cluster", "private_cluster"):
-            if name in request.fixturenames:
-                print(request.getfixturevalue(name).logs())
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test's report shows the logs of the clusters it used."""
     outcome = yield
     report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
+    if report.when == "call" and report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Cluster):
+                report.sections.append((f"logs of {name}", value.logs()))

@@ -1,16 +1,17 @@
 """Projects the integration tests run: a provider that builds whatever job graph its workflow describes."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
 
-from tests.services import TEST_IMAGE
+from tests.services import TEST_IMAGE, write_project
 
 GRAPH_PROVIDER = '''
 from typing import List
 
-from dstack import GPU, Job, Provider, ResourceRequirements
+from dstack import GPU, Job, Provider, ResourceRequirements, Retry
 
 
 class GraphProvider(Provider):
@@ -32,6 +33,8 @@ class GraphProvider(Provider):
                 artifacts=spec.get("artifacts"),
                 resources=ResourceRequirements.from_dict(resources) if resources else None,
                 environment=spec.get("environment"),
+                retry=Retry.from_value(spec["retry"]) if "retry" in spec else None,
+                max_duration=spec.get("max_duration"),
             ))
         for job, spec in zip(jobs, specs):
             job.depends_on = [jobs[i] for i in spec.get("depends_on", [])]
@@ -71,3 +74,8 @@ def graph_project(workflows: List[Dict[str, Any]], provider_commands: List[str] 
         "providers/graph/main.py": GRAPH_PROVIDER,
         "providers/graph/schema.yaml": GRAPH_SCHEMA,
     }
+
+
+def graph_workflow_project(root: Path, jobs: List[Dict[str, Any]], **workflow_keys: Any) -> Path:
+    """A project folder with one workflow ``w`` of the ``graph`` provider making ``jobs``."""
+    return write_project(root, graph_project([{"name": "w", "jobs": jobs, **workflow_keys}]))

@@ -86,7 +86,7 @@ class Cluster:
         self.broker_url = broker_url
         self.env = {**os.environ, **storage_env, "DSTACK_BROKER_URL": broker_url,
                     "DSTACK_HOME": str(root / "client-home"), "DSTACK_WORKER_HOST": "127.0.0.1",
-                    "PYTHONUNBUFFERED": "1"}
+                    "DSTACK_DRAIN_PERIOD": "5", "PYTHONUNBUFFERED": "1"}
         self.processes: Dict[str, subprocess.Popen] = {}
 
     def _spawn(self, name: str, args: List[str], extra_env: Dict[str, str]) -> subprocess.Popen:
@@ -97,8 +97,8 @@ class Cluster:
         self.processes[name] = process
         return process
 
-    def start_scheduler(self) -> None:
-        self._spawn("scheduler", ["scheduler"], {"DSTACK_HOME": str(self.root / "scheduler-home")})
+    def start_scheduler(self, **extra_env: str) -> None:
+        self._spawn("scheduler", ["scheduler"], {"DSTACK_HOME": str(self.root / "scheduler-home"), **extra_env})
         wait_for(lambda: queue_consumers(self.broker_url, "dstack.rpc") > 0, 30, "the scheduler")
 
     def start_worker(self, worker_id: str = "worker-1", slots: int = 4, **extra_env: str) -> None:
@@ -127,6 +127,33 @@ class Cluster:
         """Run the CLI as a user would; returns the completed process (text output)."""
         return subprocess.run([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd, capture_output=True,
                               text=True, timeout=timeout, env={**self.env, **(env or {})})
+
+    def start_reporting_worker(self, worker_id: str, resources: str = "", slots: int = 4, **extra_env: str) -> None:
+        """Start a worker offering ``resources`` (YAML, empty: what the machine has) and wait for
+        the scheduler to list it."""
+        self.start_worker(worker_id, slots=slots, DSTACK_WORKER_RESOURCES=resources, **extra_env)
+        wait_for(lambda: worker_id in {w["worker_id"] for w in self.workers()}, 30, f"{worker_id} to report")
+
+    def workers(self) -> List[Dict[str, Any]]:
+        result = self.dstack("workers", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def submit(self, project: Path, workflow: str = "w") -> str:
+        """``dstack run WORKFLOW -d``; returns the run's name."""
+        result = self.dstack("run", workflow, "-d", cwd=project)
+        assert result.returncode == 0, result.stderr
+        return run_name_of(result)
+
+    def job_logs(self, run_name: str) -> Dict[str, List[str]]:
+        """The run's log lines, by job."""
+        result = self.dstack("logs", run_name)
+        assert result.returncode == 0, result.stderr
+        lines: Dict[str, List[str]] = {}
+        for line in result.stdout.splitlines():
+            job, _, text = line.partition(" | ")
+            lines.setdefault(job, []).append(text)
+        return lines
 
     def status(self, run_name: str) -> Dict[str, Any]:
         result = self.dstack("status", run_name, "--json")

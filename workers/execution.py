@@ -17,8 +17,8 @@ from dstack import defaults
 from dstack.errors import DstackError, ObjectNotFound, StorageError
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
-from dstack.messages import (Allocation, Endpoint, JobSpec, JobTask, ProviderTask, Resources, TaskFinished,
-                             TaskStarted, decode, encode)
+from dstack.messages import (Allocation, Endpoint, JobSpec, JobTask, ProviderTask, Resources, RetryPolicy,
+                             TaskFinished, TaskStarted, decode, encode)
 from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
@@ -63,6 +63,8 @@ class Execution:
     container: Optional[Container] = None
     stop_requested: bool = False
     abort: bool = False
+    stop_failure: str = ""
+    timed_out: bool = False
 
     @property
     def key(self) -> str:
@@ -135,8 +137,8 @@ class Execution:
         return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
 
     def _base_env(self) -> Dict[str, str]:
-        return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "PYTHONUNBUFFERED": "1",
-                "JOB_HOSTNAME": self.context.hostname}
+        return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "JOB_ATTEMPT": str(self.task.attempt),
+                "PYTHONUNBUFFERED": "1", "JOB_HOSTNAME": self.context.hostname}
 
     def _labels(self) -> Dict[str, str]:
         return {CONTAINER_LABEL: self.key, WORKER_LABEL: self.context.worker_id}
@@ -202,12 +204,19 @@ class Execution:
         assert self.container is not None
         writer = self._log_writer()
         flusher = _Ticker(writer.flush_if_due)
+        limit = self.task.job.max_duration_s if isinstance(self.task, JobTask) else None
+        deadline = threading.Timer(limit, self._time_up) if limit else None
+        if deadline is not None:
+            deadline.daemon = True
+            deadline.start()
         try:
             for data in self.container.logs():
                 writer.feed(data)
             exit_info = self.container.wait()
         finally:
             flusher.stop()
+            if deadline is not None:
+                deadline.cancel()
         finished = self._outcome(exit_info, writer)
         if not self.abort:
             artifacts_failure = self._upload_artifacts()
@@ -236,7 +245,11 @@ class Execution:
         finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
                                 attempt=self.task.attempt, status="done", exit_code=exit_info.exit_code)
         if self.stop_requested:
-            finished.status, finished.reason = "stopped", "stopped by request"
+            finished.status, finished.reason = ("failed", self.stop_failure) if self.stop_failure else (
+                "stopped", "stopped by request")
+        elif self.timed_out:
+            finished.status, finished.timed_out = "failed", True
+            finished.reason = f"ran longer than its max_duration of {self.task.job.max_duration_s:g} s; stopped"
         elif exit_info.oom_killed:
             limit = self.task.job.resources.memory_mib if isinstance(self.task, JobTask) else None
             finished.status = "failed"
@@ -268,6 +281,7 @@ class Execution:
             ports=list(raw["ports"]), artifacts=list(raw["artifacts"]), resources=Resources(**raw["resources"]),
             depends_on=[str(d) for d in raw["depends_on"]],
             master=None if raw["master"] is None else str(raw["master"]), env=dict(raw["environment"]),
+            retry=RetryPolicy(**raw["retry"]) if raw.get("retry") else None, max_duration_s=raw.get("max_duration_s"),
         ) for i, raw in enumerate(raw_jobs)]
         return check_job_graph(jobs)
 
@@ -293,9 +307,17 @@ class Execution:
             return f"uploading artifacts failed: {e}"
         return None
 
-    def stop(self, abort: bool) -> None:
-        """Stop the container: SIGTERM, then SIGKILL after the grace period."""
+    def _time_up(self) -> None:
+        log.info("task %s ran past its max_duration; stopping it", self.key)
+        self.timed_out = True
+        if self.container is not None:
+            self.container.stop(defaults.STOP_GRACE_PERIOD)
+
+    def stop(self, abort: bool, failure: str = "") -> None:
+        """Stop the container: SIGTERM, then SIGKILL after the grace period. The task ends
+        stopped, or failed for ``failure`` when it is given (then its retry policy applies)."""
         self.stop_requested, self.abort = True, self.abort or abort
+        self.stop_failure = self.stop_failure or failure
         if self.container is not None:
             self.container.stop(defaults.STOP_GRACE_PERIOD)
 

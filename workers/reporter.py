@@ -1,15 +1,16 @@
 """The worker's reports to the scheduler: what it has and what runs on it, when it starts, every
 heartbeat interval and soon after each change. Each answer names the task queues that hold
-tasks, which is how the worker learns of queues it has never taken from."""
+tasks, which is how the worker learns of queues it has never taken from, and the tasks it
+holds that are not its own anymore."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from dstack.errors import DstackError
-from dstack.messages import Resources, WorkerLeaving, WorkerReport, from_dict
+from dstack.messages import WorkerLeaving, WorkerReport
 from dstack.rpc import RpcClient
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,16 @@ class Reporter:
     Args:
         url: the broker.
         report: builds the current report.
-        on_queues: gets the open task queues ``(queue, needs)`` of each answer, and the
-            ``time.monotonic()`` at which the report was sent.
+        on_answer: gets each answer (see :class:`~dstack.messages.WorkerReport`) and the
+            ``time.monotonic()`` at which its report was sent.
         interval: seconds between two reports when nothing changes.
         stopping: set to stop.
     """
 
     def __init__(self, url: str, report: Callable[[], WorkerReport],
-                 on_queues: Callable[[List[Tuple[str, Resources]], float], None], interval: float,
+                 on_answer: Callable[[Dict[str, Any], float], None], interval: float,
                  stopping: threading.Event) -> None:
-        self._url, self._report, self._on_queues = url, report, on_queues
+        self._url, self._report, self._on_answer = url, report, on_answer
         self._interval, self._stopping = interval, stopping
         self._changed = threading.Event()
         self._rpc: Optional[RpcClient] = None
@@ -48,7 +49,7 @@ class Reporter:
         answer = self._call(self._report())
         if answer is None:
             return False
-        self._on_queues([(q["queue"], from_dict(Resources, q["needs"])) for q in answer["queues"]], sent_at)
+        self._on_answer(answer, sent_at)
         return True
 
     def run(self) -> None:

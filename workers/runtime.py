@@ -86,10 +86,29 @@ class ContainerRuntime(abc.ABC):
         """Every container dstack started on this machine, running or not."""
 
 
+#: The container's main process: runs the task's script (``$1``) and stops it (SIGTERM to every
+#: process of the container) when the container is stopped, or when its standard input ends. The
+#: worker holds that input open for as long as it lives, so a worker that dies, even by SIGKILL,
+#: takes its jobs with it and the scheduler can run them elsewhere without a second copy running on.
+LIFELINE_SCRIPT = """exec 3<&0 0</dev/null
+/bin/sh -c "$1" 3<&- &
+job=$!
+trap 'kill -TERM -1 2>/dev/null' TERM INT
+{ while read -r _ <&3; do :; done; kill -TERM -1 2>/dev/null; } &
+exec 3<&-
+wait $job
+code=$?
+while kill -0 $job 2>/dev/null; do wait $job; code=$?; done
+exit $code
+"""
+
+
 class DockerContainer(Container):
-    def __init__(self, container: "docker.models.containers.Container", network: str) -> None:
+    def __init__(self, container: "docker.models.containers.Container", network: str,
+                 lifeline: Optional[object] = None) -> None:
         self._container = container
         self._network = network
+        self._lifeline = lifeline  # the container's standard input: open while this worker lives
         self.name = container.name
         self.labels = dict(container.labels or {})
 
@@ -125,6 +144,8 @@ class DockerContainer(Container):
             self._container.remove(force=True)
         except docker.errors.NotFound:
             pass
+        if self._lifeline is not None:
+            self._lifeline.close()  # type: ignore[attr-defined]
 
 
 class DockerRuntime(ContainerRuntime):
@@ -153,8 +174,9 @@ class DockerRuntime(ContainerRuntime):
 
     def start(self, spec: ContainerSpec) -> Container:
         options = dict(
-            image=spec.image, command=["/bin/sh", "-c", spec.script], name=spec.name,
-            environment=spec.env, working_dir=spec.working_dir, labels=spec.labels, detach=True,
+            image=spec.image, command=["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack", spec.script], name=spec.name,
+            environment=spec.env, working_dir=spec.working_dir, labels=spec.labels,
+            stdin_open=True, detach=False,  # standard input open, closed when the one client attached goes
             volumes={host: {"bind": inside, "mode": "ro" if ro else "rw"} for host, inside, ro in spec.mounts},
         )
         if self.network == "host":
@@ -179,10 +201,11 @@ class DockerRuntime(ContainerRuntime):
                 raise RuntimeErrorInContainer(f"Docker refused the container: {e.explanation or e}") from None
             return DockerContainer(self._client.containers.get(spec.name), self.network)
         try:
+            lifeline = container.attach_socket(params={"stdin": 1, "stream": 1})
             container.start()
         except docker.errors.APIError as e:
             raise RuntimeErrorInContainer(f"Docker could not start the container: {e.explanation or e}") from None
-        return DockerContainer(container, self.network)
+        return DockerContainer(container, self.network, lifeline)
 
     def managed(self) -> List[Container]:
         found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL})

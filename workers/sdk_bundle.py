@@ -19,9 +19,8 @@ import yaml
 PYTHON_VERSIONS = [f"3.{minor}" for minor in range(8, 16)]
 
 _DSTACK_INIT = '''"""dstack's provider SDK (see the ``sdk`` package)."""
-from sdk import GPU, Job, Provider, ResourceRequirements, Workflow
-
-__all__ = ["GPU", "Job", "Provider", "ResourceRequirements", "Workflow"]
+from sdk import *  # noqa: F401,F403
+from sdk import __all__  # noqa: F401
 '''
 
 

@@ -9,10 +9,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from dstack import defaults
 from dstack.broker import make_broker
 from dstack.errors import BrokerUnavailable, DstackError, MessageError
 from dstack.live import Publisher
-from dstack.messages import (ClaimTask, JobTask, QueueOpened, Resources, StopTask, WorkerReport,
+from dstack.messages import (ClaimTask, JobTask, QueueOpened, Resources, StopTask, WorkerReport, from_dict,
                              from_payload)
 from dstack.names import DEFAULT_TASK_QUEUE, WORKER_LABEL, worker_queue
 from dstack.placement import describe_inventory
@@ -62,14 +63,15 @@ class Worker:
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # take no more tasks
+        self._gone = threading.Event()  # every task ended: stop reporting
         self._rpc: Optional[RpcClient] = None
         self._started_at = time.time()
         #: the task queues this worker knows of, with what their tasks need, and when it learnt of each
         self._queues: Dict[str, Tuple[Resources, float]] = {DEFAULT_TASK_QUEUE: (Resources(), float("inf"))}
         self._intake = TaskIntake(settings.broker_url, self._open_queues, self._take, self._declare, self._stopping)
-        self._reporter = Reporter(settings.broker_url, self._report, self._learn_queues,
-                                  settings.heartbeat_interval, self._stopping)
+        self._reporter = Reporter(settings.broker_url, self._report, self._on_answer,
+                                  settings.heartbeat_interval, self._gone)
         self._control = dramatiq.Worker(self.broker, queues={worker_queue(settings.worker_id)}, worker_threads=2)
         dramatiq.actor(self._on_control, broker=self.broker, actor_name="control",
                        queue_name=worker_queue(settings.worker_id), max_retries=3, time_limit=60_000,
@@ -91,6 +93,8 @@ class Worker:
         try:
             self._intake.run()
         finally:
+            self._drain()
+            self._gone.set()
             self._control.stop()
             reporter.join(timeout=5)
             self._reporter.leave(self.settings.worker_id)
@@ -98,18 +102,42 @@ class Worker:
             self.publisher.close()
 
     def shutdown(self) -> None:
+        """Take no more tasks, and drain (see :meth:`_drain`)."""
         self._stopping.set()
+
+    def _drain(self) -> None:
+        """Let the running tasks end within the drain period; stop the rest, which fail saying so
+        (their retry policy may run them again elsewhere); wait for their ends to be reported."""
+        period = self.settings.drain_period
+        if self._wait_for_tasks(period):
+            return
+        with self._lock:
+            rest = list(self._executions.values())
+        for execution in rest:
+            log.warning("task %s still runs after the %g s drain period; stopping it", execution.key, period)
+            execution.stop(abort=False, failure=f"worker {self.settings.worker_id} shut down; the task did "
+                                                f"not end within its {period:g} s drain period")
+        self._wait_for_tasks(defaults.STOP_GRACE_PERIOD + 60)  # SIGTERM, SIGKILL, artifacts
+
+    def _wait_for_tasks(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._executions:
+                    return True
+            time.sleep(0.2)
+        return False
 
     def _recover(self) -> None:
         """Tasks of an earlier life of this worker (their folders hold the task) are reported lost
         and their containers removed: their logs and artifacts were not followed to the end."""
+        for container in self.runtime.managed():  # first: what is reported lost may run again at once
+            if container.labels.get(WORKER_LABEL) == self.settings.worker_id:
+                container.remove()
         for saved in sorted(self.home.glob(f"tasks/*/*/{TASK_FILE}")):
             execution = Execution.load(saved, self.context)
             log.warning("task %s was running when this worker stopped; reporting it lost", execution.key)
             execution.abandon("worker lost: the worker restarted while the task ran")
-        for container in self.runtime.managed():
-            if container.labels.get(WORKER_LABEL) == self.settings.worker_id:
-                container.remove()
 
     # -------------------------------------------------------------- intake
 
@@ -125,15 +153,19 @@ class Worker:
         except dramatiq.errors.ConnectionError as e:
             raise BrokerUnavailable(f"cannot declare task queue {queue}: {e}") from None
 
-    def _learn_queues(self, queues: List[Tuple[str, Resources]], asked_at: float) -> None:
-        """The scheduler's list of queues that hold tasks, as of ``asked_at``: forget the others,
-        unless learnt of since."""
+    def _on_answer(self, answer: Dict[str, Any], asked_at: float) -> None:
+        """The scheduler's answer to a report sent at ``asked_at``: the queues that hold tasks (forget
+        the others, unless learnt of since), and the tasks to stop (they are not this worker's anymore)."""
         with self._lock:
             known = {queue: entry for queue, entry in self._queues.items() if entry[1] > asked_at}
-            known.update({queue: (needs, asked_at) for queue, needs in queues})
+            known.update({q["queue"]: (from_dict(Resources, q["needs"]), asked_at) for q in answer["queues"]})
             known[DEFAULT_TASK_QUEUE] = self._queues[DEFAULT_TASK_QUEUE]
             self._queues = known
         self._intake.wake()
+        for stale in answer.get("stop", []):
+            log.warning("task %s/%s/%s is no longer this worker's; stopping it", stale["run_name"],
+                        stale["task_id"], stale["attempt"])
+            self._stop(StopTask(stale["run_name"], stale["task_id"], stale["attempt"], abort=True))
 
     def _capacity_changed(self) -> None:
         self._intake.wake()

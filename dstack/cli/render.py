@@ -10,7 +10,7 @@ from rich.table import Table
 from dstack.messages import Allocation, Inventory, Resources, from_dict
 from dstack.placement import describe_inventory, describe_needs
 
-STATUS_STYLES = {"submitted": "dim", "queued": "yellow", "running": "cyan", "done": "green",
+STATUS_STYLES = {"submitted": "dim", "queued": "yellow", "running": "cyan", "retrying": "yellow", "done": "green",
                  "failed": "red", "stopped": "magenta"}
 
 

@@ -4,20 +4,15 @@ shared, a job that fits no live worker waits and starts when one joins."""
 from __future__ import annotations
 
 import json
-import sys
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import List, Tuple
 
-import docker
-import pytest
-
-from tests.conftest import _storage_env
-from tests.projects import graph_project
-from tests.s3server import MotoServer
-from tests.services import Cluster, Vhost, queue_counts, run_name_of, wait_for, write_project
+from tests.projects import graph_workflow_project
+from tests.services import Cluster, queue_counts, wait_for
 
 CPU_ONLY = "{cpu: 2, memory: 2GB, gpu: 0}"
 ONE_T4 = "{cpu: 4, memory: 8GB, gpu: {count: 1, name: Tesla T4, memory: 15360MB}}"
@@ -29,58 +24,14 @@ ONE_H100 = "{cpu: 8, memory: 16GB, gpu: {count: 1, name: NVIDIA H100 80GB HBM3, 
 SHOW = "echo gpus=${NVIDIA_VISIBLE_DEVICES:-none}"
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, s3: MotoServer, docker_engine: docker.DockerClient) -> Iterator[Cluster]:
-    """A scheduler of its own, and no worker yet: each test starts the workers it needs."""
-    host = Vhost()
-    cluster = Cluster(tmp_path / "fleet", host.url, _storage_env(s3, f"dstack-{host.name[-8:]}"))
-    try:
-        cluster.start_scheduler()
-        yield cluster
-    finally:
-        cluster.stop()
-        host.delete()
-
-
-def start_worker(cluster: Cluster, worker_id: str, resources: str, slots: int = 4) -> None:
-    cluster.start_worker(worker_id, slots=slots, DSTACK_WORKER_RESOURCES=resources)
-    wait_for(lambda: worker_id in {w["worker_id"] for w in workers(cluster)}, 30, f"{worker_id} to report")
-
-
-def workers(cluster: Cluster) -> List[dict]:
-    result = cluster.dstack("workers", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def submit(cluster: Cluster, project: Path, workflow: str = "w") -> str:
-    result = cluster.dstack("run", workflow, "-d", cwd=project)
-    assert result.returncode == 0, result.stderr
-    return run_name_of(result)
-
-
-def project_of(tmp_path: Path, jobs: List[dict], name: str = "project") -> Path:
-    return write_project(tmp_path / name, graph_project([{"name": "w", "jobs": jobs}]))
-
-
-def job_logs(cluster: Cluster, run_name: str) -> Dict[str, List[str]]:
-    result = cluster.dstack("logs", run_name)
-    assert result.returncode == 0, result.stderr
-    lines: Dict[str, List[str]] = {}
-    for line in result.stdout.splitlines():
-        job, _, text = line.partition(" | ")
-        lines.setdefault(job, []).append(text)
-    return lines
-
-
 def gpus_of(lines: List[str]) -> str:
     return next(line.split("=", 1)[1] for line in lines if line.startswith("gpus="))
 
 
 def test_jobs_land_only_where_they_fit(fleet: Cluster, tmp_path: Path) -> None:
-    start_worker(fleet, "cpu-small", CPU_ONLY)
-    start_worker(fleet, "gpu-t4", ONE_T4)
-    start_worker(fleet, "gpu-a100", FOUR_A100)
+    fleet.start_reporting_worker("cpu-small", CPU_ONLY)
+    fleet.start_reporting_worker("gpu-t4", ONE_T4)
+    fleet.start_reporting_worker("gpu-a100", FOUR_A100)
     jobs = [
         {"commands": [SHOW]},                                                              # anywhere
         {"commands": [SHOW], "resources": {"gpu": {"count": 2, "name": "A100", "memory": "40GB"}}},
@@ -89,11 +40,11 @@ def test_jobs_land_only_where_they_fit(fleet: Cluster, tmp_path: Path) -> None:
         {"commands": [SHOW], "resources": {"cpu": 3, "memory": "4GB"}},                   # too big for cpu-small
         {"commands": [SHOW], "resources": {"cpu": 1, "memory": "1GB"}},
     ]
-    run_name = submit(fleet, project_of(tmp_path, jobs))
+    run_name = fleet.submit(graph_workflow_project(tmp_path / "project", jobs))
     run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=120)
     assert run["status"] == "done", json.dumps(run, indent=1) + fleet.logs()
     where = {job["job_id"]: job["worker"] for job in run["jobs"]}
-    logs = job_logs(fleet, run_name)
+    logs = fleet.job_logs(run_name)
     assert where["w.1"] == "gpu-a100" and len(set(gpus_of(logs["w.1"]).split(","))) == 2
     assert where["w.2"] == "gpu-t4" and gpus_of(logs["w.2"]) == "0"
     assert where["w.3"] == "gpu-a100" and len(gpus_of(logs["w.3"]).split(",")) == 3
@@ -108,11 +59,11 @@ def test_jobs_land_only_where_they_fit(fleet: Cluster, tmp_path: Path) -> None:
 
 
 def test_gpus_are_never_shared_under_concurrent_load(fleet: Cluster, tmp_path: Path) -> None:
-    start_worker(fleet, "gpu-a100", TWO_A100, slots=8)
+    fleet.start_reporting_worker("gpu-a100", TWO_A100, slots=8)
     job = {"commands": ['echo "gpus=$NVIDIA_VISIBLE_DEVICES start=$(date +%s.%N)"', "sleep 1",
                         'echo "end=$(date +%s.%N)"'], "resources": {"gpu": 1}}
     pair = {"commands": job["commands"], "resources": {"gpu": {"count": 2, "name": "A100"}}}
-    projects = [project_of(tmp_path, [job] * 4 + [pair], name=f"p{i}") for i in range(3)]
+    projects = [graph_workflow_project(tmp_path / f"p{i}", [job] * 4 + [pair]) for i in range(3)]
     clis = [subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "run", "w", "-d"], cwd=p, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=fleet.env) for p in projects]
     run_names = []
@@ -124,7 +75,7 @@ def test_gpus_are_never_shared_under_concurrent_load(fleet: Cluster, tmp_path: P
     for run_name in run_names:
         run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=240)
         assert run["status"] == "done", json.dumps(run, indent=1) + fleet.logs()
-        for job_id, lines in job_logs(fleet, run_name).items():
+        for job_id, lines in fleet.job_logs(run_name).items():
             if job_id.endswith(".provider"):
                 continue
             text = " ".join(lines)
@@ -139,14 +90,14 @@ def test_gpus_are_never_shared_under_concurrent_load(fleet: Cluster, tmp_path: P
                 assert not set(gpus_a) & set(gpus_b), (gpus_a, gpus_b)
     # the two GPUs were used at once (the worker did not run one job at a time)
     assert any(s_a < e_b and s_b < e_a for i, (s_a, e_a, _) in enumerate(intervals) for s_b, e_b, _ in intervals[i + 1:])
-    held = workers(fleet)[0]["in_use"]
+    held = fleet.workers()[0]["in_use"]
     assert held == []  # every GPU was given back
 
 
 def test_job_waits_for_capacity_and_starts_when_a_worker_joins(fleet: Cluster, tmp_path: Path) -> None:
-    start_worker(fleet, "cpu-small", CPU_ONLY)
+    fleet.start_reporting_worker("cpu-small", CPU_ONLY)
     jobs = [{"commands": [SHOW], "resources": {"gpu": {"count": 1, "name": "H100", "memory": "80GB"}}}]
-    run_name = submit(fleet, project_of(tmp_path, jobs))
+    run_name = fleet.submit(graph_workflow_project(tmp_path / "project", jobs))
     job = wait_for(lambda: next((j for j in fleet.status(run_name)["jobs"] if j["job_id"] == "w.0"), None),
                    60, "the job to be created")
     wait_for(lambda: fleet.status(run_name)["jobs"][-1]["status"] == "queued", 30, "the job to be queued")
@@ -159,19 +110,19 @@ def test_job_waits_for_capacity_and_starts_when_a_worker_joins(fleet: Cluster, t
     shown = fleet.dstack("status", run_name)
     assert "waiting for capacity" in shown.stdout
 
-    start_worker(fleet, "gpu-h100", ONE_H100)
+    fleet.start_reporting_worker("gpu-h100", ONE_H100)
     run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=60)
     assert run["status"] == "done", run
     assert run["jobs"][-1]["worker"] == "gpu-h100"
-    assert gpus_of(job_logs(fleet, run_name)["w.0"]) == "0"
+    assert gpus_of(fleet.job_logs(run_name)["w.0"]) == "0"
 
 
 def test_workers_lists_what_each_has_and_holds(fleet: Cluster, tmp_path: Path) -> None:
-    start_worker(fleet, "gpu-a100", TWO_A100)
+    fleet.start_reporting_worker("gpu-a100", TWO_A100)
     jobs = [{"commands": ["sleep 30"], "resources": {"gpu": 1, "cpu": 2, "memory": "1GB"}}]
-    run_name = submit(fleet, project_of(tmp_path, jobs))
+    run_name = fleet.submit(graph_workflow_project(tmp_path / "project", jobs))
     wait_for(lambda: fleet.status(run_name)["jobs"][-1]["status"] == "running", 60, "the job to run")
-    listed = wait_for(lambda: (lambda w: w if w[0]["in_use"] else None)(workers(fleet)), 20, "the report")
+    listed = wait_for(lambda: (lambda w: w if w[0]["in_use"] else None)(fleet.workers()), 20, "the report")
     worker = listed[0]
     assert worker["host"] == "127.0.0.1" and worker["slots"] == 4
     assert worker["resources"]["cpu"] == 8 and worker["resources"]["memory_mib"] == 32768
@@ -183,4 +134,4 @@ def test_workers_lists_what_each_has_and_holds(fleet: Cluster, tmp_path: Path) -
     assert "gpu-a100" in table and "2xNVIDIA A100-SXM4-80GB (81920 MiB)" in table
     assert f"{run_name}/w.0: 1xGPU, 2 CPUs, 1GB memory (GPU 0)" in table
     assert fleet.dstack("stop", run_name, "--abort").returncode == 0
-    wait_for(lambda: not workers(fleet)[0]["in_use"], 30, "the GPU to be given back")
+    wait_for(lambda: not fleet.workers()[0]["in_use"], 30, "the GPU to be given back")

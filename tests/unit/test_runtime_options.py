@@ -10,7 +10,7 @@ import docker.types
 import pytest
 
 from dstack.errors import ImageNotFound, RuntimeErrorInContainer
-from workers.runtime import ContainerSpec, DockerContainer, DockerRuntime
+from workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContainer, DockerRuntime
 
 
 class FakeContainer:
@@ -18,6 +18,12 @@ class FakeContainer:
         self.name = name
         self.labels = labels
         self.started = 0
+        self.attached: List[Dict[str, Any]] = []
+
+    def attach_socket(self, params: Dict[str, Any]) -> object:
+        assert not self.started, "the lifeline is attached before the container starts"
+        self.attached.append(params)
+        return object()
 
     def start(self) -> None:
         self.started += 1
@@ -82,12 +88,13 @@ def test_basic_options() -> None:
     container = runtime.start(spec())
     options = runtime._client.containers.created[0]  # type: ignore[attr-defined]
     assert options["image"] == "python:3.11"
-    assert options["command"] == ["/bin/sh", "-c", "python train.py"]
+    assert options["command"] == ["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack", "python train.py"]
     assert options["name"] == "dstack-witty-otter-1234-train-0-0"
     assert options["environment"] == {"DSTACK_RUN": "witty-otter-1234"}
     assert options["working_dir"] == "/workflow"
     assert options["labels"] == {"ai.dstack.task": "witty-otter-1234/train.0/0"}
-    assert options["detach"] is True
+    assert options["stdin_open"] is True and options["detach"] is False  # standard input closes with the worker
+    assert runtime._client.containers.created  # type: ignore[attr-defined]
     assert options["volumes"] == {"/var/dstack/tasks/x": {"bind": "/workflow", "mode": "rw"},
                                   "/var/dstack/inputs": {"bind": "/inputs", "mode": "ro"}}
     assert isinstance(container, DockerContainer)

@@ -56,22 +56,22 @@ def test_jobs_go_to_the_queue_of_what_they_need(h: Harness) -> None:
 
 
 def test_a_report_is_answered_with_the_queues_that_hold_tasks(h: Harness) -> None:
-    assert report(h, "w1") == {"queues": []}
+    assert report(h, "w1") == {"queues": [], "stop": []}
     h.provider_creates([spec("gpu", resources=A100), spec("gpu2", resources=A100)])
     answer = report(h, "w1")
-    assert answer == {"queues": [{"queue": A100_QUEUE, "needs": {
+    assert answer == {"stop": [], "queues": [{"queue": A100_QUEUE, "needs": {
         "cpu": None, "memory_mib": None, "shm_size_mib": None, "gpu_count": 1, "gpu_name": "A100",
         "gpu_memory_mib": None}}]}
     h.start("train.0")
     assert [q["queue"] for q in report(h, "w1")["queues"]] == [A100_QUEUE]  # one still queued
     h.start("train.1")
-    assert report(h, "w1") == {"queues": []}
+    assert report(h, "w1")["queues"] == []
 
 
 def test_a_stopped_queued_task_leaves_its_queue(h: Harness) -> None:
     h.provider_creates([spec("gpu", resources=A100)])
     h.scheduler.handle_request(StopRun(run_name=RUN))
-    assert report(h, "w1") == {"queues": []}
+    assert report(h, "w1")["queues"] == []
 
 
 def test_live_workers_are_told_when_a_queue_first_holds_tasks(h: Harness) -> None:
