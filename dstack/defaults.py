@@ -26,6 +26,9 @@ LOG_FLUSH_INTERVAL = 0.5
 #: A log chunk is flushed early when it holds this many bytes.
 LOG_CHUNK_BYTES = 256 * 1024
 
+#: Waits, in seconds, between tries of a storage write that failed (about a minute in all).
+STORAGE_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
 #: Seconds a stopped container gets between SIGTERM and SIGKILL.
 STOP_GRACE_PERIOD = 10
 #: How many tasks (provider runs and jobs) one worker runs at once when its config does not say.

@@ -16,6 +16,7 @@ from dstack import defaults
 from dstack.messages import pack, unpack
 from dstack.names import LOGS_EXCHANGE, log_chunk_key, log_prefix
 from dstack.storage import Storage
+from dstack.storage.retry import with_retries
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,11 @@ class LogWriter:
             if not self._lines:
                 return
             chunk = LogChunk(self._task_id, self._next_chunk, self._lines)
+            body = chunk.encode()
+            # a failed write keeps the lines for the next flush: nothing is lost, nothing skipped
+            self._storage.put_bytes(log_chunk_key(self._run_name, self._task_id, chunk.number), body)
             self._lines, self._bytes = [], 0
             self._next_chunk += 1
-            body = chunk.encode()
-            self._storage.put_bytes(log_chunk_key(self._run_name, self._task_id, chunk.number), body)
         if self._announce:
             self._announce(LOGS_EXCHANGE, self._run_name, body)
 
@@ -94,7 +96,7 @@ class LogWriter:
         self._partial = ""
         if tail:
             self.add_lines([tail])
-        self.flush()
+        with_retries(self.flush, f"storing the logs of {self._task_id}")
 
     def tail(self, count: int) -> List[str]:
         """The last ``count`` lines written (from storage and buffer), for failure reasons."""

@@ -241,8 +241,63 @@ class PrivateRabbitMQ:
         wait_for(lambda: port_open("127.0.0.1", self.port), 60, f"RabbitMQ node {self.node}", interval=0.5)
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
+    def restart(self, down_for: float = 3.0) -> None:
+        """Stop the broker (every connection drops), wait, and start it again; durable queues and
+        persistent messages survive, as in a real restart."""
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop_app"], env=self.env, check=True)
+        time.sleep(down_for)
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "start_app"], env=self.env, check=True)
+
     def stop(self) -> None:
         import shutil
 
         subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], env=self.env, capture_output=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class FlakyProxy:
+    """A TCP proxy in front of a real server that can be broken: while ``broken``, it drops every
+    connection, new and open, as a network or a storage having a bad minute does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.broken = False
+        self._target_port = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def break_(self) -> None:
+        self.broken = True
+        for sock in list(self._open):
+            sock.close()
+
+    def heal(self) -> None:
+        self.broken = False
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._server.accept()
+            if self.broken:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while not self.broken:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.close()
+            except OSError:
+                pass

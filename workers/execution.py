@@ -5,6 +5,7 @@ runs, and a thread per task follows it to the end.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from dstack.messages import (Allocation, Endpoint, JobSpec, JobTask, ProviderTas
 from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
+from dstack.storage.retry import with_retries
 from workers.provider_repos import ProviderRepos
 from workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
@@ -299,10 +301,12 @@ class Execution:
                 folder = safe_join(self.workdir, artifact)
                 for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
                     relative = path.relative_to(self.workdir).as_posix()
-                    self.context.storage.put_file(artifact_key(run_name, job_id, relative), path)
+                    key = artifact_key(run_name, job_id, relative)
+                    with_retries(functools.partial(self.context.storage.put_file, key, path), f"uploading {relative}")
                     files.append({"path": relative, "size": path.stat().st_size})
-            manifest = {"job_id": job_id, "artifacts": self.task.job.artifacts, "files": files}
-            self.context.storage.put_bytes(artifacts_manifest_key(run_name, job_id), json.dumps(manifest).encode())
+            manifest = json.dumps({"job_id": job_id, "artifacts": self.task.job.artifacts, "files": files}).encode()
+            manifest_key = artifacts_manifest_key(run_name, job_id)  # last: the upload is complete
+            with_retries(lambda: self.context.storage.put_bytes(manifest_key, manifest), "storing the manifest")
         except (DstackError, OSError) as e:
             return f"uploading artifacts failed: {e}"
         return None

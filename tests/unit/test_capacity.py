@@ -7,7 +7,6 @@ import threading
 import time
 from typing import List
 
-import pytest
 
 from dstack.messages import Allocation, GpuInfo, Inventory, Resources
 from workers.capacity import Capacity
