@@ -43,8 +43,10 @@ class LogWriter:
     """
 
     def __init__(self, storage: Storage, run_name: str, task_id: str,
-                 announce: Optional[Callable[[str, str, bytes], None]] = None) -> None:
+                 announce: Optional[Callable[[str, str, bytes], None]] = None, hide: Iterable[str] = ()) -> None:
         self._storage = storage
+        # secret values, longest first (one may contain another); each shown as ***
+        self._hide = sorted((value for value in hide if value), key=len, reverse=True)
         self._run_name = run_name
         self._task_id = task_id
         self._announce = announce
@@ -67,6 +69,8 @@ class LogWriter:
         now = time.time()
         with self._lock:
             for line in lines:
+                for value in self._hide:
+                    line = line.replace(value, "***")
                 self._lines.append((now, line.rstrip("\r")))
                 self._bytes += len(line)
         if self._bytes >= defaults.LOG_CHUNK_BYTES:

@@ -169,6 +169,8 @@ class JobTask:
     snapshot_id: str
     master: Optional[Endpoint] = None
     inputs: List[ArtifactRef] = field(default_factory=list)
+    #: environment variables whose values are never shown (``dstack secrets set``)
+    secrets: Dict[str, str] = field(default_factory=dict)
 
     @property
     def task_id(self) -> str:
@@ -287,6 +289,27 @@ class StopRun:
 
 
 @dataclass
+class SetSecret:
+    """CLI -> scheduler: keep ``value`` as the secret ``name``; every job gets it as an environment variable."""
+
+    name: str
+    value: str
+
+    def __repr__(self) -> str:  # never shown, not even in a traceback
+        return f"SetSecret(name={self.name!r}, value='***')"
+
+
+@dataclass
+class DeleteSecret:
+    name: str
+
+
+@dataclass
+class GetSecrets:
+    """CLI -> scheduler: the names of the secrets (never their values)."""
+
+
+@dataclass
 class ClaimTask:
     """Worker -> scheduler: may this worker start this task now? Guards against redelivery."""
 
@@ -338,7 +361,7 @@ MESSAGE_TYPES: Dict[str, type] = {
     cls.__name__: cls
     for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
                 SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags,
-                QueueOpened, WorkerReport, WorkerLeaving, GetWorkers)
+                QueueOpened, WorkerReport, WorkerLeaving, GetWorkers, SetSecret, DeleteSecret, GetSecrets)
 }
 
 

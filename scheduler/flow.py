@@ -104,7 +104,8 @@ class TaskFlow:
                 master = Endpoint(hostname=record.hostname, ports=record.ports)
             message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_dict(JobSpec, task.spec["job"]),
                               snapshot_id=run.snapshot_id, master=master,
-                              inputs=[from_dict(ArtifactRef, i) for i in task.spec.get("inputs", [])])
+                              inputs=[from_dict(ArtifactRef, i) for i in task.spec.get("inputs", [])],
+                              secrets={name: value for name, value, _ in self.store.secrets()})
             needs = message.job.resources
         task.queue = task_queue(needs)
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:

@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Set
 from dstack import defaults
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph, find_cycle
-from dstack.messages import (ArtifactRef, ClaimTask, GetRuns, GetTags, GetWorkers, Inventory, Resources, RestartRun,
-                             StopRun, StopTask, SubmitRun, TagRun, TaskFinished, TaskStarted, UntagRun, WorkerLeaving,
-                             WorkerReport, WorkflowSpec, from_dict)
+from dstack.messages import (ArtifactRef, ClaimTask, DeleteSecret, GetRuns, GetSecrets, GetTags, GetWorkers,
+                             Inventory, Resources, RestartRun, SetSecret, StopRun, StopTask, SubmitRun, TagRun,
+                             TaskFinished, TaskStarted, UntagRun, WorkerLeaving, WorkerReport, WorkflowSpec, from_dict)
 from dstack.names import is_valid_name, provider_task_id
 from dstack.placement import describe_needs, fits
 from scheduler.flow import TaskFlow
@@ -26,6 +26,7 @@ from scheduler.store import StateStore
 log = logging.getLogger(__name__)
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class Scheduler:
@@ -55,7 +56,8 @@ class Scheduler:
             SubmitRun: self.submit_run, GetRuns: self.get_runs, StopRun: self.stop_run,
             ClaimTask: self.claim_task, RestartRun: self.restart_run, TagRun: self.tag_run,
             UntagRun: self.untag_run, GetTags: self.get_tags, WorkerReport: self.worker_report,
-            WorkerLeaving: self.worker_leaving, GetWorkers: self.get_workers}
+            WorkerLeaving: self.worker_leaving, GetWorkers: self.get_workers, SetSecret: self.set_secret,
+            DeleteSecret: self.delete_secret, GetSecrets: self.get_secrets}
         handler = handlers.get(type(request))
         if handler is None:
             raise RequestRejected(f"the scheduler does not answer {type(request).__name__} requests")
@@ -321,6 +323,24 @@ class Scheduler:
         """The live workers: their latest report, and when it came."""
         since = time.time() - self._flow.worker_timeout
         return [{**report, "seen_at": seen_at} for report, seen_at in self._store.workers() if seen_at >= since]
+
+    # ------------------------------------------------------------------ secrets
+
+    def set_secret(self, request: SetSecret) -> Dict[str, Any]:
+        """Keep a secret; jobs enqueued from now on get it. Nothing here ever repeats its value."""
+        if not _SECRET_NAME.match(request.name):
+            raise RequestRejected(f"secret name {request.name!r} must be an environment variable name: "
+                                  "letters, digits and '_', not starting with a digit")
+        self._store.set_secret(request.name, request.value, time.time())
+        return {"name": request.name}
+
+    def delete_secret(self, request: DeleteSecret) -> Dict[str, Any]:
+        if not self._store.delete_secret(request.name):
+            raise RequestRejected(f"no secret named '{request.name}'")
+        return {"name": request.name}
+
+    def get_secrets(self, request: GetSecrets) -> List[Dict[str, Any]]:
+        return [{"name": name, "updated_at": updated_at} for name, _, updated_at in self._store.secrets()]
 
     # ------------------------------------------------------------------ tags
 

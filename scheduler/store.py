@@ -107,6 +107,16 @@ class StateStore(abc.ABC):
         """The unfinished tasks a worker claimed."""
 
     @abc.abstractmethod
+    def set_secret(self, name: str, value: str, updated_at: float) -> None: ...
+
+    @abc.abstractmethod
+    def delete_secret(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def secrets(self) -> List[Tuple[str, str, float]]:
+        """``(name, value, updated_at)`` of every secret, by name."""
+
+    @abc.abstractmethod
     def add_outbox(self, queue: str, actor: str, payload: bytes) -> None: ...
 
     @abc.abstractmethod
@@ -145,6 +155,8 @@ CREATE TABLE IF NOT EXISTS queues (
     queue TEXT PRIMARY KEY, needs TEXT NOT NULL, queued INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY, report TEXT NOT NULL, seen_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, actor TEXT NOT NULL, payload BLOB NOT NULL);
 """
@@ -340,6 +352,17 @@ class SqliteStateStore(StateStore):
         rows = self._db.execute("SELECT * FROM tasks WHERE worker_id = ? AND status IN (?, ?)",
                                 (worker_id, Status.QUEUED.value, Status.RUNNING.value))
         return [_task(row) for row in rows]
+
+    # ------------------------------------------------------------------ secrets
+
+    def set_secret(self, name: str, value: str, updated_at: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?)", (name, value, updated_at))
+
+    def delete_secret(self, name: str) -> bool:
+        return self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount > 0
+
+    def secrets(self) -> List[Tuple[str, str, float]]:
+        return [tuple(row) for row in self._db.execute("SELECT name, value, updated_at FROM secrets ORDER BY name")]
 
     # ------------------------------------------------------------------ outbox
 

@@ -136,7 +136,9 @@ class Execution:
         return container_name(self.task.run_name, self.task.task_id, self.task.attempt)
 
     def _log_writer(self) -> LogWriter:
-        return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce)
+        secrets = self.task.secrets.values() if isinstance(self.task, JobTask) else ()
+        return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce,
+                         hide=secrets)
 
     def _base_env(self) -> Dict[str, str]:
         return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "JOB_ATTEMPT": str(self.task.attempt),
@@ -187,6 +189,7 @@ class Execution:
         if task.master:
             env["MASTER_JOB_HOSTNAME"] = task.master.hostname
             env.update({f"MASTER_JOB_PORT_{i}": str(p) for i, p in enumerate(task.master.ports)})
+        env.update(task.secrets)
         env.update(job.env)
         gpu_ids = self.allocation.gpu_ids if self.allocation else []
         if gpu_ids or self.context.has_gpus:  # "void": the NVIDIA runtime shows the job no GPU

@@ -31,7 +31,8 @@ class TaskIntake:
         url: the broker.
         open_queues: the queues whose tasks the worker can take now.
         take: gets a task's payload; returns False to put it back on its queue (it does not fit
-            now). Raising :class:`~dstack.errors.ServiceUnavailable` puts it back too.
+            now). Raising :class:`~dstack.errors.ServiceUnavailable` puts it back too; raising
+            :class:`~dstack.errors.MessageError` (not a task of this version) dead-letters it.
         declare: makes sure a queue exists before it is consumed from.
         stopping: set to stop.
     """
@@ -86,13 +87,12 @@ class TaskIntake:
 
     def _on_delivery(self, queue: str, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         try:
-            payload = dramatiq.Message.decode(body).args[0]
-        except (dramatiq.DecodeError, MessageError, AttributeError, IndexError, TypeError) as e:
-            log.error("dropping an undecodable task from %s: %s", queue, e)
-            channel.basic_ack(method.delivery_tag)
+            took = self._take(dramatiq.Message.decode(body).args[0])
+        except (dramatiq.DecodeError, MessageError, AttributeError, IndexError, TypeError, KeyError) as e:
+            log.error("a task on %s is not one this worker can read (%s); it goes to the dead-letter queue %s.XQ",
+                      queue, e, queue)
+            channel.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered by the queue
             return
-        try:
-            took = self._take(payload)
         except ServiceUnavailable as e:
             channel.basic_nack(method.delivery_tag, requeue=True)
             self._error = e

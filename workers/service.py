@@ -13,8 +13,8 @@ from dstack import defaults
 from dstack.broker import make_broker
 from dstack.errors import BrokerUnavailable, DstackError, MessageError
 from dstack.live import Publisher
-from dstack.messages import (ClaimTask, JobTask, QueueOpened, Resources, StopTask, WorkerReport, from_dict,
-                             from_payload)
+from dstack.messages import (ClaimTask, JobTask, ProviderTask, QueueOpened, Resources, StopTask, WorkerReport,
+                             from_dict, from_payload)
 from dstack.names import DEFAULT_TASK_QUEUE, WORKER_LABEL, worker_queue
 from dstack.placement import describe_inventory
 from dstack.rpc import RpcClient
@@ -179,11 +179,9 @@ class Worker:
     def _take(self, payload: Any) -> bool:
         """Claim a task, hold what it needs and start it in its own thread. Returns False to put
         the task back on its queue: it does not fit what is free now."""
-        try:
-            task = from_payload(payload)
-        except MessageError as e:
-            log.error("dropping a malformed task: %s", e)
-            return True
+        task = from_payload(payload)
+        if not isinstance(task, (JobTask, ProviderTask)):
+            raise MessageError(f"a {type(task).__name__} is no task")
         execution = Execution(task=task, context=self.context)
         with self._lock:
             if execution.key in self._executions:

@@ -17,7 +17,8 @@ from dstack import __version__
 from dstack.cli.follow import LogPrinter, follow
 from dstack.cli.render import print_runs, print_workers
 from dstack.errors import DstackError
-from dstack.messages import GetRuns, GetTags, GetWorkers, RestartRun, StopRun, SubmitRun, TagRun, UntagRun
+from dstack.messages import (DeleteSecret, GetRuns, GetSecrets, GetTags, GetWorkers, RestartRun, SetSecret, StopRun,
+                             SubmitRun, TagRun, UntagRun)
 from dstack.names import artifact_key, manifests_prefix, new_run_name
 from dstack.planning import parse_overrides, plan_run
 from dstack.project import find_root, load_project
@@ -223,6 +224,49 @@ def tags(context: Context, as_json: bool) -> None:
         out.print("No tags yet. Tag a run with [bold]dstack tag RUN NAME[/].")
     for item in listing:
         click.echo(f"{item['tag']}\t{item['run_name']}\t{item['status']}\t{', '.join(item['workflows'])}")
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@cli.group()
+def secrets() -> None:
+    """Secrets: values every job gets as environment variables, never shown in logs or status."""
+
+
+@secrets.command("set")
+@click.argument("name")
+@pass_context
+def secrets_set(context: Context, name: str) -> None:
+    """Set secret NAME to the value read from standard input (asked for, hidden, on a terminal)."""
+    if sys.stdin.isatty():
+        value = click.prompt(f"Value of {name}", hide_input=True)
+    else:
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
+    if not value:
+        raise click.UsageError("the value is empty; give it on standard input, e.g. `printf %s VALUE | "
+                               f"dstack secrets set {name}`")
+    with context.rpc() as rpc:
+        rpc.call(SetSecret(name=name, value=value))
+    err.print(f"secret {name} set; jobs that start from now on get it")
+
+
+@secrets.command("list")
+@pass_context
+def secrets_list(context: Context) -> None:
+    """The names of the secrets (never their values)."""
+    with context.rpc() as rpc:
+        for item in rpc.call(GetSecrets()):
+            click.echo(item["name"])
+
+
+@secrets.command("delete")
+@click.argument("name")
+@pass_context
+def secrets_delete(context: Context, name: str) -> None:
+    with context.rpc() as rpc:
+        rpc.call(DeleteSecret(name=name))
 
 
 # --------------------------------------------------------------------------- artifacts

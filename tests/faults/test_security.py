@@ -1,10 +1,19 @@
-"""What a job's container is given: never the broker's or storage's credentials."""
+"""What a job is given (secrets; never the broker's or storage's credentials), what is never
+shown, and messages no service can read."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import dramatiq
+import pika
+
+from dstack.broker import make_broker
+from dstack.names import DEFAULT_TASK_QUEUE, EVENTS_QUEUE
 from tests.projects import graph_workflow_project
-from tests.services import Cluster
+from tests.services import Cluster, queue_counts, wait_for
 
 
 def test_containers_get_no_broker_or_storage_credentials(fleet: Cluster, tmp_path: Path) -> None:
@@ -17,3 +26,47 @@ def test_containers_get_no_broker_or_storage_credentials(fleet: Cluster, tmp_pat
     for name in ("AWS_", "DSTACK_BROKER_URL", "DSTACK_STORAGE_URL"):
         assert name not in printed
     assert fleet.broker_url not in printed and "guest:guest" not in printed
+
+
+def test_secrets_reach_jobs_and_are_never_shown(fleet: Cluster, tmp_path: Path) -> None:
+    value = "s3cr3t-Value-42"
+    for name in ("HF_TOKEN", "OTHER"):
+        result = subprocess.run([sys.executable, "-m", "dstack.cli.main", "secrets", "set", name], input=value + "\n",
+                                capture_output=True, text=True, env=fleet.env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert value not in result.stdout + result.stderr
+    listed = fleet.dstack("secrets", "list")
+    assert listed.stdout.split() == ["HF_TOKEN", "OTHER"] and value not in listed.stdout
+    fleet.start_reporting_worker("worker-a")
+    jobs = [{"commands": ['test "$HF_TOKEN" = "s3cr3t-Value-42" && echo "the job has it"', 'echo "token: $HF_TOKEN"',
+                         'echo "$HF_TOKEN" >&2; exit 3']}]
+    run_name = fleet.submit(graph_workflow_project(tmp_path / "project", jobs))
+    run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=60)
+    logs = fleet.job_logs(run_name)["w.0"]
+    assert "the job has it" in logs and "token: ***" in logs
+    shown = [json.dumps(run), "\n".join(logs), fleet.dstack("status", run_name).stdout, fleet.dstack("logs", run_name).stdout]
+    assert not any(value in text for text in shown)
+    assert run["jobs"][-1]["reason"].startswith("exit code 3")  # its last lines, the secret hidden
+    bad = fleet.dstack("secrets", "set", "1BAD", env={})
+    assert bad.returncode != 0
+
+
+def test_messages_of_another_version_or_shape_go_to_the_dead_letter_queue(fleet: Cluster, tmp_path: Path) -> None:
+    fleet.start_reporting_worker("worker-a")
+    broker = make_broker(fleet.broker_url)
+    bad_payloads = [{"type": "JobTask", "v": 999}, {"type": "NoSuchThing", "v": 1}, "not a map"]
+    for queue, actor in ((DEFAULT_TASK_QUEUE, "run_task"), (EVENTS_QUEUE, "handle_event")):
+        for payload in bad_payloads:
+            broker.declare_queue(queue)
+            broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=(payload,), kwargs={},
+                                            options={}))
+    connection = pika.BlockingConnection(pika.URLParameters(fleet.broker_url))
+    connection.channel().basic_publish("", DEFAULT_TASK_QUEUE, b"\x00 not msgpack at all")
+    connection.close()
+    for queue, count in ((DEFAULT_TASK_QUEUE, 4), (EVENTS_QUEUE, 3)):
+        wait_for(lambda: queue_counts(fleet.broker_url, f"{queue}.XQ")[0] == count, 30, f"{queue}.XQ to hold them")
+    assert "goes to the dead-letter queue" in fleet.logs()
+    # both services live on
+    run_name = fleet.submit(graph_workflow_project(tmp_path / "project", [{"commands": ["true"]}]))
+    assert fleet.wait_status(run_name, ("done", "failed"), timeout=60)["status"] == "done"
+    assert all(p.poll() is None for p in fleet.processes.values())

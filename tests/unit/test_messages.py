@@ -9,12 +9,12 @@ import pytest
 
 from dstack import defaults
 from dstack.errors import MessageError
-from dstack.messages import (MESSAGE_TYPES, Allocation, ArtifactRef, ClaimTask, Endpoint, GetRuns, GetTags,
-                             GetWorkers, GpuInfo, Inventory, JobSpec, JobTask, MsgpackEncoder, ProviderRepo,
-                             ProviderSpec, ProviderTask, QueueOpened, Resources, RestartRun, StopRun, StopTask,
-                             SubmitRun, TagRef, TagRun, TaskFinished, TaskStarted, UntagRun, WorkerLeaving,
-                             WorkerReport, WorkflowSpec, decode, encode, from_dict, from_payload, pack, to_payload,
-                             unpack)
+from dstack.messages import (MESSAGE_TYPES, Allocation, ArtifactRef, ClaimTask, DeleteSecret, Endpoint, GetRuns,
+                             GetSecrets, GetTags, GetWorkers, GpuInfo, Inventory, JobSpec, JobTask, MsgpackEncoder,
+                             ProviderRepo, ProviderSpec, ProviderTask, QueueOpened, Resources, RestartRun, SetSecret,
+                             StopRun, StopTask, SubmitRun, TagRef, TagRun, TaskFinished, TaskStarted, UntagRun,
+                             WorkerLeaving, WorkerReport, WorkflowSpec, decode, encode, from_dict, from_payload, pack,
+                             to_payload, unpack)
 
 PROVIDER = ProviderSpec(name="curl", image="python:3.11-slim", commands=["python provider.py"])
 
@@ -73,6 +73,10 @@ SAMPLES = [
                                     needs=Resources(cpu=4, gpu_count=1), gpu_ids=["1"])]),
     WorkerLeaving(worker_id="w1"),
     GetWorkers(),
+    # secrets
+    SetSecret(name="HF_TOKEN", value="hf_abc"),
+    DeleteSecret(name="HF_TOKEN"),
+    GetSecrets(),
 ]
 
 
@@ -122,10 +126,10 @@ def test_round_trip_keeps_dag_parts_typed() -> None:
     assert isinstance(submit.workflows[0].provider_repo, ProviderRepo) and submit.workflows[0].provider is None
     assert isinstance(submit.workflows[1].provider, ProviderSpec) and submit.workflows[1].provider_repo is None
     assert submit.workflows[1].tagged == [TagRef(workflow="data", tag="v1")]
-    provider = decode(encode(SAMPLES[-7]))
+    provider = decode(encode(SAMPLES[-10]))
     assert all(isinstance(i, ArtifactRef) for i in provider.inputs)
     assert isinstance(provider.provider_repo, ProviderRepo)
-    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-6])).inputs)
+    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-9])).inputs)
 
 
 def test_round_trip_keeps_worker_parts_typed() -> None:
@@ -291,3 +295,7 @@ def test_msgpack_encoder_decode_oversize(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(defaults, "MAX_MESSAGE_BYTES", 8)
     with pytest.raises(dramatiq.DecodeError, match="over the limit"):
         MsgpackEncoder().decode(pack({"a": "0123456789"}))
+
+
+def test_a_secret_value_is_never_in_its_repr() -> None:
+    assert "hf_abc" not in repr(SetSecret(name="HF_TOKEN", value="hf_abc"))
