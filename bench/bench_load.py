@@ -449,16 +449,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BaseException:
         keep = True
         raise
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        if cluster is not None:
-            cluster.stop()
-        _remove_leftover_containers(client)
-        if vhost is not None:
-            vhost.delete()
-        if counter is not None:
-            counter.stop()
+    finally:  # each step on its own, so that one failing does not leave processes or the vhost behind
+        for step in (sampler.stop if sampler is not None else None,
+                     cluster.stop if cluster is not None else None,
+                     lambda: _remove_leftover_containers(client),
+                     vhost.delete if vhost is not None else None,
+                     counter.stop if counter is not None else None):
+            if step is not None:
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001 - clean-up goes on
+                    log(f"clean-up step failed: {e!r}")
         if keep:
             log(f"kept {root} (scheduler and worker logs in {root / 'cluster'})")
         else:
