@@ -234,7 +234,8 @@ def _parsed(parse: Callable[[], Any], raw: Any, key: str, where: str) -> Any:
     try:
         return parse()
     except ValueError as e:
-        raise ConfigError(str(e), file=".dstack/workflows.yaml", line=raw.line, field=f"{where}.{key}") from None
+        raise ConfigError(str(e), file=".dstack/workflows.yaml", line=line_of(raw, [key]),
+                          field=f"{where}.{key}") from None
 
 
 def _plain(value: Any) -> Any:

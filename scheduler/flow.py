@@ -178,10 +178,22 @@ class TaskFlow:
     def release_due_retries(self, now: float) -> None:
         """Start again the jobs whose backoff has passed."""
         for task in self.store.tasks_in_status(Status.RETRYING):
-            if task.spec["retry_at"] <= now:
-                task.status = Status.SUBMITTED
+            if task.spec["retry_at"] > now:
+                continue
+            master = self.store.get_task(task.run_name, task.master) if task.master else None
+            if master is not None and master.status.finished:  # it would wait for it forever
+                task.status = Status.STOPPED if master.status is Status.STOPPED else Status.FAILED
+                task.reason = f"master {master.task_id} {master.status.value} before this job started again"
+                task.finished_at = now
                 self.save(task)
-                self.release_if_ready(task)
+                self.cancel_dependents(task)
+                run = self.store.get_run(task.run_name)
+                assert run is not None
+                self.update_run(run)
+                continue
+            task.status = Status.SUBMITTED
+            self.save(task)
+            self.release_if_ready(task)
 
     # ------------------------------------------------------------------ backward
 

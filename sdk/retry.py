@@ -18,7 +18,7 @@ def parse_duration_s(value: Union[str, int, float, None], what: str = "duration"
     """
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
         return float(value)
     match = _DURATION.match(str(value)) if isinstance(value, str) else None
     if not match:
@@ -43,8 +43,10 @@ class Retry:
     def __init__(self, limit: int = 3, backoff: Union[str, int, float] = "10s") -> None:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ValueError(f"retry limit must be a whole number >= 0, not {limit!r}")
+        if backoff is None:
+            raise ValueError("retry backoff must be a duration like '30s', not None")
         self.limit = limit
-        self.backoff_s = parse_duration_s(backoff, "retry backoff")
+        self.backoff_s = float(parse_duration_s(backoff, "retry backoff") or 0)
 
     @classmethod
     def from_value(cls, value: Any) -> "Retry":

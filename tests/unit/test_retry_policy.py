@@ -86,9 +86,6 @@ def test_bad_duration_default_name() -> None:
         parse_duration_s("forever")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sdk/retry.py:21 parse_duration_s accepts float('inf') (and YAML .inf) "
-                                       "as a duration; a worker's threading.Timer(inf) then dies with "
-                                       "OverflowError, so the limit silently does not apply")
 def test_infinite_duration_is_refused() -> None:
     with pytest.raises(ValueError, match="max_duration must be a duration"):
         parse_duration_s(float("inf"), "max_duration")
@@ -126,9 +123,6 @@ def test_retry_backoff_must_be_a_duration(backoff: Any) -> None:
         Retry(limit=1, backoff=backoff)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sdk/retry.py:47 Retry(backoff=None) is accepted (parse_duration_s(None) is "
-                                       "None): to_dict() gives backoff_s None, and the provider's TaskFinished "
-                                       "then fails to decode (MessageError: retry.backoff_s: expected float)")
 def test_retry_backoff_none_is_refused() -> None:
     with pytest.raises(ValueError, match=r"^retry backoff must be a duration like"):
         Retry(limit=1, backoff=None)  # type: ignore[arg-type]
@@ -325,20 +319,16 @@ def test_a_negative_limit_inside_the_mapping_names_the_limit(tmp_path: Path) -> 
 def test_bad_durations_name_file_line_and_field(tmp_path: Path, text: str, field: str, message: str) -> None:
     error = load_error(tmp_path, second_workflow_with(text))
     assert (error.file, error.field, error.message) == (WORKFLOWS_FILE, field, message)
-    assert error.line in (4, 6)  # the workflow's line (as now) or the key's line (see the xfail below)
+    assert error.line == 6  # the key's line
     assert str(error) == f"{WORKFLOWS_FILE}:{error.line} ({field}): {message}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG dstack/project.py:235 (_parsed) gives a bad retry backoff or max_duration "
-                                       "the line of the workflow (raw.line), not the line of the key, while schema "
-                                       "errors for the same keys give the key's line (line_of)")
 @pytest.mark.parametrize("text", ["retry: {limit: 2, backoff: soon}", "max_duration: forever"])
 def test_bad_durations_name_the_line_of_their_key(tmp_path: Path, text: str) -> None:
     error = load_error(tmp_path, second_workflow_with(text))
     assert error.line == 6
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sdk/retry.py:21 parse_duration_s accepts YAML .inf as max_duration")
 def test_infinite_max_duration_is_refused(tmp_path: Path) -> None:
     error = load_error(tmp_path, second_workflow_with("max_duration: .inf"))
     assert error.field == "workflows[1].max_duration"
@@ -346,7 +336,7 @@ def test_infinite_max_duration_is_refused(tmp_path: Path) -> None:
 
 def test_the_first_workflow_is_named_by_index_zero(tmp_path: Path) -> None:
     error = load_error(tmp_path, "workflows:\n  - name: train\n    provider: python\n    max_duration: soon\n")
-    assert (error.line, error.field) == (2, "workflows[0].max_duration")
+    assert (error.line, error.field) == (4, "workflows[0].max_duration")  # the line of the key
 
 
 # ----------------------------------------------------------------------------- planning
