@@ -11,11 +11,13 @@ the other. It waits until every run is finished (polling ``dstack status --json`
 * the submission time (first ``dstack run -d`` started to last one returned) and the latency of
   one ``dstack run -d`` under that load;
 * the peak RSS (``VmHWM``) and threads of the scheduler and worker processes (not their children),
-  also sampled every 0.5 s (``VmRSS``) to show the RSS before and after the load.
+  also sampled every 0.5 s (``VmRSS``) to show the RSS before and after the load;
+* the CPU seconds spent during the load by the scheduler, the worker, the CLI processes, Docker,
+  RabbitMQ and the whole machine.
 
 Checks (exit code 1 when one fails): every submission exited 0 with a run name, every run is
 ``done`` with one provider and one job, every task ran at attempt 1, and every job's container ran
-exactly once: the job's command is ``curl -sf http://127.0.0.1:PORT/hit/$RUN_NAME && true``, to an
+exactly once: the job's command is ``curl -sf "http://127.0.0.1:PORT/hit/$RUN_NAME?..." && true``, to an
 HTTP server in the benchmark that counts the hits of each run (exactly one each, none for a run it
 did not submit).
 
@@ -32,6 +34,7 @@ import argparse
 import http.server
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -145,6 +148,61 @@ class MemorySampler(threading.Thread):
         self.join(5)
 
 
+def process_cpu_s(pid: int) -> Optional[float]:
+    """User + system CPU seconds of ``pid`` so far (itself, not its children; None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(*names: str) -> Dict[str, int]:
+    """Processes of these exact names (``/proc/PID/comm``), e.g. dockerd: name -> pid (the first)."""
+    found: Dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in names and comm not in found:
+                found[comm] = int(entry.name)
+    return found
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy so far (all CPUs; /proc/stat, idle and iowait excluded)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent during the load by: the scheduler and the worker, the CLI processes this
+    benchmark started (reaped children), the Docker engine (dockerd, containerd), the RabbitMQ node,
+    and the whole machine (other work included)."""
+
+    def __init__(self, services: Dict[str, int]) -> None:
+        self.pids = {**services, **pids_named("dockerd", "containerd", "beam.smp")}
+        self.start = self._read()
+
+    def _read(self) -> Dict[str, Optional[float]]:
+        figures: Dict[str, Optional[float]] = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        figures["cli_processes"] = children.ru_utime + children.ru_stime
+        figures["machine"] = machine_cpu_s()
+        figures["wall"] = time.time()
+        return figures
+
+    def since_start(self) -> Dict[str, Optional[float]]:
+        end = self._read()
+        return {name: (end[name] - self.start[name]  # type: ignore[operator]
+                       if end.get(name) is not None and self.start.get(name) is not None else None)
+                for name in end}
+
+
 # --------------------------------------------------------------------------- submitters
 
 
@@ -239,6 +297,8 @@ def figures_of(submissions: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]
         rss = [s[1] for s in series]
         memory[name] = {
             "vmhwm_kib": hwm.get(name, {}).get("VmHWM"),
+            # VmHWM can lag VmRSS a little (per-thread RSS counters are folded in lazily)
+            "peak_kib": max([hwm.get(name, {}).get("VmHWM") or 0, *rss]) or None,
             "rss_before_kib": rss[0] if rss else None,
             "rss_peak_sampled_kib": max(rss) if rss else None,
             "rss_end_kib": rss[-1] if rss else None,
@@ -284,10 +344,22 @@ def print_table(args: argparse.Namespace, f: Dict[str, Any], problems: List[str]
         ("containers started (providers + jobs) / counter hits", f"{f['containers_started']} / {hits}"),
     ]
     for name, m in f["memory"].items():
-        rows.append((f"{name}: peak RSS (VmHWM)", mib(m["vmhwm_kib"])))
+        rows.append((f"{name}: peak RSS (max of VmHWM and samples)", mib(m["peak_kib"])))
         rows.append((f"{name}: RSS before / sampled peak / end", f"{mib(m['rss_before_kib'])} / "
                      f"{mib(m['rss_peak_sampled_kib'])} / {mib(m['rss_end_kib'])}"))
         rows.append((f"{name}: threads max / end", f"{m['threads_max']} / {m['threads_end']}"))
+    c = f.get("cpu_s", {})
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    rows.append(("CPU s during the load: scheduler / worker", f"{fmt(c.get('scheduler'))} / {fmt(c.get('worker'))}"))
+    rows.append(("CPU s: CLI processes (all `run -d` + `status` polls)",
+                 f"{fmt(c.get('cli_processes'))} (about {c.get('per_run_submission_estimate', 0):.2f} "
+                 f"per `run -d`, {c.get('one_status_poll', 0):.2f} per `status`)"))
+    rows.append(("CPU s: dockerd / containerd / RabbitMQ (beam.smp)",
+                 f"{fmt(c.get('dockerd'))} / {fmt(c.get('containerd'))} / {fmt(c.get('beam.smp'))}"))
+    if c.get("machine") is not None and c.get("wall"):
+        rows.append(("CPU s: whole machine (others' work included) / wall",
+                     f"{c['machine']:.1f} / {c['wall']:.1f} s ({c['machine'] / c['wall']:.2f} of "
+                     f"{os.cpu_count()} CPUs busy)"))
     rows.append(("load average (1 min) before / after", f"{load_before[0]:.2f} / {load_after[0]:.2f} "
                  f"on {os.cpu_count()} CPUs"))
     rows.append(("checks", "all passed" if not problems else f"{len(problems)} FAILED"))
@@ -371,6 +443,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sampler.start()
         time.sleep(1.0)  # a few samples before the load
         load_before = os.getloadavg()
+        cpu = CpuMeter(pids)
 
         per_cli = [args.runs // args.clis + (1 if i < args.runs % args.clis else 0) for i in range(args.clis)]
         results: List[List[Dict[str, Any]]] = [[] for _ in per_cli]
@@ -410,11 +483,23 @@ def main(argv: Optional[List[str]] = None) -> int:
                 break
             if time.monotonic() > deadline:
                 unfinished = [n for n in names if runs.get(n, {}).get("status") not in FINISHED]
-                log(f"timed out after {args.timeout:.0f} s: {len(unfinished)} runs not finished, e.g. "
+                log(f"timed out after {args.timeout:.0f} s: {len(submissions)} submitted, "
+                    f"{len(unfinished)} of them not finished, e.g. "
                     + "; ".join(f"{n}: {runs.get(n, {}).get('status')} "
                                 f"{[(j['job_id'], j['status'], j.get('reason')) for j in runs.get(n, {}).get('jobs', [])]}"
                                 for n in unfinished[:10]))
                 break
+        for thread in threads:  # after a time-out, let the submissions still under way end
+            thread.join(CLI_TIMEOUT)
+        cpu_used = cpu.since_start()
+        before_poll = resource.getrusage(resource.RUSAGE_CHILDREN)
+        listed = get_runs(cluster, limit)  # the final state, for the checks and the figures
+        after_poll = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if listed is not None:
+            runs = {r["run_name"]: r for r in listed}
+        # one `dstack status` alone, to split the CLI processes' CPU between submissions and polls
+        cpu_used["one_status_poll"] = (after_poll.ru_utime + after_poll.ru_stime
+                                       - before_poll.ru_utime - before_poll.ru_stime)
         sampler.stop()
         load_after = os.getloadavg()
         hwm = {name: proc_status(pid) for name, pid in pids.items()}
@@ -426,7 +511,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if all_finished_seen is None:
             problems.insert(0, f"not every run finished within {args.timeout:.0f} s")
         f = figures_of(submissions, runs, sampler.samples, hwm, began, all_finished_seen)
-        f.update({"status_polls": polls, "rabbitmq_connections_end": connections, "containers_left": leftover})
+        cpu_used["per_run_submission_estimate"] = ((cpu_used["cli_processes"] - polls * cpu_used["one_status_poll"])
+                                                  / max(1, len(submissions)))
+        f.update({"status_polls": polls, "rabbitmq_connections_end": connections, "containers_left": leftover,
+                  "cpu_s": cpu_used})
         print_table(args, f, problems, sum(counter.hits.get(s["run_name"], 0) for s in submissions),
                     load_before, load_after)
         print(f"broker connections on the vhost at the end: {connections}; containers left: {leftover}; "
