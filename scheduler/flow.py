@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from dstack.messages import (ArtifactRef, Endpoint, JobSpec, JobTask, ProviderRepo, ProviderSpec, ProviderTask,
                              QueueOpened, Resources, RetryPolicy, StopTask, encode, from_dict)
@@ -72,6 +72,14 @@ class TaskFlow:
                 dependent.deps_left = self.store.decrement_deps(task.run_name, dependent.task_id)
                 self.release_if_ready(dependent)
 
+    def end(self, task: TaskRecord, status: Status, reason: str, now: float) -> None:
+        """``task`` ended with ``status``: record it, and move on what waited on it."""
+        task.status, task.reason, task.finished_at = status, reason, now
+        self.save(task)
+        if status is Status.DONE:
+            self.on_done(task)
+        self.cancel_dependents(task)
+
     def on_started(self, task: TaskRecord) -> None:
         """``task`` runs: the jobs it is the master of may start."""
         for follower, kind in self.store.dependents_of(task.run_name, task.task_id):
@@ -109,16 +117,16 @@ class TaskFlow:
             needs = message.job.resources
         task.queue = task_queue(needs)
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:
-            for report in self.live_workers():  # they take from the queues they know of
+            for report, _ in self.live_workers():  # they take from the queues they know of
                 self.send_to_worker(report["worker_id"], QueueOpened(task.queue, needs))
         task.status, task.reason = Status.QUEUED, ""
         self.save(task)
         self.store.add_outbox(task.queue, TASK_ACTOR, encode(message))
 
-    def live_workers(self) -> List[Dict[str, Any]]:
-        """The latest report of every worker heard from within the worker timeout."""
+    def live_workers(self) -> List[Tuple[Dict[str, Any], float]]:
+        """``(latest report, seen_at)`` of every worker heard from within the worker timeout."""
         since = time.time() - self.worker_timeout
-        return [report for report, seen_at in self.store.workers() if seen_at >= since]
+        return [(report, seen_at) for report, seen_at in self.store.workers() if seen_at >= since]
 
     def inputs_of(self, workflow: TaskRecord) -> List[ArtifactRef]:
         """The artifacts a workflow starts with: those of the workflows it depends on (in this
@@ -158,12 +166,13 @@ class TaskFlow:
 
     # ------------------------------------------------------------------ retries
 
-    def retry_later(self, task: TaskRecord, reason: str) -> bool:
-        """If ``task``, a job that failed for ``reason``, may run again, make it wait for its
-        backoff (doubling with each retry) as its next attempt, and return True."""
+    def retry_later(self, task: TaskRecord, run: RunRecord, reason: str) -> bool:
+        """If ``task``, a job of ``run`` that failed for ``reason``, may run again (it has retries
+        left and the run is not being stopped), make it wait for its backoff (doubling with each
+        retry) as its next attempt, and return True."""
         policy = (task.spec.get("job") or {}).get("retry")
         retries = task.spec.get("retries", 0)
-        if task.kind is not Kind.JOB or not policy or retries >= policy["limit"]:
+        if task.kind is not Kind.JOB or not policy or retries >= policy["limit"] or run.stop_requested:
             return False
         delay = min(policy["backoff_s"] * 2 ** retries, MAX_BACKOFF_S)
         task.spec["retries"], task.spec["retry_at"] = retries + 1, time.time() + delay
@@ -182,11 +191,8 @@ class TaskFlow:
                 continue
             master = self.store.get_task(task.run_name, task.master) if task.master else None
             if master is not None and master.status.finished:  # it would wait for it forever
-                task.status = Status.STOPPED if master.status is Status.STOPPED else Status.FAILED
-                task.reason = f"master {master.task_id} {master.status.value} before this job started again"
-                task.finished_at = now
-                self.save(task)
-                self.cancel_dependents(task)
+                self.end(task, Status.STOPPED if master.status is Status.STOPPED else Status.FAILED,
+                         f"master {master.task_id} {master.status.value} before this job started again", now)
                 run = self.store.get_run(task.run_name)
                 assert run is not None
                 self.update_run(run)
@@ -202,9 +208,7 @@ class TaskFlow:
         if task.status.finished:
             return
         if task.worker_id is None:  # not started anywhere: it never will be
-            task.status, task.reason, task.finished_at = Status.STOPPED, "stopped before it started", time.time()
-            self.save(task)
-            self.cancel_dependents(task)
+            self.end(task, Status.STOPPED, "stopped before it started", time.time())
         else:
             self.send_to_worker(task.worker_id, StopTask(task.run_name, task.task_id, task.attempt, abort))
 

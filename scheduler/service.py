@@ -171,7 +171,7 @@ class Scheduler:
         """Give each queued job that fits no live worker a reason saying so, and what it asks for."""
         queued = [job for job in jobs if job["status"] == Status.QUEUED.value and not job["reason"]]
         if queued:
-            workers = [from_dict(Inventory, report["resources"]) for report in self._flow.live_workers()]
+            workers = [from_dict(Inventory, report["resources"]) for report, _ in self._flow.live_workers()]
             for job in queued:
                 needs = from_dict(Resources, job["resources"])
                 if not workers:
@@ -292,11 +292,9 @@ class Scheduler:
             for task in self._store.tasks_held_by(worker_id):
                 run = self._store.get_run(task.run_name)
                 assert run is not None
-                if run.stop_requested or not self._flow.retry_later(task, reason):
-                    task.status, task.reason, task.finished_at = Status.FAILED, reason, now
+                if not self._flow.retry_later(task, run, reason):
                     task.started_at = task.started_at or now
-                    self._flow.save(task)
-                    self._flow.cancel_dependents(task)
+                    self._flow.end(task, Status.FAILED, reason, now)
                 self._flow.update_run(run)
 
     # ------------------------------------------------------------------ workers
@@ -321,8 +319,7 @@ class Scheduler:
 
     def get_workers(self, request: GetWorkers) -> List[Dict[str, Any]]:
         """The live workers: their latest report, and when it came."""
-        since = time.time() - self._flow.worker_timeout
-        return [{**report, "seen_at": seen_at} for report, seen_at in self._store.workers() if seen_at >= since]
+        return [{**report, "seen_at": seen_at} for report, seen_at in self._flow.live_workers()]
 
     # ------------------------------------------------------------------ secrets
 
@@ -413,16 +410,10 @@ class Scheduler:
             else:
                 if not run.stop_requested:
                     self._flow.create_jobs(task, jobs)
-        if (status is Status.FAILED and not event.timed_out and not run.stop_requested
-                and self._flow.retry_later(task, event.reason)):
+        if status is Status.FAILED and not event.timed_out and self._flow.retry_later(task, run, event.reason):
             self._flow.update_run(run)
             return
-        task.status, task.exit_code, task.reason = status, event.exit_code, event.reason
-        task.finished_at = time.time()
-        if task.started_at is None:
-            task.started_at = task.finished_at
-        self._flow.save(task)
-        if status is Status.DONE:
-            self._flow.on_done(task)
-        self._flow.cancel_dependents(task)
+        now = time.time()
+        task.exit_code, task.started_at = event.exit_code, task.started_at or now
+        self._flow.end(task, status, event.reason, now)
         self._flow.update_run(run)
