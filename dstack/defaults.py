@@ -46,3 +46,5 @@ INTAKE_POLL_TIMEOUT = 1.0
 CONTAINER_WORKDIR = "/workflow"
 #: Where dstack's own files (SDK, provider input and output) are mounted in a provider container.
 CONTAINER_DSTACK_DIR = "/dstack"
+#: The image built-in providers run in (they need Python 3.8 or newer); the default image of their jobs too.
+BUILTIN_PROVIDER_IMAGE = "python:3.11"

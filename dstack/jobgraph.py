@@ -29,7 +29,7 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
     Raises:
         ValueError: no jobs, duplicate ids, a ``depends_on`` or ``master`` naming a job that
             does not exist, a dependency cycle, an unsafe artifact or working directory path,
-            or a port out of range. The message names the job.
+            a port out of range, or an app on a port the job does not have. The message names the job.
     """
     if not jobs:
         raise ValueError("the provider created no jobs")
@@ -48,9 +48,13 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
         job.artifacts = [check_relative_path(a, f"job {job.job_id}: artifact") for a in job.artifacts]
         if job.working_dir:
             job.working_dir = check_relative_path(job.working_dir, f"job {job.job_id}: working_dir")
-        for port in job.ports:
-            if not isinstance(port, int) or not 0 < port < 65536:
-                raise ValueError(f"job {job.job_id}: port {port!r} is not between 1 and 65535")
+        for port in job.ports:  # 0: any free port, chosen by the worker
+            if not isinstance(port, int) or not 0 <= port < 65536:
+                raise ValueError(f"job {job.job_id}: port {port!r} is not between 0 and 65535")
+        for app in job.apps:
+            if not 0 <= app.port_index < len(job.ports):
+                raise ValueError(f"job {job.job_id}: app '{app.name}' listens on port {app.port_index}, but the "
+                                 f"job has {len(job.ports)} port(s)")
         if not job.commands:
             raise ValueError(f"job {job.job_id} has no commands")
     _check_acyclic(by_id)

@@ -64,11 +64,14 @@ class Inventory:
 
 @dataclass
 class ProviderSpec:
-    """A provider from ``.dstack/providers.yaml``: the container that creates a workflow's jobs."""
+    """A provider from ``.dstack/providers.yaml``, or a built-in one: the container that creates a
+    workflow's jobs."""
 
     name: str
     image: str
     commands: List[str]
+    #: one of dstack's built-in providers (``providers/``), run from the worker's own copy of them
+    builtin: bool = False
 
 
 @dataclass
@@ -115,6 +118,16 @@ class WorkflowSpec:
 
 
 @dataclass
+class AppSpec:
+    """A web application a job serves on its port number ``port_index``."""
+
+    name: str
+    port_index: int = 0
+    url_path: str = ""
+    url_query_params: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class JobSpec:
     """One job, as a provider created it (ids already resolved)."""
 
@@ -130,6 +143,7 @@ class JobSpec:
     env: Dict[str, str] = field(default_factory=dict)
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
+    apps: List[AppSpec] = field(default_factory=list)
 
 
 @dataclass

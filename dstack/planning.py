@@ -10,8 +10,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from dstack import builtins
 from dstack.errors import ConfigError
-from dstack.messages import ProviderRepo, TagRef, WorkflowSpec
+from dstack.messages import ProviderRepo, ProviderSpec, TagRef, WorkflowSpec
 from dstack.project import Project, Workflow
 
 _PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -99,6 +100,8 @@ def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] 
         variables.update({k: _typed(v) for k, v in overrides.items() if k in variables})
         data = _substitute(workflow.data, variables, workflow, ())
         provider = project.provider_for(workflow)
+        if isinstance(provider, ProviderSpec) and provider.builtin:
+            _check_builtin_parameters(workflow, provider.name, data)
         entries = [entry.partition(":") for entry in workflow.depends_on]
         specs.append(WorkflowSpec(
             name=workflow.name, data=data,
@@ -109,6 +112,29 @@ def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] 
             variables={k: v for k, v in variables.items()},
             retry=workflow.retry, max_duration_s=workflow.max_duration_s))
     return specs
+
+
+def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> List[WorkflowSpec]:
+    """The one workflow of ``dstack run NAME ARGS``: built-in provider ``name`` with the parameters
+    its command line stands for, run in ``working_dir`` (relative to the project root) unless the
+    arguments say otherwise.
+
+    Raises:
+        ConfigError: the arguments are wrong; the message names them.
+    """
+    data = builtins.parameters_from_args(name, args)
+    if working_dir and working_dir != ".":
+        data.setdefault("working_dir", working_dir)
+    return [WorkflowSpec(name=name, data=data, provider=builtins.provider_spec(name))]
+
+
+def _check_builtin_parameters(workflow: Workflow, provider: str, data: Dict[str, Any]) -> None:
+    problem = builtins.parameter_problem(provider, data)
+    if problem is not None:
+        key = (problem.field or "").split(".")[0].split("[")[0]
+        raise ConfigError(f"workflow '{workflow.name}', provider {provider}: {problem.message}", file=_WORKFLOWS_FILE,
+                          line=workflow.lines.get(key, workflow.line),
+                          field=f"workflows.{workflow.name}" + (f".{problem.field}" if problem.field else ""))
 
 
 def _typed(text: str) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jsonschema
 import yaml
@@ -99,22 +99,29 @@ def _schema(name: str) -> Dict[str, Any]:
     return yaml.safe_load(resources.files("dstack.schemas").joinpath(f"{name}.yaml").read_text())
 
 
-def check_against_schema(document: Any, schema_name: str, shown: str) -> None:
-    """Raise a :class:`ConfigError` for the most relevant way ``document`` breaks the schema."""
-    validator = jsonschema.Draft7Validator(_schema(schema_name))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+def schema_problem(instance: Any, schema: Dict[str, Any]) -> Optional[Tuple[List[Union[str, int]], str]]:
+    """The most relevant way ``instance`` breaks ``schema``: where (a path) and what is wrong; ``None`` if it fits."""
+    validator = jsonschema.Draft7Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:
-        return
+        return None
     path = list(error.absolute_path)
     if error.validator == "required":
         missing = next((k for k in error.validator_value if k not in (error.instance or {})), "?")
-        message = f"'{missing}' is required here"
-        path.append(missing)
-    elif error.validator == "additionalProperties":
-        message = f"{error.message}; remove it or check its spelling"
-    else:
-        message = error.message
-    raise ConfigError(message, file=shown, line=line_of(document, path), field=field_path(path) or None)
+        return path + [missing], f"'{missing}' is required here"
+    if error.validator == "additionalProperties":
+        return path, f"{error.message}; remove it or check its spelling"
+    if error.validator == "pattern":
+        return path, f"{error.instance!r} is not in the expected form"
+    return path, error.message
+
+
+def check_against_schema(document: Any, schema_name: str, shown: str) -> None:
+    """Raise a :class:`ConfigError` for the most relevant way ``document`` breaks the schema."""
+    problem = schema_problem(document, _schema(schema_name))
+    if problem is not None:
+        path, message = problem
+        raise ConfigError(message, file=shown, line=line_of(document, path), field=field_path(path) or None)
 
 
 @dataclass
@@ -130,6 +137,8 @@ class Workflow:
     #: what its jobs get unless their provider says otherwise
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
+    #: the line of each key of the workflow
+    lines: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,40 +157,51 @@ class Project:
             ConfigError: no such workflow; the message lists the known ones.
         """
         if name not in self.workflows:
+            from dstack import builtins
+
             known = ", ".join(sorted(self.workflows)) or "none"
-            raise ConfigError(f"no workflow named '{name}' (known workflows: {known})",
+            raise ConfigError(f"no workflow named '{name}' (known workflows: {known}; built-in providers, "
+                              f"run as `dstack run PROVIDER ARGS`: {', '.join(builtins.names())})",
                               file=".dstack/workflows.yaml")
         return self.workflows[name]
 
     def provider_for(self, workflow: Workflow) -> Union[ProviderSpec, ProviderRepo]:
-        """The provider ``workflow`` names: one of this project's, or one in another repository
-        (which the worker fetches).
+        """The provider ``workflow`` names: one of this project's, a built-in one, or one in another
+        repository (which the worker fetches). A project's provider hides a built-in one of the same name.
 
         Raises:
             ConfigError: unknown provider; the message lists the known ones.
         """
+        from dstack import builtins
+
         if isinstance(workflow.provider, dict):
             return ProviderRepo(url=workflow.provider["repo"], name=workflow.provider["name"])
-        if workflow.provider not in self.providers:
-            known = ", ".join(sorted(self.providers)) or "none"
-            raise ConfigError(f"workflow '{workflow.name}' uses provider '{workflow.provider}', which is "
-                              f"not defined (known providers: {known}); add it to .dstack/providers.yaml",
-                              file=".dstack/workflows.yaml", line=workflow.line,
-                              field=f"workflows.{workflow.name}.provider")
-        return self.providers[workflow.provider]
+        if workflow.provider in self.providers:
+            return self.providers[workflow.provider]
+        if builtins.is_builtin(workflow.provider):
+            return builtins.provider_spec(workflow.provider)
+        known = ", ".join(sorted(self.providers)) or "none"
+        raise ConfigError(f"workflow '{workflow.name}' uses provider '{workflow.provider}', which is "
+                          f"neither built in ({', '.join(builtins.names())}) nor defined in .dstack/providers.yaml "
+                          f"(the project's providers: {known}); check its spelling or add it there",
+                          file=".dstack/workflows.yaml", line=workflow.lines.get("provider", workflow.line),
+                          field=f"workflows.{workflow.name}.provider")
 
 
-def find_root(start: Path) -> Path:
-    """The nearest folder at or above ``start`` that holds ``.dstack/``.
+def find_root(start: Path, required: bool = True) -> Optional[Path]:
+    """The nearest folder at or above ``start`` that holds ``.dstack/`` (``None`` if there is none
+    and it is not ``required``).
 
     Raises:
-        ConfigError: there is none.
+        ConfigError: there is none, and it is ``required``.
     """
     for folder in (start, *start.parents):
         if (folder / ".dstack").is_dir():
             return folder
+    if not required:
+        return None
     raise ConfigError(f"no .dstack/ folder in {start} or above it; run dstack inside a project "
-                      "that has .dstack/workflows.yaml and .dstack/providers.yaml")
+                      "that has .dstack/workflows.yaml")
 
 
 def load_project(root: Path) -> Project:
@@ -191,8 +211,9 @@ def load_project(root: Path) -> Project:
     for name in ("workflows", "providers", "variables"):
         path, shown = root / ".dstack" / f"{name}.yaml", f".dstack/{name}.yaml"
         if not path.exists():
-            if name != "variables":
-                raise ConfigError("the file is missing; create it (see the README)", file=shown)
+            if name == "workflows":
+                raise ConfigError("the file is missing; create it (see the README), or run a built-in "
+                                  "provider without one, e.g. `dstack run python train.py`", file=shown)
             continue
         document = load_yaml(path, shown)
         if document is None:
@@ -200,7 +221,7 @@ def load_project(root: Path) -> Project:
         check_against_schema(document, name, shown)
         docs[name] = document
 
-    for i, raw in enumerate(docs["providers"]["providers"]):
+    for i, raw in enumerate(docs.get("providers", {}).get("providers", [])):
         if raw["name"] in project.providers:
             raise ConfigError(f"provider '{raw['name']}' is defined twice", file=".dstack/providers.yaml",
                               line=raw.line, field=f"providers[{i}].name")
@@ -221,7 +242,8 @@ def load_project(root: Path) -> Project:
                                  where)
         project.workflows[raw["name"]] = Workflow(
             name=raw["name"], provider=_plain(raw["provider"]), data=data, line=raw.line, depends_on=depends_on,
-            retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None, max_duration_s=max_duration_s)
+            retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None, max_duration_s=max_duration_s,
+            lines={str(k): v for k, v in raw.lines.items()})
     if "variables" in docs:
         project.variables = _plain(docs["variables"].get("variables", {}))
     return project

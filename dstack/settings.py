@@ -4,15 +4,18 @@ and passed down explicitly. No other module reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
 from dstack import defaults
 from dstack.errors import ConfigError
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 #: Environment variables and the settings field each sets.
 ENV_VARS = {
@@ -27,6 +30,8 @@ ENV_VARS = {
     "DSTACK_HEARTBEAT_INTERVAL": "heartbeat_interval",
     "DSTACK_WORKER_TIMEOUT": "worker_timeout",
     "DSTACK_DRAIN_PERIOD": "drain_period",
+    "DSTACK_CONTAINER_ENV": "container_env",
+    "DSTACK_CONTAINER_MOUNTS": "container_mounts",
 }
 
 
@@ -52,6 +57,11 @@ class Settings:
             (``DSTACK_WORKER_TIMEOUT``).
         drain_period: seconds a worker told to stop (SIGTERM) lets its running tasks go on before
             it stops them (``DSTACK_DRAIN_PERIOD``).
+        container_env: environment variables a worker gives every container it starts, below the
+            job's own (``DSTACK_CONTAINER_ENV``, YAML such as ``{PIP_INDEX_URL: https://pypi.internal/simple}``).
+        container_mounts: host folders a worker mounts into every container it starts
+            (``DSTACK_CONTAINER_MOUNTS``, YAML such as ``[/srv/wheels:/wheels:ro, /data/cache:/cache]``),
+            as ``(host path, container path, read_only)``.
     """
 
     home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
@@ -65,6 +75,8 @@ class Settings:
     heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
     worker_timeout: float = defaults.WORKER_TIMEOUT
     drain_period: float = defaults.DRAIN_PERIOD
+    container_env: Dict[str, str] = field(default_factory=dict)
+    container_mounts: List[Tuple[str, str, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -109,10 +121,63 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
             values[name] = _seconds(values[name], name)
     if isinstance(values.get("worker_resources"), str):
         values["worker_resources"] = yaml_mapping(str(values["worker_resources"]), "DSTACK_WORKER_RESOURCES")
+    if "container_env" in values:
+        values["container_env"] = container_env(values["container_env"])
+    if "container_mounts" in values:
+        values["container_mounts"] = container_mounts(values["container_mounts"])
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def yaml_mapping(text: str, field: str) -> Dict[str, Any]:
+def container_env(raw: object) -> Dict[str, str]:
+    """``DSTACK_CONTAINER_ENV``: a mapping of names to values (YAML text, or already read).
+
+    Raises:
+        ConfigError: not a mapping of names to scalars.
+    """
+    data = yaml_mapping(raw, "DSTACK_CONTAINER_ENV", "{PIP_INDEX_URL: https://pypi.internal/simple}") \
+        if isinstance(raw, str) else raw
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int, float, bool)) for v in data.values()):
+        raise ConfigError("expected a mapping of variable names to values, such as "
+                          "'{PIP_FIND_LINKS: /wheels, PIP_NO_INDEX: 1}'", field="DSTACK_CONTAINER_ENV")
+    bad = [str(k) for k in data if not _ENV_NAME.match(str(k))]
+    if bad:
+        raise ConfigError(f"{bad[0]!r} is not an environment variable name", field="DSTACK_CONTAINER_ENV")
+    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in data.items()}
+
+
+def container_mounts(raw: object) -> List[Tuple[str, str, bool]]:
+    """``DSTACK_CONTAINER_MOUNTS``: ``HOST:CONTAINER[:ro|rw]`` entries (a YAML list, or comma-separated).
+
+    Raises:
+        ConfigError: an entry is not in that form, or a path is relative, or the container path
+            is one of dstack's own (``/workflow``, ``/dstack``).
+    """
+    if isinstance(raw, str):
+        text = raw.strip()
+        entries = yaml.safe_load(text) if text.startswith("[") else [e for e in text.split(",") if e.strip()]
+    else:
+        entries = raw
+    if not isinstance(entries, list):
+        raise ConfigError("expected a list such as '[/srv/wheels:/wheels:ro, /data/cache:/cache]'",
+                          field="DSTACK_CONTAINER_MOUNTS")
+    mounts = []
+    for entry in entries:
+        parts = str(entry).strip().split(":")
+        mode = parts.pop() if len(parts) == 3 else "rw"
+        if len(parts) != 2 or mode not in ("ro", "rw") or not all(p.startswith("/") for p in parts):
+            raise ConfigError(f"{entry!r} is not HOST:CONTAINER or HOST:CONTAINER:ro with absolute paths",
+                              field="DSTACK_CONTAINER_MOUNTS")
+        inside = parts[1].rstrip("/") or "/"
+        for reserved in (defaults.CONTAINER_WORKDIR, defaults.CONTAINER_DSTACK_DIR):
+            if inside in ("/", reserved) or inside.startswith(reserved + "/"):
+                raise ConfigError(f"{entry!r}: {inside} is dstack's own (the project is at "
+                                  f"{defaults.CONTAINER_WORKDIR}, dstack's files at {defaults.CONTAINER_DSTACK_DIR}); "
+                                  "mount somewhere else", field="DSTACK_CONTAINER_MOUNTS")
+        mounts.append((parts[0], inside, mode == "ro"))
+    return mounts
+
+
+def yaml_mapping(text: str, field: str, example: str = "{cpu: 8, memory: 64GB, gpu: 2}") -> Dict[str, Any]:
     """A YAML mapping given as text (an environment variable, an option).
 
     Raises:
@@ -123,8 +188,7 @@ def yaml_mapping(text: str, field: str) -> Dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", field=field) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping such as '{{cpu: 8, memory: 64GB, gpu: 2}}', not {text!r}",
-                          field=field)
+        raise ConfigError(f"expected a mapping such as '{example}', not {text!r}", field=field)
     return data
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+from urllib.parse import urlencode
 
 
 class Status(str, enum.Enum):
@@ -72,9 +73,21 @@ class TaskRecord:
             "ports": self.ports, "depends_on": self.depends_on, "master": self.master,
             "image": (self.spec.get("job") or self.spec.get("provider") or {}).get("image"),
             "resources": (self.spec.get("job") or {}).get("resources", {}),
-            "provider_commit": self.spec.get("provider_commit"),
+            "provider_commit": self.spec.get("provider_commit"), "apps": self._apps(),
             "submitted_at": self.submitted_at, "started_at": self.started_at, "finished_at": self.finished_at,
         }
+
+    def _apps(self) -> List[Dict[str, Any]]:
+        """The job's web applications, each with its URL while the job runs (else ``None``)."""
+        apps = []
+        for app in (self.spec.get("job") or {}).get("apps", []):
+            url = None
+            if self.status is Status.RUNNING and self.hostname and app["port_index"] < len(self.ports):
+                query = urlencode(app.get("url_query_params") or {})
+                url = (f"http://{self.hostname}:{self.ports[app['port_index']]}{app.get('url_path') or '/'}"
+                       + (f"?{query}" if query else ""))
+            apps.append({"name": app["name"], "url": url})
+        return apps
 
 
 @dataclass

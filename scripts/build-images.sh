@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the local base image dstack/base:bookworm (Debian bookworm + python3,
 # pip, curl, ca-certificates, git) from a debootstrapped tarball, and tag it
-# python:3.9 too, since no registry can be reached. Idempotent.
+# python:3.9 (the spec's example) and python:3.11 (built-in providers and their
+# jobs; bookworm's Python is 3.11), since no registry can be reached. Idempotent.
 set -euo pipefail
 
 IMAGE=dstack/base:bookworm
-ALIAS=python:3.9
+ALIASES="python:3.9 python:3.11"
 SUITE=bookworm
 # python-is-python3: official python images have a `python` command as well.
 PACKAGES=python3,python3-pip,python-is-python3,curl,ca-certificates,git
@@ -75,9 +76,11 @@ else
   log "$IMAGE: built"
 fi
 
-if docker image inspect "$ALIAS" >/dev/null 2>&1; then
-  log "$ALIAS: already present, left as is"
-else
-  docker tag "$IMAGE" "$ALIAS"
-  log "$ALIAS: tagged from $IMAGE"
-fi
+for alias in $ALIASES; do
+  if docker image inspect "$alias" >/dev/null 2>&1; then
+    log "$alias: already present, left as is"
+  else
+    docker tag "$IMAGE" "$alias"
+    log "$alias: tagged from $IMAGE"
+  fi
+done

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
+from sdk.app import App
 from sdk.resources import ResourceRequirements
 from sdk.retry import Retry, parse_duration_s
 
@@ -13,8 +14,8 @@ class Job:
     Args:
         image: the Docker image.
         commands: shell commands, run in order as ``/bin/sh -c 'c1 && c2'``.
-        ports: ports the container opens; the ports actually used reach the job as
-            ``JOB_PORT_<i>`` and are shown by ``dstack status``.
+        ports: ports the container opens; ``0`` asks for any free port. The ports actually used
+            reach the job as ``JOB_PORT_<i>`` and are shown by ``dstack status``.
         working_dir: folder to run in, relative to the project root (the default).
         artifacts: folders, relative to the project root, uploaded when the job ends.
         resources: CPUs, memory and GPUs the job needs.
@@ -25,6 +26,7 @@ class Job:
         retry: run the job again when it fails (default: as its workflow's ``retry`` says, else never).
         max_duration: how long the job may run, e.g. ``"2h"``; it is stopped and fails past it
             (default: as its workflow's ``max_duration`` says, else no limit).
+        apps: web applications the job serves on its ports; ``dstack status`` shows their URLs.
     """
 
     def __init__(self, image: str, commands: List[str], ports: Optional[List[int]] = None,
@@ -32,7 +34,7 @@ class Job:
                  resources: Optional[ResourceRequirements] = None,
                  depends_on: Optional[List["Job"]] = None, master: Optional["Job"] = None,
                  environment: Optional[Dict[str, str]] = None, retry: Optional[Retry] = None,
-                 max_duration: Union[str, int, float, None] = None) -> None:
+                 max_duration: Union[str, int, float, None] = None, apps: Optional[List[App]] = None) -> None:
         if not isinstance(image, str) or not image:
             raise ValueError("Job(image=...) must be a non-empty image name")
         if isinstance(commands, str) or not all(isinstance(c, str) for c in commands or []):
@@ -50,6 +52,13 @@ class Job:
             raise ValueError("Job(retry=...) must be a dstack.Retry")
         self.retry = retry
         self.max_duration_s = parse_duration_s(max_duration, "Job(max_duration=...)")
+        self.apps = list(apps or [])
+        for app in self.apps:
+            if not isinstance(app, App):
+                raise ValueError("Job(apps=...) must be a list of dstack.App")
+            if app.port_index >= len(self.ports):
+                raise ValueError(f"app '{app.name}' listens on port {app.port_index}, but the job has "
+                                 f"{len(self.ports)} port(s)")
 
     def __repr__(self) -> str:
         return f"Job(image={self.image!r}, commands={self.commands!r})"
@@ -80,4 +89,5 @@ def jobs_to_dicts(jobs: List[Job]) -> List[Dict[str, Any]]:
         "environment": job.environment,
         "retry": job.retry.to_dict() if job.retry else None,
         "max_duration_s": job.max_duration_s,
+        "apps": [app.to_dict() for app in job.apps],
     } for i, job in enumerate(jobs)]

@@ -13,6 +13,7 @@ import sys
 from typing import Any, List, NoReturn, Optional
 
 from sdk.job import Job, jobs_to_dicts
+from sdk.schemas import load_schema
 from sdk.validation import SchemaError, validate
 from sdk.workflow import Workflow
 
@@ -69,7 +70,7 @@ class Provider:
     def _check_schema(self, path: str) -> None:
         shown = os.path.relpath(path)
         try:
-            schema = _load_document(path)
+            schema = load_schema(path)
         except (OSError, ValueError) as e:
             self._fail(f"cannot read the provider's schema {shown}: {e}")
         try:
@@ -93,16 +94,3 @@ class Provider:
         self._write("error.json", {"reason": reason})
         raise SystemExit(INVALID_EXIT_CODE)
 
-
-def _load_document(path: str) -> Any:
-    """Load a YAML (or JSON) file; PyYAML is preferred and shipped into provider containers."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        import yaml
-    except ImportError:
-        return json.loads(text)
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(str(e)) from None

@@ -10,7 +10,7 @@ import json
 import logging
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -18,12 +18,13 @@ from dstack import defaults
 from dstack.errors import DstackError, ObjectNotFound, StorageError
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
-from dstack.messages import (Allocation, Endpoint, JobSpec, JobTask, ProviderTask, Resources, RetryPolicy,
+from dstack.messages import (Allocation, AppSpec, Endpoint, JobSpec, JobTask, ProviderTask, Resources, RetryPolicy,
                              TaskFinished, TaskStarted, decode, encode)
 from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
 from dstack.storage.retry import with_retries
+from workers.ports import PortPool
 from workers.provider_repos import ProviderRepos
 from workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
@@ -52,6 +53,10 @@ class WorkerContext:
     has_gpus: bool
     announce: Callable[[str, str, bytes], None]
     provider_repos: ProviderRepos
+    ports: PortPool
+    #: environment variables and mounts every container gets (``DSTACK_CONTAINER_ENV``, ``..._MOUNTS``)
+    container_env: Dict[str, str] = field(default_factory=dict)
+    container_mounts: List[Tuple[str, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Execution:
     abort: bool = False
     stop_failure: str = ""
     timed_out: bool = False
+    #: the job's ports, those it asked any port for (0) chosen by this worker
+    ports: List[int] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -112,8 +119,7 @@ class Execution:
         else:
             spec = self._job_spec()
         self.container = self.context.runtime.start(spec)
-        ports = self.task.job.ports if isinstance(self.task, JobTask) else []
-        endpoint = Endpoint(hostname=self.context.hostname, ports=self.container.published_ports(ports))
+        endpoint = Endpoint(hostname=self.context.hostname, ports=self.container.published_ports(self.ports))
         self.context.send_event(TaskStarted(run_name=self.task.run_name, task_id=self.task.task_id,
                                             attempt=self.task.attempt, worker_id=self.context.worker_id,
                                             endpoint=endpoint, provider_commit=commit))
@@ -141,7 +147,8 @@ class Execution:
                          hide=secrets)
 
     def _base_env(self) -> Dict[str, str]:
-        return {"RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id, "JOB_ATTEMPT": str(self.task.attempt),
+        return {**self.context.container_env, "RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id,
+                "JOB_ATTEMPT": str(self.task.attempt),
                 "PYTHONUNBUFFERED": "1", "JOB_HOSTNAME": self.context.hostname}
 
     def _labels(self) -> Dict[str, str]:
@@ -155,7 +162,7 @@ class Execution:
         """
         task: ProviderTask = self.task
         inside = defaults.CONTAINER_DSTACK_DIR
-        mounts = [(str(self.workdir), defaults.CONTAINER_WORKDIR, False)]
+        mounts = [(str(self.workdir), defaults.CONTAINER_WORKDIR, False), *self.context.container_mounts]
         working_dir, commit, provider = defaults.CONTAINER_WORKDIR, None, task.provider
         if task.provider_repo is not None:
             checkout, commit, provider = self.context.provider_repos.resolve(task.provider_repo)
@@ -185,7 +192,10 @@ class Execution:
         if job.working_dir:
             safe_join(self.workdir, job.working_dir).mkdir(parents=True, exist_ok=True)
             workdir = f"{workdir}/{job.working_dir}"
-        env = {**self._base_env(), **{f"JOB_PORT_{i}": str(p) for i, p in enumerate(job.ports)}}
+        if not self.ports:
+            chosen = iter(self.context.ports.take(job.ports.count(0)))
+            self.ports = [port or next(chosen) for port in job.ports]
+        env = {**self._base_env(), **{f"JOB_PORT_{i}": str(p) for i, p in enumerate(self.ports)}}
         if task.master:
             env["MASTER_JOB_HOSTNAME"] = task.master.hostname
             env.update({f"MASTER_JOB_PORT_{i}": str(p) for i, p in enumerate(task.master.ports)})
@@ -198,8 +208,8 @@ class Execution:
         return ContainerSpec(
             name=self._container_name, image=job.image,
             script=" && ".join(job.commands), env=env, working_dir=workdir,
-            mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False)], labels=self._labels(),
-            ports=job.ports, cpu=resources.cpu, memory_mib=resources.memory_mib,
+            mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False), *self.context.container_mounts],
+            labels=self._labels(), ports=self.ports, cpu=resources.cpu, memory_mib=resources.memory_mib,
             shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids)
 
     # -------------------------------------------------------------- follow to the end
@@ -232,7 +242,7 @@ class Execution:
         writer.close()
         self.context.send_event(finished)
         self.container.remove()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._clean_up()
 
     def abandon(self, reason: str) -> None:
         """Report the task failed for ``reason`` (it did not start, or its end was not seen),
@@ -244,6 +254,10 @@ class Execution:
                                              attempt=self.task.attempt, status="failed", reason=reason))
         if self.container is not None:
             self.container.remove()
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        self.context.ports.give_back(self.ports)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
@@ -287,6 +301,7 @@ class Execution:
             depends_on=[str(d) for d in raw["depends_on"]],
             master=None if raw["master"] is None else str(raw["master"]), env=dict(raw["environment"]),
             retry=RetryPolicy(**raw["retry"]) if raw.get("retry") else None, max_duration_s=raw.get("max_duration_s"),
+            apps=[AppSpec(**app) for app in raw.get("apps", [])],
         ) for i, raw in enumerate(raw_jobs)]
         return check_job_graph(jobs)
 

@@ -3,7 +3,8 @@
 A folder mounted read-only into provider containers and named by ``PYTHONUSERBASE``:
 Python adds ``$PYTHONUSERBASE/lib/pythonX.Y/site-packages`` to ``sys.path`` whatever
 ``PYTHONPATH`` the provider's commands set. It holds the ``sdk`` package, a ``dstack``
-package that re-exports it, and pure-Python PyYAML for reading schemas. A ``src/dstack/``
+package that re-exports it, pure-Python PyYAML for reading schemas, and the built-in providers
+(``providers``), which run from there. A ``src/dstack/``
 folder without ``__init__.py`` in the project does not hide it: a regular package wins over
 a namespace folder.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import providers
 import sdk
 import yaml
 
@@ -33,6 +35,7 @@ def build_sdk_bundle(target: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
     shutil.copytree(Path(sdk.__file__).parent, site / "sdk", ignore=ignore)
     shutil.copytree(Path(yaml.__file__).parent, site / "yaml", ignore=ignore)
+    shutil.copytree(providers.FOLDER, site / "providers", ignore=ignore)
     (site / "dstack").mkdir()
     (site / "dstack" / "__init__.py").write_text(_DSTACK_INIT)
     for version in PYTHON_VERSIONS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import dramatiq
@@ -11,7 +12,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from dstack import defaults
 from dstack.broker import make_broker
-from dstack.errors import BrokerUnavailable, DstackError, MessageError
+from dstack.errors import BrokerUnavailable, ConfigError, DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import (ClaimTask, JobTask, ProviderTask, QueueOpened, Resources, StopTask, WorkerReport,
                              from_dict, from_payload)
@@ -25,6 +26,7 @@ from workers.execution import TASK_FILE, Execution, WorkerContext
 from workers.events import EventSender
 from workers.intake import TaskIntake
 from workers.inventory import worker_inventory
+from workers.ports import PortPool
 from workers.provider_repos import ProviderRepos
 from workers.reporter import Reporter
 from workers.runtime import DockerRuntime
@@ -43,6 +45,10 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        for host, _, _ in settings.container_mounts:
+            if not Path(host).exists():
+                raise ConfigError(f"{host} does not exist on this machine; create it or remove its mount",
+                                  field="DSTACK_CONTAINER_MOUNTS")
         self.home = settings.home / "workers" / settings.worker_id
         inventory, gpu_devices = worker_inventory(settings.worker_resources, source="worker_resources")
         if inventory.gpus and not gpu_devices:
@@ -59,7 +65,8 @@ class Worker:
             storage=self.storage, runtime=self.runtime, has_gpus=bool(inventory.gpus),
             sdk_bundle=build_sdk_bundle(self.home / "sdk"),
             send_event=self.events.send,
-            announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"))
+            announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"), ports=PortPool(),
+            container_env=settings.container_env, container_mounts=settings.container_mounts)
         self._executions: Dict[str, Execution] = {}
         self._early_stops: Dict[str, bool] = {}
         self._lock = threading.Lock()

@@ -16,11 +16,12 @@ from rich.console import Console
 from dstack import __version__
 from dstack.cli.follow import LogPrinter, follow
 from dstack.cli.render import print_runs, print_workers
-from dstack.errors import DstackError
+from dstack import builtins
+from dstack.errors import ConfigError, DstackError
 from dstack.messages import (DeleteSecret, GetRuns, GetSecrets, GetTags, GetWorkers, RestartRun, SetSecret, StopRun,
                              SubmitRun, TagRun, UntagRun)
 from dstack.names import artifact_key, manifests_prefix, new_run_name
-from dstack.planning import parse_overrides, plan_run
+from dstack.planning import parse_overrides, plan_builtin_run, plan_run
 from dstack.project import find_root, load_project
 from dstack.rpc import RpcClient
 from dstack.settings import Settings, load_settings
@@ -80,20 +81,38 @@ def cli() -> None:
 # --------------------------------------------------------------------------- runs
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("workflow")
-@click.argument("variables", nargs=-1, type=click.UNPROCESSED)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("-d", "--detach", is_flag=True, help="Return right after submitting; do not follow.")
 @pass_context
-def run(context: Context, workflow: str, variables: Tuple[str, ...], detach: bool) -> None:
-    """Run WORKFLOW of the project in the current folder (and the workflows it depends on), and
-    follow it to the end.
+def run(context: Context, workflow: str, args: Tuple[str, ...], detach: bool) -> None:
+    """Run WORKFLOW of the project in the current folder (and the workflows it depends on), or a
+    built-in provider with ARGS, and follow the run to the end.
 
-    VARIABLES override .dstack/variables.yaml, as --name value (e.g. `dstack run train --epochs 100`).
-    Exits 0 when the run is done, 1 when it failed or was stopped. Ctrl-C stops following, not the run.
+    \b
+    dstack run train --epochs 100       a workflow; ARGS override .dstack/variables.yaml (--name value)
+    dstack run python train.py --lr 1   a built-in provider (no workflow file needed): bash, curl,
+    dstack run bash -c "make data"      docker, python, tensorboard, torchrun; `dstack run python -h`
+                                        shows its options, which go before the script
+
+    -d goes before WORKFLOW, or at the end of a workflow's variables. Exits 0 when the run is done,
+    1 when it failed or was stopped. Ctrl-C stops following, not the run.
     """
-    root = find_root(Path.cwd())
-    workflows = plan_run(load_project(root), workflow, parse_overrides(variables))
+    cwd = Path.cwd()
+    root = find_root(cwd, required=False)
+    project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
+    if project is not None and workflow in project.workflows or not builtins.is_builtin(workflow):
+        if project is None:
+            raise ConfigError(f"no .dstack/workflows.yaml in {cwd} or above it, and '{workflow}' is not a built-in "
+                              f"provider ({', '.join(builtins.names())}); run dstack inside a project, or a built-in "
+                              "provider, e.g. `dstack run python train.py`")
+        variables = [a for a in args if a not in ("-d", "--detach")]
+        detach = detach or len(variables) < len(args)
+        workflows = plan_run(project, workflow, parse_overrides(variables))
+    else:
+        root = root or cwd
+        workflows = plan_builtin_run(workflow, args, working_dir=cwd.relative_to(root).as_posix())
     with context.rpc() as rpc:  # reaching the broker before uploading anything
         snapshot_id, files, uploaded = upload_snapshot(root, context.storage)
         run_name = new_run_name()

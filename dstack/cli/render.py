@@ -38,15 +38,17 @@ def styled(status: str) -> str:
 
 
 def endpoint(job: Dict[str, Any]) -> str:
+    """Where a running job is reached: its apps' URLs, else its host and ports."""
     if not job.get("ports") or job.get("status") != "running":
         return ""
-    return ", ".join(f"{job.get('hostname')}:{port}" for port in job["ports"])
+    urls = [f"{app['name']} {app['url']}" for app in job.get("apps", []) if app.get("url")]
+    return ", ".join(urls) or ", ".join(f"{job.get('hostname')}:{port}" for port in job["ports"])
 
 
 def runs_table(runs: List[Dict[str, Any]]) -> Table:
     """Runs, each followed by its jobs."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("RUN / JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "PORTS", "REASON"):
+    for column in ("RUN / JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "PORTS / URL", "REASON"):
         table.add_column(column, overflow="fold")
     for run in runs:
         table.add_row(f"[bold]{run['run_name']}[/]", run["workflow"], styled(run["status"]), "",

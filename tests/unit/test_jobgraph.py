@@ -6,7 +6,7 @@ from typing import List, Optional
 import pytest
 
 from dstack.jobgraph import check_job_graph, check_relative_path
-from dstack.messages import JobSpec
+from dstack.messages import AppSpec, JobSpec
 
 
 def job(job_id: str, depends_on: Optional[List[str]] = None, master: Optional[str] = None,
@@ -123,14 +123,19 @@ def test_working_dir_normalised_and_empty_kept() -> None:
     assert b.working_dir == ""
 
 
-@pytest.mark.parametrize("port", [0, -1, 65536, 100000])
+@pytest.mark.parametrize("port", [-1, 65536, 100000])
 def test_port_out_of_range(port: int) -> None:
-    with pytest.raises(ValueError, match=rf"job a: port {port} is not between 1 and 65535"):
+    with pytest.raises(ValueError, match=rf"job a: port {port} is not between 0 and 65535"):
         check_job_graph([job("a", ports=[80, port])])
 
 
 def test_port_bounds_accepted() -> None:
-    check_job_graph([job("a", ports=[1, 65535])])
+    check_job_graph([job("a", ports=[0, 1, 65535])])  # 0: any free port
+
+
+def test_app_on_a_port_the_job_lacks() -> None:
+    with pytest.raises(ValueError, match="job a: app 'board' listens on port 1, but the job has 1 port"):
+        check_job_graph([job("a", ports=[0], apps=[AppSpec(name="board", port_index=1)])])
 
 
 def test_port_not_an_int() -> None:

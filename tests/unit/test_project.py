@@ -140,9 +140,10 @@ def test_unknown_provider_lists_known_ones(tmp_path: Path) -> None:
         project.provider_for(project.workflow("broken"))
     error = info.value
     assert "provider 'pyhton'" in str(error)
-    assert "known providers: curl, python" in str(error)
+    assert "the project's providers: curl, python" in str(error)
+    assert "neither built in (bash, curl, docker, python, tensorboard, torchrun)" in str(error)
     assert error.file == ".dstack/workflows.yaml"
-    assert error.line == 12
+    assert error.line == 13  # the line of its provider key
     assert error.field == "workflows.broken.provider"
 
 
@@ -304,10 +305,19 @@ def test_duplicate_provider(tmp_path: Path) -> None:
     assert error.field == "providers[2].name"
 
 
-def test_missing_providers_file(tmp_path: Path) -> None:
-    error = load_error(write_project(tmp_path, providers=None))
-    assert error.file == ".dstack/providers.yaml"
-    assert "missing" in error.message
+def test_providers_file_is_optional_with_built_in_providers(tmp_path: Path) -> None:
+    project = load_project(write_project(tmp_path, providers=None))
+    assert project.providers == {}
+    with pytest.raises(ConfigError, match="neither built in"):
+        project.provider_for(Workflow(name="b", provider="pyhton", data={}))
+    assert project.provider_for(Workflow(name="b", provider="bash", data={})).builtin
+    assert project.provider_for(project.workflows["download"]).builtin  # curl is built in too
+
+
+def test_a_project_provider_hides_a_built_in_one(tmp_path: Path) -> None:
+    project = load_project(write_project(tmp_path))
+    curl = project.provider_for(project.workflows["download"])
+    assert not curl.builtin and curl.image == "curlimages/curl"
 
 
 def test_missing_workflows_file(tmp_path: Path) -> None:
@@ -387,5 +397,5 @@ def test_field_path() -> None:
 def test_project_dataclass_defaults(tmp_path: Path) -> None:
     project = Project(root=tmp_path)
     project.workflows["w"] = Workflow(name="w", provider="nope", data={})
-    with pytest.raises(ConfigError, match="known providers: none"):
+    with pytest.raises(ConfigError, match="the project's providers: none"):
         project.provider_for(project.workflow("w"))

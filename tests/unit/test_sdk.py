@@ -173,7 +173,8 @@ def test_jobs_to_dicts_references_are_indexes() -> None:
     assert [d["master"] for d in dicts] == [None, None, 1, None]
     assert dicts[2] == {"image": "pytorch", "commands": ["train"], "ports": [], "working_dir": "src",
                         "artifacts": [], "resources": ResourceRequirements().to_dict(), "depends_on": [0],
-                        "master": 1, "environment": {"RANK": "1"}, "retry": None, "max_duration_s": None}
+                        "master": 1, "environment": {"RANK": "1"}, "retry": None, "max_duration_s": None,
+                        "apps": []}
     assert dicts[1]["resources"]["gpu_count"] == 1
     assert dicts[0]["artifacts"] == ["data"]
     json.dumps(dicts)  # plain JSON
@@ -310,7 +311,7 @@ def test_provider_end_to_end(provider_module: ModuleType, output_dir: Path, tmp_
     assert jobs[0] == {"image": "curlimages/curl", "commands": ["curl -o data/f https://example.com/a.csv"],
                        "ports": [], "working_dir": "", "artifacts": ["data"],
                        "resources": ResourceRequirements().to_dict(), "depends_on": [], "master": None,
-                       "environment": {}, "retry": None, "max_duration_s": None}
+                       "environment": {}, "retry": None, "max_duration_s": None, "apps": []}
     assert jobs[1]["depends_on"] == [0]
     assert jobs[1]["ports"] == [6006]
     assert jobs[1]["resources"] == {"cpu": 2.0, "memory_mib": 2048, "shm_size_mib": None, "gpu_count": 1,

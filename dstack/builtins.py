@@ -1,0 +1,103 @@
+"""The built-in providers (``providers/``) as the CLI sees them: what runs them, their schemas, and
+``dstack run NAME ARGS``.
+
+A workflow that uses a built-in provider is checked against its schema before the run is submitted,
+so a bad parameter is named at once and nothing starts. The provider checks it again in its container,
+as any provider does.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+import providers
+from dstack import defaults
+from dstack.errors import ConfigError
+from dstack.messages import ProviderSpec
+from dstack.project import field_path, schema_problem
+from providers.common import ArgumentError, BuiltinProvider
+from sdk.schemas import load_schema
+
+#: Where the built-in providers are in a provider's container: in the SDK bundle (``workers/sdk_bundle.py``).
+CONTAINER_PROVIDERS_DIR = f"{defaults.CONTAINER_DSTACK_DIR}/sdk/site/providers"
+
+
+def is_builtin(name: str) -> bool:
+    return name in providers.NAMES
+
+
+def names() -> List[str]:
+    return list(providers.NAMES)
+
+
+def provider_spec(name: str) -> ProviderSpec:
+    """The container that runs built-in provider ``name``."""
+    return ProviderSpec(name=name, image=defaults.BUILTIN_PROVIDER_IMAGE, builtin=True,
+                        commands=[f"python3 {CONTAINER_PROVIDERS_DIR}/{name}/main.py"])
+
+
+@lru_cache(maxsize=None)
+def schema(name: str) -> Dict[str, Any]:
+    """The schema of built-in provider ``name``, self-contained (common parameters inlined)."""
+    return load_schema(str(providers.FOLDER / name / "schema.yaml"))
+
+
+@lru_cache(maxsize=None)
+def provider_class(name: str) -> Type[BuiltinProvider]:
+    """The class of built-in provider ``name`` (its module is imported, nothing runs)."""
+    module = importlib.import_module(f"providers.{name}.main")
+    return next(cls for cls in vars(module).values() if inspect.isclass(cls) and issubclass(cls, BuiltinProvider)
+                and cls.__module__ == module.__name__)
+
+
+def parameter_problem(name: str, data: Dict[str, Any]) -> Optional[ConfigError]:
+    """What is wrong with ``data`` as the parameters of built-in provider ``name``, or ``None``.
+
+    The error's field is the parameter's path (``resources.memory``); its message says what is
+    wrong and what the parameter is.
+    """
+    parameters = list(schema(name)["properties"])
+    for key in data:
+        if key not in parameters:
+            close = difflib.get_close_matches(key, parameters, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return ConfigError(f"provider {name} has no parameter '{key}'; {hint}its parameters are "
+                               f"{', '.join(parameters)}", field=key)
+    found = schema_problem(data, schema(name))
+    if found is None:
+        return None
+    path, message = found
+    described, description = _description(schema(name), path)
+    return ConfigError(message + (f" ({described}: {description})" if description else ""),
+                       field=field_path(path) or None)
+
+
+def parameters_from_args(name: str, args: List[str]) -> Dict[str, Any]:
+    """The parameters ``dstack run NAME ARGS`` stands for, checked against the schema.
+
+    Raises:
+        ConfigError: the arguments are wrong, or make wrong parameters; the message names them.
+    """
+    try:
+        data = provider_class(name).parameters_from_args(list(args))
+    except ArgumentError as e:
+        raise ConfigError(f"dstack run {name}: {e}") from None
+    problem = parameter_problem(name, data)
+    if problem is not None:
+        raise ConfigError(f"dstack run {name}: parameter '{problem.field}': {problem.message}") from None
+    return data
+
+
+def _description(node: Dict[str, Any], path: List[Any]) -> Tuple[str, str]:
+    """The parameter at ``path`` (or the closest one above it that has a description), and its description."""
+    found: Tuple[str, str] = ("", "")
+    for part in path:
+        if not isinstance(part, str):
+            continue
+        node = (node.get("properties") or {}).get(part) or {}
+        if isinstance(node, dict) and node.get("description"):
+            found = (part, " ".join(str(node["description"]).split()))
+    return found

@@ -1,0 +1,35 @@
+"""The ``bash`` provider: shell commands in one job."""
+import argparse
+import shlex
+from typing import Any, Dict, List
+
+from dstack import Job
+
+from providers.common import ArgumentError, BuiltinProvider, python_image
+
+
+class BashProvider(BuiltinProvider):
+    name = "bash"
+    summary = "Run shell commands in one job: `dstack run bash -c 'echo hi'` or `dstack run bash SCRIPT [ARGS...]`."
+
+    def create_jobs(self) -> List[Job]:
+        return [self.job(python_image(None), self.data["commands"], ports=[0] * self.data.get("ports", 0))]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-c", "--command", action="append", default=[], metavar="COMMAND",
+                            help="a shell command (repeatable: run in order)")
+        parser.add_argument("-p", "--ports", type=int, metavar="COUNT", help="how many ports the job opens")
+        parser.add_argument("script", nargs="?", help="a script run with bash, relative to the project root")
+        parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+
+    @classmethod
+    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
+        if bool(args.command) == bool(args.script):
+            raise ArgumentError("give either -c COMMAND or a SCRIPT, e.g. `dstack run bash -c 'echo hi'`")
+        commands = args.command or [shlex.join(["bash", args.script] + args.args)]
+        return {"commands": commands, **({"ports": args.ports} if args.ports is not None else {})}
+
+
+if __name__ == "__main__":
+    BashProvider().start()

@@ -1,0 +1,163 @@
+"""What the built-in providers share: the common parameters, the images of Python versions, and
+reading ``dstack run NAME ARGS`` into the parameters a workflow would have.
+
+A built-in provider subclasses :class:`BuiltinProvider`, names itself, adds its own command-line
+arguments and turns them into parameters; its ``schema.yaml`` checks the parameters, wherever they
+came from.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any, Dict, List, NoReturn, Optional, Union
+
+from dstack import Job, Provider, ResourceRequirements
+
+#: The Python version of jobs whose workflow names none.
+DEFAULT_PYTHON_VERSION = "3.11"
+
+
+def python_image(version: Optional[str]) -> str:
+    """The image of a Python version: ``python:3.11``."""
+    return f"python:{version or DEFAULT_PYTHON_VERSION}"
+
+
+def script_command(program: List[str], args: Union[str, List[Any], None]) -> str:
+    """``program`` (quoted) followed by ``args``: a string goes to the shell as it is (it splits it,
+    variables expand), each item of a list is one argument as written."""
+    if args is None:
+        args = []
+    if isinstance(args, str):
+        return " ".join([shlex.join(program)] + ([args] if args.strip() else []))
+    return shlex.join(program + [_text(a) for a in args])
+
+
+def pip_install(requirements: Optional[str]) -> List[str]:
+    """The command installing a requirements file, if there is one."""
+    return [f"pip install --disable-pip-version-check -r {shlex.quote(requirements)}"] if requirements else []
+
+
+def _text(value: Any) -> str:
+    """A YAML scalar as a command or an environment sees it (``true``, not ``True``)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+class ArgumentError(ValueError):
+    """``dstack run NAME ARGS`` was given arguments the provider does not take."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # raise, so that the CLI shows it as one clear error
+        prefix = "the following arguments are required: "
+        if message.startswith(prefix):  # arguments that take the rest of the line are never missing
+            rest = {a.dest for a in self._actions if a.nargs == argparse.REMAINDER}
+            message = prefix + ", ".join(n for n in message[len(prefix):].split(", ") if n not in rest)
+        raise ArgumentError(f"{message}\n{self.format_usage().rstrip()}")
+
+
+class BuiltinProvider(Provider):
+    """A provider with the common parameters: ``environment``, ``working_dir``, ``artifacts``,
+    ``before_run`` and ``resources``."""
+
+    #: the provider's name, as in ``provider: NAME`` and ``dstack run NAME``
+    name = ""
+    #: what it does, in one line (``dstack run NAME -h``)
+    summary = ""
+
+    def __init__(self) -> None:
+        super().__init__(schema="schema.yaml")
+        self.data: Dict[str, Any] = self.workflow.data
+        self.resources = ResourceRequirements.from_dict(self.data.get("resources", {}))
+
+    def job(self, image: str, commands: List[str], environment: Optional[Dict[str, str]] = None,
+            **options: Any) -> Job:
+        """A job running ``commands`` in ``image``, after ``before_run``, with the common parameters."""
+        env = {str(k): _text(v) for k, v in self.data.get("environment", {}).items()}
+        return Job(image=image, commands=list(self.data.get("before_run", [])) + commands,
+                   environment={**env, **(environment or {})}, working_dir=self.data.get("working_dir"),
+                   artifacts=self.data.get("artifacts", []), resources=self.resources, **options)
+
+    # ------------------------------------------------------------- dstack run NAME ARGS
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the provider's own command-line arguments (its positional ones last)."""
+
+    @classmethod
+    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
+        """The provider's own parameters from its parsed command-line arguments."""
+        return {}
+
+    @classmethod
+    def parser(cls) -> argparse.ArgumentParser:
+        """The parser of ``dstack run NAME ARGS``: the provider's arguments, then the common options."""
+        parser = _Parser(prog=f"dstack run {cls.name}", description=cls.summary,
+                         epilog="Options go before the first positional argument; what follows the "
+                                "script or command is passed on to it.")
+        cls.add_arguments(parser)
+        common = parser.add_argument_group("common options")
+        common.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
+                            help="an environment variable of the job (repeatable)")
+        common.add_argument("-a", "--artifact", action="append", default=[], metavar="PATH",
+                            help="a folder uploaded when the job ends (repeatable)")
+        common.add_argument("-w", "--working-dir", metavar="DIR", help="the folder the commands run in")
+        common.add_argument("--before-run", action="append", default=[], metavar="COMMAND",
+                            help="a shell command run first (repeatable)")
+        common.add_argument("--cpu", type=float, help="CPUs the job needs")
+        common.add_argument("--memory", metavar="SIZE", help="memory the job needs, e.g. 16GB")
+        common.add_argument("--gpu", type=int, metavar="COUNT", help="GPUs the job needs")
+        common.add_argument("--gpu-name", metavar="MODEL", help="the GPU model, e.g. A100")
+        common.add_argument("--gpu-memory", metavar="SIZE", help="memory of each GPU, e.g. 40GB")
+        common.add_argument("--shm-size", metavar="SIZE", help="size of /dev/shm, e.g. 1GB")
+        return parser
+
+    @classmethod
+    def parameters_from_args(cls, argv: List[str]) -> Dict[str, Any]:
+        """The workflow parameters ``dstack run NAME ARGV`` stands for.
+
+        Raises:
+            ArgumentError: the arguments are wrong; the message ends with the usage.
+        """
+        args = cls.parser().parse_args(argv)
+        data: Dict[str, Any] = {}
+        for item in args.env:
+            name, eq, value = item.partition("=")
+            if not eq or not name:
+                raise ArgumentError(f"--env {item!r}: write NAME=VALUE")
+            data.setdefault("environment", {})[name] = value
+        if args.artifact:
+            data["artifacts"] = args.artifact
+        if args.working_dir:
+            data["working_dir"] = args.working_dir
+        if args.before_run:
+            data["before_run"] = args.before_run
+        resources = {key: value for key, value in (("cpu", args.cpu), ("memory", args.memory),
+                                                   ("shm_size", args.shm_size)) if value is not None}
+        gpu = {key: value for key, value in (("count", args.gpu), ("name", args.gpu_name),
+                                             ("memory", args.gpu_memory)) if value is not None}
+        if gpu:
+            resources["gpu"] = gpu if set(gpu) != {"count"} else gpu["count"]
+        if resources:
+            data["resources"] = resources
+        data.update(cls.parameters(args))
+        return data
+
+
+def add_script_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-r REQUIREMENTS``, ``--version VERSION``, then ``FILE [ARGS...]``: a Python script."""
+    parser.add_argument("-r", "--requirements", metavar="FILE", help="a requirements file installed first")
+    parser.add_argument("--version", metavar="VERSION", help=f"the Python version (default {DEFAULT_PYTHON_VERSION})")
+    parser.add_argument("file", help="the script, relative to the project root")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+
+
+def script_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+    """The parameters read by :func:`add_script_arguments`."""
+    data: Dict[str, Any] = {"file": args.file}
+    if args.args:
+        data["args"] = args.args
+    if args.requirements:
+        data["requirements"] = args.requirements
+    if args.version:
+        data["version"] = args.version
+    return data

@@ -1,0 +1,34 @@
+"""An :class:`App`: a web application a job serves on one of its ports."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+
+class App:
+    """A web application served by a job; ``dstack status`` shows its URL while the job runs.
+
+    Args:
+        name: what to call it, e.g. ``"tensorboard"``.
+        port_index: which of the job's ports it listens on (``JOB_PORT_<port_index>``).
+        url_path: the path of its page, e.g. ``"/lab"``.
+        url_query_params: query parameters of its page, e.g. ``{"token": "..."}``.
+    """
+
+    def __init__(self, name: str, port_index: int = 0, url_path: str = "",
+                 url_query_params: Optional[Dict[str, str]] = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("App(name=...) must be a non-empty string")
+        if not isinstance(port_index, int) or isinstance(port_index, bool) or port_index < 0:
+            raise ValueError(f"App(port_index=...) must be a whole number >= 0, not {port_index!r}")
+        self.name = name
+        self.port_index = port_index
+        self.url_path = url_path if not url_path or url_path.startswith("/") else "/" + url_path
+        self.url_query_params = {str(k): str(v) for k, v in (url_query_params or {}).items()}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The wire form."""
+        return {"name": self.name, "port_index": self.port_index, "url_path": self.url_path,
+                "url_query_params": self.url_query_params}
+
+    def __repr__(self) -> str:
+        return f"App(name={self.name!r}, port_index={self.port_index!r})"
