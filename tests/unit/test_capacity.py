@@ -289,3 +289,14 @@ def test_many_threads_never_overcommit() -> None:
     assert releases.calls == sum(reserved)
     assert capacity.held() == []
     assert capacity.free() == inventory
+
+
+def test_port_pool_never_hands_out_a_port_twice_until_given_back() -> None:
+    from workers.ports import PortPool
+
+    pool = PortPool()
+    first = pool.take(50)
+    second = pool.take(50)
+    assert len(set(first + second)) == 100 and 0 not in first
+    pool.give_back(first)
+    assert not set(pool.take(10)) & set(second)

@@ -662,3 +662,14 @@ def test_state_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(DstackError, match="schema version 1, not 3"):
         SqliteStateStore(path)
+
+
+def test_an_app_has_a_url_only_while_its_job_runs() -> None:
+    from scheduler.model import Kind, Status, TaskRecord
+
+    app = {"name": "lab", "port_index": 1, "url_path": "/lab", "url_query_params": {"token": "a b"}}
+    task = TaskRecord(run_name="r", task_id="w.0", kind=Kind.JOB, workflow="w", status=Status.RUNNING,
+                      spec={"job": {"apps": [app]}}, hostname="gpu-7", ports=[6006, 8888])
+    assert task.view()["apps"] == [{"name": "lab", "url": "http://gpu-7:8888/lab?token=a+b"}]
+    task.status = Status.DONE
+    assert task.view()["apps"] == [{"name": "lab", "url": None}]

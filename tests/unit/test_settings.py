@@ -198,3 +198,28 @@ def test_settings_are_frozen() -> None:
 
 def test_home_is_expanded_and_resolved(fake_user_home: Path) -> None:
     assert Settings(home=Path("~/x")).home == (fake_user_home / "x").resolve()
+
+
+def test_container_env_and_mounts(tmp_path: Path) -> None:
+    settings = load_settings({"DSTACK_HOME": str(tmp_path),
+                              "DSTACK_CONTAINER_ENV": "{PIP_NO_INDEX: true, PIP_FIND_LINKS: /wheels, N: 1}",
+                              "DSTACK_CONTAINER_MOUNTS": "/srv/wheels:/wheels:ro, /data/cache:/cache"})
+    assert settings.container_env == {"PIP_NO_INDEX": "true", "PIP_FIND_LINKS": "/wheels", "N": "1"}
+    assert settings.container_mounts == [("/srv/wheels", "/wheels", True), ("/data/cache", "/cache", False)]
+    (tmp_path / "config.yaml").write_text("container_mounts: [/a:/b:ro]\ncontainer_env: {X: y}\n")
+    from_file = load_settings({"DSTACK_HOME": str(tmp_path)})
+    assert from_file.container_mounts == [("/a", "/b", True)] and from_file.container_env == {"X": "y"}
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("DSTACK_CONTAINER_ENV", "[a, b]", "expected a mapping"),
+    ("DSTACK_CONTAINER_ENV", "{'A B': 1}", "'A B' is not an environment variable name"),
+    ("DSTACK_CONTAINER_MOUNTS", "wheels:/wheels", "absolute paths"),
+    ("DSTACK_CONTAINER_MOUNTS", "/a:/b:rx", "HOST:CONTAINER or HOST:CONTAINER:ro"),
+    ("DSTACK_CONTAINER_MOUNTS", "/a:/workflow/data", "/workflow/data is dstack's own"),
+    ("DSTACK_CONTAINER_MOUNTS", "/a:/dstack", "/dstack is dstack's own"),
+])
+def test_bad_container_env_and_mounts(tmp_path: Path, variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"DSTACK_HOME": str(tmp_path), variable: value})
+    assert info.value.field == variable and message in info.value.message
