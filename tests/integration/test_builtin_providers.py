@@ -80,6 +80,20 @@ def test_python_script_with_arguments_from_the_command_line(cluster: Cluster, tm
     assert 'argv=["--epochs", "3", "-d", "x y"]' in lines_of(cluster, run_name, "python.0")
 
 
+def test_python_from_a_subfolder_of_a_project_runs_there(cluster: Cluster, tmp_path: Path) -> None:
+    project = write_project(tmp_path / "project", {
+        ".dstack/workflows.yaml": "workflows:\n  - name: other\n    provider: bash\n    commands: [ls]\n",
+        "src/models/train.py": "import os\nprint('cwd=' + os.getcwd())\n",
+        "data.txt": "at the root\n",
+    })
+
+    result = cluster.dstack("run", "python", "train.py", cwd=project / "src" / "models")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cwd=/workflow/src/models" in lines_of(cluster, run_name_of(result), "python.0")
+    assert cluster.status(run_name_of(result))["project"] == str(project)  # the whole project was snapshotted
+
+
 def test_python_args_as_a_string_and_as_a_list_and_the_version(cluster: Cluster, tmp_path: Path) -> None:
     project = write_project(tmp_path / "project", {
         ".dstack/workflows.yaml": """\
