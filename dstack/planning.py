@@ -5,6 +5,7 @@ unknown variables, and ``${{ name }}`` placeholders that name no variable.
 """
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -116,15 +117,18 @@ def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] 
 
 def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> List[WorkflowSpec]:
     """The one workflow of ``dstack run NAME ARGS``: built-in provider ``name`` with the parameters
-    its command line stands for, run in ``working_dir`` (relative to the project root) unless the
-    arguments say otherwise.
+    its command line stands for, run in ``working_dir`` (relative to the project root: the folder
+    ``dstack run`` was started in) unless the arguments say otherwise; artifacts are then named
+    relative to it too.
 
     Raises:
         ConfigError: the arguments are wrong; the message names them.
     """
     data = builtins.parameters_from_args(name, args)
-    if working_dir and working_dir != ".":
-        data.setdefault("working_dir", working_dir)
+    if working_dir and working_dir != "." and "working_dir" not in data:
+        data["working_dir"] = working_dir  # and artifacts are named from there too
+        if "artifacts" in data:
+            data["artifacts"] = [posixpath.normpath(posixpath.join(working_dir, a)) for a in data["artifacts"]]
     return [WorkflowSpec(name=name, data=data, provider=builtins.provider_spec(name))]
 
 

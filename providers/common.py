@@ -69,13 +69,13 @@ class BuiltinProvider(Provider):
         self.data: Dict[str, Any] = self.workflow.data
         self.resources = ResourceRequirements.from_dict(self.data.get("resources", {}))
 
-    def job(self, image: str, commands: List[str], environment: Optional[Dict[str, str]] = None,
-            **options: Any) -> Job:
-        """A job running ``commands`` in ``image``, after ``before_run``, with the common parameters."""
-        env = {str(k): _text(v) for k, v in self.data.get("environment", {}).items()}
-        return Job(image=image, commands=list(self.data.get("before_run", [])) + commands,
-                   environment={**env, **(environment or {})}, working_dir=self.data.get("working_dir"),
-                   artifacts=self.data.get("artifacts", []), resources=self.resources, **options)
+    def job(self, image: str, commands: List[str], **options: Any) -> Job:
+        """A job running ``commands`` in ``image``, after ``before_run``, with the common parameters;
+        ``options`` are more arguments of :class:`dstack.Job`."""
+        environment = {str(k): _text(v) for k, v in self.data.get("environment", {}).items()}
+        return Job(image=image, commands=list(self.data.get("before_run", [])) + commands, environment=environment,
+                   working_dir=self.data.get("working_dir"), artifacts=self.data.get("artifacts", []),
+                   resources=self.resources, **options)
 
     # ------------------------------------------------------------- dstack run NAME ARGS
 
@@ -99,8 +99,10 @@ class BuiltinProvider(Provider):
         common.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
                             help="an environment variable of the job (repeatable)")
         common.add_argument("-a", "--artifact", action="append", default=[], metavar="PATH",
-                            help="a folder uploaded when the job ends (repeatable)")
-        common.add_argument("-w", "--working-dir", metavar="DIR", help="the folder the commands run in")
+                            help="a folder uploaded when the job ends, relative to the working directory (repeatable)")
+        common.add_argument("-w", "--working-dir", metavar="DIR",
+                            help="the folder the commands run in, relative to the project root "
+                                 "(default: the current folder)")
         common.add_argument("--before-run", action="append", default=[], metavar="COMMAND",
                             help="a shell command run first (repeatable)")
         common.add_argument("--cpu", type=float, help="CPUs the job needs")
@@ -147,7 +149,7 @@ def add_script_arguments(parser: argparse.ArgumentParser) -> None:
     """``-r REQUIREMENTS``, ``--version VERSION``, then ``FILE [ARGS...]``: a Python script."""
     parser.add_argument("-r", "--requirements", metavar="FILE", help="a requirements file installed first")
     parser.add_argument("--version", metavar="VERSION", help=f"the Python version (default {DEFAULT_PYTHON_VERSION})")
-    parser.add_argument("file", help="the script, relative to the project root")
+    parser.add_argument("file", help="the script, relative to the working directory")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
 
 

@@ -20,7 +20,7 @@ class BashProvider(BuiltinProvider):
         parser.add_argument("-c", "--command", action="append", default=[], metavar="COMMAND",
                             help="a shell command (repeatable: run in order)")
         parser.add_argument("-p", "--ports", type=int, metavar="COUNT", help="how many ports the job opens")
-        parser.add_argument("script", nargs="?", help="a script run with bash, relative to the project root")
+        parser.add_argument("script", nargs="?", help="a script run with bash, relative to the working directory")
         parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
 
     @classmethod

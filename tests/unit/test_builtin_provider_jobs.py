@@ -117,10 +117,11 @@ def test_command_lines(argv: List[str], data: Dict[str, Any]) -> None:
 
 
 def test_the_working_dir_of_the_command_line_is_the_current_folder() -> None:
-    [workflow] = plan_builtin_run("python", ["t.py"], working_dir="src/models")
+    [workflow] = plan_builtin_run("python", ["-a", "out", "-a", "../data", "t.py"], working_dir="src/models")
     assert workflow.data["working_dir"] == "src/models"
-    [workflow] = plan_builtin_run("python", ["-w", "other", "t.py"], working_dir="src/models")
-    assert workflow.data["working_dir"] == "other"
+    assert workflow.data["artifacts"] == ["src/models/out", "src/data"]  # named from the current folder
+    [workflow] = plan_builtin_run("python", ["-w", "other", "-a", "out", "t.py"], working_dir="src/models")
+    assert workflow.data["working_dir"] == "other" and workflow.data["artifacts"] == ["out"]
 
 
 @pytest.mark.parametrize("argv, message", [
