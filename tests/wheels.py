@@ -24,7 +24,8 @@ def make_wheel(folder: Path, name: str, version: str, modules: Dict[str, str]) -
     dist_info = f"{name}-{version}.dist-info"
     files = dict(modules)
     files[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    files[f"{dist_info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: dstack-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{dist_info}/WHEEL"] = ("Wheel-Version: 1.0\nGenerator: dstack-tests\nRoot-Is-Purelib: true\n"
+                                   "Tag: py3-none-any\n")
     record = []
     for path, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()

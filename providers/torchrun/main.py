@@ -17,8 +17,9 @@ class TorchrunProvider(BuiltinProvider):
         image = python_image(self.data.get("version"))
         install = pip_install(self.data.get("requirements"))
         master = self.job(image, install + [self._command(nodes, 0, "$JOB_HOSTNAME", "$JOB_PORT_0")], ports=[0])
-        followers = [self.job(image, install + [self._command(nodes, rank, "$MASTER_JOB_HOSTNAME", "$MASTER_JOB_PORT_0")],
-                              master=master) for rank in range(1, nodes)]
+        followers = [self.job(image, install + [self._command(nodes, rank, "$MASTER_JOB_HOSTNAME",
+                                                                   "$MASTER_JOB_PORT_0")], master=master)
+                     for rank in range(1, nodes)]
         return [master] + followers
 
     def _command(self, nodes: int, rank: int, address: str, port: str) -> str:

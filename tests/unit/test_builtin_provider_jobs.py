@@ -86,7 +86,8 @@ def test_tensorboard_serves_an_app_on_its_port(tmp_path: Path, monkeypatch: pyte
 
 def test_curl_fails_on_http_errors_and_creates_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [job] = create_jobs("curl", {"url": "http://h/a b", "output": "data/in.txt"}, tmp_path, monkeypatch)
-    assert job["commands"] == ["mkdir -p data", "curl --fail --location --silent --show-error 'http://h/a b' -o data/in.txt"]
+    assert job["commands"] == ["mkdir -p data",
+                               "curl --fail --location --silent --show-error 'http://h/a b' -o data/in.txt"]
 
 
 def test_a_bad_parameter_fails_in_the_container_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
