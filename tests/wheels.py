@@ -8,14 +8,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
-#: Where downloaded wheels are kept between test sessions.
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dstack" / "wheelhouse"
+#: Where package folders are kept between test sessions.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dstack" / "wheelhouses"
 
 
 def make_wheel(folder: Path, name: str, version: str, modules: Dict[str, str]) -> Path:
@@ -39,14 +41,37 @@ def make_wheel(folder: Path, name: str, version: str, modules: Dict[str, str]) -
     return wheel
 
 
-def download_wheels(*requirements: str) -> Path:
-    """The shared wheelhouse with ``requirements`` and what they need, downloaded once by the host's pip
-    (which reaches the package index the machine is set up with)."""
+def wheelhouse(name: str, requirements: Sequence[str], files: Sequence[Path] = ()) -> Path:
+    """A package folder with ``files`` (wheels on this machine, hard-linked or copied) and ``requirements``
+    with what they need, downloaded by the host's pip (which reaches the package index the machine is
+    set up with) for the Python 3.11 of the local images.
+
+    Built once under :data:`CACHE` as ``NAME``: in a folder beside it, renamed into place when complete,
+    so a session that stops half-way leaves no partial one.
+    """
+    key = " ".join([f.name for f in files] + list(requirements))
+    target = CACHE / name
+    if (target / ".done").exists() and (target / ".done").read_text() == key:
+        return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    stamp = CACHE / (hashlib.sha256(" ".join(requirements).encode()).hexdigest()[:16] + ".done")
-    if not stamp.exists():
+    building = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{name}-"))
+    try:
+        for wheel in files:
+            try:
+                os.link(wheel, building / wheel.name)
+            except OSError:  # another file system
+                shutil.copyfile(wheel, building / wheel.name)
         subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
                         "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-                        "--platform", "manylinux_2_28_x86_64", "-d", str(CACHE), *requirements], check=True)
-        stamp.touch()
-    return CACHE
+                        "--platform", "manylinux_2_28_x86_64", "-d", str(building), *requirements],
+                       check=True, timeout=600)
+        (building / ".done").write_text(key)
+        shutil.rmtree(target, ignore_errors=True)  # an older one
+        try:
+            building.rename(target)
+        except OSError:  # a session beside this one was quicker
+            if not (target / ".done").exists():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target

@@ -6,7 +6,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.services import Cluster, FileServer, run_name_of, wait_for, write_project
-from tests.wheels import make_wheel
+from tests.wheels import make_wheel, wheelhouse
 
 ARGV_SCRIPT = "import json, sys\nprint('argv=' + json.dumps(sys.argv[1:]))\n"
 
@@ -223,9 +223,7 @@ workflows:
 
 
 def test_tensorboard_url_shown_while_it_runs(fleet: Cluster, tmp_path: Path) -> None:
-    from tests.wheels import download_wheels
-
-    wheels = download_wheels("tensorboard")
+    wheels = wheelhouse("tensorboard", ["tensorboard"])
     fleet.start_worker(DSTACK_CONTAINER_MOUNTS=f"{wheels}:/wheels:ro",
                        DSTACK_CONTAINER_ENV="{PIP_NO_INDEX: 1, PIP_FIND_LINKS: /wheels}")
     folder = write_project(tmp_path / "plain", {"runs/.keep": ""})
