@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterator, Optional
 
 from rich.console import Console
 
+from dstack.cli.render import endpoint
 from dstack.errors import BrokerUnavailable
 from dstack.live import Subscription
 from dstack.logs import LogChunk, merged_lines, stored_chunks
@@ -124,6 +125,6 @@ def _show_changes(jobs: Any, statuses: Dict[str, str], err: Optional[Console]) -
             detail = f" (exit code {job['exit_code']})"
         if job.get("reason") and job["status"] in ("failed", "stopped"):
             detail += f": {job['reason']}"
-        if job["status"] == "running" and job.get("ports"):
-            detail = " at " + ", ".join(f"{job['hostname']}:{p}" for p in job["ports"])
+        if endpoint(job):
+            detail = " at " + endpoint(job)
         err.print(f"[dim]{job['job_id']} {job['status']}{detail}[/]", highlight=False)

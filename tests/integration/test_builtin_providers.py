@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -227,27 +230,37 @@ def test_tensorboard_url_shown_while_it_runs(fleet: Cluster, tmp_path: Path) -> 
     fleet.start_worker(DSTACK_CONTAINER_MOUNTS=f"{wheels}:/wheels:ro",
                        DSTACK_CONTAINER_ENV="{PIP_NO_INDEX: 1, PIP_FIND_LINKS: /wheels}")
     folder = write_project(tmp_path / "plain", {"runs/.keep": ""})
-
-    result = fleet.dstack("run", "-d", "tensorboard", "runs", cwd=folder)
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    run_name = run_name_of(result)
+    # followed as a user would: `dstack run` prints the URL when the job runs; Ctrl-C detaches
+    cli = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "run", "tensorboard", "runs"], cwd=folder,
+                           env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_name = cli.stdout.readline().strip()  # type: ignore[union-attr]
     try:
-        job = wait_for(lambda: next((j for j in fleet.status(run_name)["jobs"]
-                                     if j["job_id"] == "tensorboard.0" and j["status"] == "running"), None),
-                       240, "tensorboard to run")
+        followed = wait_for(lambda: _line_with(cli, "tensorboard.0 running at"), 240, "tensorboard to run")
+        job = next(j for j in fleet.status(run_name)["jobs"] if j["job_id"] == "tensorboard.0")
         url = f"http://127.0.0.1:{job['ports'][0]}/"
+        assert followed.strip() == f"tensorboard.0 running at tensorboard {url}"
         assert job["apps"] == [{"name": "tensorboard", "url": url}]
-        table = fleet.dstack("status", run_name)
-        assert f"tensorboard {url}" in table.stdout
+        assert f"tensorboard {url}" in fleet.dstack("status", run_name).stdout
         page = wait_for(lambda: _get(url), 180, "tensorboard to answer", interval=1)
         assert "<tf-tensorboard" in page or "TensorBoard" in page
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(30) == 130  # detached; the run goes on
+        assert fleet.status(run_name)["status"] == "running"
     finally:
+        cli.kill()
         fleet.dstack("stop", run_name)
     stopped = fleet.wait_status(run_name, ("stopped", "failed", "done"), timeout=60)
     assert stopped["status"] == "stopped"
     assert stopped["jobs"][1]["apps"] == [{"name": "tensorboard", "url": None}]  # no URL once it ended
     assert "tensorboard http" not in fleet.dstack("status", run_name).stdout
+
+
+def _line_with(process: subprocess.Popen, text: str) -> str:
+    """The next line of the process's standard error that holds ``text`` (reading on until one does)."""
+    for line in process.stderr:  # type: ignore[union-attr]
+        if text in line:
+            return line
+    return ""
 
 
 def _get(url: str) -> str:
