@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from dstack import builtins
+from dstack import builtin_providers
 from dstack.errors import ConfigError
 from dstack.messages import ProviderRepo, ProviderSpec, TagRef, WorkflowSpec
 from dstack.project import Project, Workflow
@@ -124,16 +124,16 @@ def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> L
     Raises:
         ConfigError: the arguments are wrong; the message names them.
     """
-    data = builtins.parameters_from_args(name, args)
+    data = builtin_providers.parameters_from_args(name, args)
     if working_dir and working_dir != "." and "working_dir" not in data:
         data["working_dir"] = working_dir  # and artifacts are named from there too
         if "artifacts" in data:
             data["artifacts"] = [posixpath.normpath(posixpath.join(working_dir, a)) for a in data["artifacts"]]
-    return [WorkflowSpec(name=name, data=data, provider=builtins.provider_spec(name))]
+    return [WorkflowSpec(name=name, data=data, provider=builtin_providers.provider_spec(name))]
 
 
 def _check_builtin_parameters(workflow: Workflow, provider: str, data: Dict[str, Any]) -> None:
-    problem = builtins.parameter_problem(provider, data)
+    problem = builtin_providers.parameter_problem(provider, data)
     if problem is not None:
         key = (problem.field or "").split(".")[0].split("[")[0]
         raise ConfigError(f"workflow '{workflow.name}', provider {provider}: {problem.message}", file=_WORKFLOWS_FILE,

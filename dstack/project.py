@@ -157,11 +157,11 @@ class Project:
             ConfigError: no such workflow; the message lists the known ones.
         """
         if name not in self.workflows:
-            from dstack import builtins
+            from dstack import builtin_providers
 
             known = ", ".join(sorted(self.workflows)) or "none"
             raise ConfigError(f"no workflow named '{name}' (known workflows: {known}; built-in providers, "
-                              f"run as `dstack run PROVIDER ARGS`: {', '.join(builtins.names())})",
+                              f"run as `dstack run PROVIDER ARGS`: {', '.join(builtin_providers.names())})",
                               file=".dstack/workflows.yaml")
         return self.workflows[name]
 
@@ -172,18 +172,18 @@ class Project:
         Raises:
             ConfigError: unknown provider; the message lists the known ones.
         """
-        from dstack import builtins
+        from dstack import builtin_providers
 
         if isinstance(workflow.provider, dict):
             return ProviderRepo(url=workflow.provider["repo"], name=workflow.provider["name"])
         if workflow.provider in self.providers:
             return self.providers[workflow.provider]
-        if builtins.is_builtin(workflow.provider):
-            return builtins.provider_spec(workflow.provider)
+        if builtin_providers.is_builtin(workflow.provider):
+            return builtin_providers.provider_spec(workflow.provider)
         known = ", ".join(sorted(self.providers)) or "none"
         raise ConfigError(f"workflow '{workflow.name}' uses provider '{workflow.provider}', which is "
-                          f"neither built in ({', '.join(builtins.names())}) nor defined in .dstack/providers.yaml "
-                          f"(the project's providers: {known}); check its spelling or add it there",
+                          f"neither built in ({', '.join(builtin_providers.names())}) nor defined in "
+                          f".dstack/providers.yaml (the project's providers: {known}); check its spelling or add it there",
                           file=".dstack/workflows.yaml", line=workflow.lines.get("provider", workflow.line),
                           field=f"workflows.{workflow.name}.provider")
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import yaml
 
 import providers
-from dstack import builtins
+from dstack import builtin_providers
 from providers.common import BuiltinProvider
 from sdk.schemas import load_document
 
@@ -37,7 +37,7 @@ _GENERATED = "Generated from `{source}` by `python -m providers.docs`; do not ed
 
 def render(name: str) -> str:
     """The page of built-in provider ``name`` (Markdown)."""
-    schema = builtins.schema(name)
+    schema = builtin_providers.schema(name)
     lines = [f"# {name}", "", _text(schema.get("description", "")), "",
              "_" + _GENERATED.format(source=f"providers/{name}/schema.yaml") + "_", "",
              "## Parameters", ""]
@@ -53,22 +53,23 @@ def render(name: str) -> str:
     lines += ["## Command line", "",
               f"`dstack run {name} ARGS` runs the provider without a workflow file (see the [index](README.md)); "
               f"`dstack run {name} -h` shows:", "",
-              "```text", command_help(builtins.provider_class(name)).rstrip("\n"), "```"]
+              "```text", command_help(builtin_providers.provider_class(name)).rstrip("\n"), "```"]
     return _page(lines)
 
 
 def render_index() -> str:
     """``docs/providers/README.md``: the providers, their common parameters, ``dstack run PROVIDER ARGS``."""
-    names = builtins.names()
+    names = builtin_providers.names()
     lines = ["# Built-in providers", "",
              "dstack comes with these providers. A workflow uses one with `provider: NAME` in "
              "`.dstack/workflows.yaml`, with the provider's parameters beside it; `dstack run NAME ARGS` runs one "
              "without a workflow file.", "",
              "_" + _GENERATED.format(source="providers/*/schema.yaml") + "_", ""]
-    lines += [f"- [{name}]({name}.md): {_text(builtins.schema(name).get('description', ''))}" for name in names]
+    lines += [f"- [{name}]({name}.md): {_text(builtin_providers.schema(name).get('description', ''))}"
+              for name in names]
 
     common = _common_parameters(names)
-    first = builtins.schema(names[0])
+    first = builtin_providers.schema(names[0])
     lines += ["", "## Common parameters", "",
               "Every built-in provider takes these parameters (from `providers/common.yaml`), besides its own:", ""]
     lines += _table(_rows({"properties": {key: first["properties"][key] for key in common}}, first), required=False)
@@ -132,7 +133,7 @@ class _StableHelpFormatter(argparse.HelpFormatter):
 
 def parameter_rows(name: str) -> List[Tuple[str, bool, str, str]]:
     """The rows of the parameters table of provider ``name``: (dotted name, required, type, description)."""
-    schema = builtins.schema(name)
+    schema = builtin_providers.schema(name)
     return list(_rows(schema, schema))
 
 
@@ -192,7 +193,7 @@ def _size_note() -> str:
 
 def _common_parameters(names: Sequence[str]) -> List[str]:
     """The parameters every provider has, defined alike, in the first provider's order."""
-    schemas = [builtins.schema(name)["properties"] for name in names]
+    schemas = [builtin_providers.schema(name)["properties"] for name in names]
     return [key for key, value in schemas[0].items() if all(s.get(key) == value for s in schemas[1:])]
 
 
@@ -281,7 +282,7 @@ def _page(lines: List[str]) -> str:
 
 def pages() -> Dict[str, str]:
     """Every page, by file name: ``README.md`` and ``NAME.md`` for each provider."""
-    return {"README.md": render_index(), **{f"{name}.md": render(name) for name in builtins.names()}}
+    return {"README.md": render_index(), **{f"{name}.md": render(name) for name in builtin_providers.names()}}
 
 
 def stale_pages(folder: Path = DOCS_DIR) -> List[str]:

@@ -16,7 +16,7 @@ from rich.console import Console
 from dstack import __version__
 from dstack.cli.follow import LogPrinter, follow
 from dstack.cli.render import print_runs, print_workers
-from dstack import builtins
+from dstack import builtin_providers
 from dstack.errors import ConfigError, DstackError
 from dstack.messages import (DeleteSecret, GetRuns, GetSecrets, GetTags, GetWorkers, RestartRun, SetSecret, StopRun,
                              SubmitRun, TagRun, UntagRun)
@@ -102,11 +102,11 @@ def run(context: Context, workflow: str, args: Tuple[str, ...], detach: bool) ->
     cwd = Path.cwd()
     root = find_root(cwd, required=False)
     project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
-    if project is not None and workflow in project.workflows or not builtins.is_builtin(workflow):
+    if project is not None and workflow in project.workflows or not builtin_providers.is_builtin(workflow):
         if project is None:
             raise ConfigError(f"no .dstack/workflows.yaml in {cwd} or above it, and '{workflow}' is not a built-in "
-                              f"provider ({', '.join(builtins.names())}); run dstack inside a project, or a built-in "
-                              "provider, e.g. `dstack run python train.py`")
+                              f"provider ({', '.join(builtin_providers.names())}); run dstack inside a project, "
+                              "or a built-in provider, e.g. `dstack run python train.py`")
         variables = [a for a in args if a not in ("-d", "--detach")]
         detach = detach or len(variables) < len(args)
         workflows = plan_run(project, workflow, parse_overrides(variables))

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from dstack import builtins
+from dstack import builtin_providers
 from dstack.errors import ConfigError
 from dstack.planning import plan_builtin_run
 
@@ -25,14 +25,14 @@ def create_jobs(name: str, data: Dict[str, Any], tmp_path: Path, monkeypatch: py
     workflow.write_text(json.dumps({"name": "w", "provider": name, "run_name": "r", "data": data}))
     monkeypatch.setenv("DSTACK_WORKFLOW_FILE", str(workflow))
     monkeypatch.setenv("DSTACK_PROVIDER_OUTPUT", str(tmp_path))
-    builtins.provider_class(name)().start()
+    builtin_providers.provider_class(name)().start()
     return json.loads((tmp_path / "jobs.json").read_text())["jobs"]
 
 
 def test_every_provider_has_a_schema_and_a_class() -> None:
-    for name in builtins.names():
-        assert builtins.schema(name)["title"] == name
-        assert builtins.provider_class(name).name == name
+    for name in builtin_providers.names():
+        assert builtin_providers.schema(name)["title"] == name
+        assert builtin_providers.provider_class(name).name == name
 
 
 def test_common_parameters_apply_to_every_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +41,7 @@ def test_common_parameters_apply_to_every_job(tmp_path: Path, monkeypatch: pytes
     cases = {"bash": {"commands": ["make"]}, "docker": {"image": "ubuntu", "commands": ["make"]},
              "python": {"file": "t.py"}, "curl": {"url": "http://x/a", "output": "d/a"},
              "torchrun": {"file": "t.py", "nodes": 2}, "tensorboard": {"logdir": "runs"}}
-    assert set(cases) == set(builtins.names())
+    assert set(cases) == set(builtin_providers.names())
     for name, own in cases.items():
         for job in create_jobs(name, {**own, **common}, tmp_path / name, monkeypatch):
             assert job["commands"][0] == "apt-get install -y sox", name
@@ -144,12 +144,12 @@ def test_bad_command_lines_name_the_problem(argv: List[str], message: str) -> No
 
 
 def test_parameter_problems_name_the_parameter_and_say_what_it_is() -> None:
-    problem = builtins.parameter_problem("python", {"file": "t.py", "version": 3.1})
+    problem = builtin_providers.parameter_problem("python", {"file": "t.py", "version": 3.1})
     assert problem is not None and problem.field == "version"
     assert "quote it" in problem.message
-    problem = builtins.parameter_problem("bash", {"commands": ["x"], "comands": ["y"]})
+    problem = builtin_providers.parameter_problem("bash", {"commands": ["x"], "comands": ["y"]})
     assert problem is not None and problem.field == "comands"
     assert "did you mean 'commands'?" in problem.message
-    problem = builtins.parameter_problem("bash", {"commands": ["x"], "resources": {"gpu": {"count": 0}}})
+    problem = builtin_providers.parameter_problem("bash", {"commands": ["x"], "resources": {"gpu": {"count": 0}}})
     assert problem is not None and problem.field == "resources.gpu.count"
-    assert builtins.parameter_problem("bash", {"commands": ["x"], "resources": RESOURCES}) is None
+    assert builtin_providers.parameter_problem("bash", {"commands": ["x"], "resources": RESOURCES}) is None

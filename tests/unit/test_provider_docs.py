@@ -9,10 +9,10 @@ from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
-from dstack import builtins
+from dstack import builtin_providers
 from providers import docs
 
-NAMES = builtins.names()
+NAMES = builtin_providers.names()
 REGENERATE = "run `python -m providers.docs` to regenerate docs/providers/"
 
 # The keywords of JSON Schema draft 7 (and the annotations the schemas use). A key that is none of
@@ -89,15 +89,16 @@ def test_check_names_stale_missing_and_extra_pages(tmp_path: Path, capsys: pytes
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_parameter_has_a_description(name: str) -> None:
-    undocumented = [path for path, prop in _properties(builtins.schema(name))
+    undocumented = [path for path, prop in _properties(builtin_providers.schema(name))
                     if not str(prop.get("description") or "").strip()]
     assert not undocumented, f"providers/{name}/schema.yaml: no description for {', '.join(undocumented)}"
-    assert str(builtins.schema(name).get("description") or "").strip(), f"providers/{name}/schema.yaml: no description"
+    description = str(builtin_providers.schema(name).get("description") or "").strip()
+    assert description, f"providers/{name}/schema.yaml: no description"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_schema_has_only_json_schema_keywords(name: str) -> None:
-    strays = [f"{path or '(top)'}: {key!r}" for path, node in _subschemas(builtins.schema(name))
+    strays = [f"{path or '(top)'}: {key!r}" for path, node in _subschemas(builtin_providers.schema(name))
               for key in node if key not in KEYWORDS]
     assert not strays, (f"providers/{name}/schema.yaml (or common.yaml) has keys that are not JSON Schema keywords, "
                         f"likely a description cut at a comma in a flow mapping (quote it): {'; '.join(strays)}")
@@ -105,10 +106,10 @@ def test_schema_has_only_json_schema_keywords(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_examples_are_valid(name: str) -> None:
-    examples = builtins.schema(name).get("examples")
+    examples = builtin_providers.schema(name).get("examples")
     assert isinstance(examples, list) and examples, f"providers/{name}/schema.yaml has no examples"
     for number, example in enumerate(examples, 1):
-        problem = builtins.parameter_problem(name, example)
+        problem = builtin_providers.parameter_problem(name, example)
         assert problem is None, f"providers/{name}/schema.yaml, example {number}: {problem}"
 
 
@@ -149,11 +150,11 @@ def test_types() -> None:
 
 def test_help_is_formatted_for_100_columns_and_columns_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "40")
-    text = docs.command_help(builtins.provider_class("python"))
+    text = docs.command_help(builtin_providers.provider_class("python"))
     assert os.environ["COLUMNS"] == "40"
     assert max(len(line) for line in text.splitlines()) <= 100
     assert any(len(line) > 60 for line in text.splitlines())
     assert "\noptions:\n" in text and "-r FILE, --requirements FILE" in text  # the same on every Python version
     monkeypatch.delenv("COLUMNS")
-    docs.command_help(builtins.provider_class("python"))
+    docs.command_help(builtin_providers.provider_class("python"))
     assert "COLUMNS" not in os.environ
