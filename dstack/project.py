@@ -183,7 +183,8 @@ class Project:
         known = ", ".join(sorted(self.providers)) or "none"
         raise ConfigError(f"workflow '{workflow.name}' uses provider '{workflow.provider}', which is "
                           f"neither built in ({', '.join(builtin_providers.names())}) nor defined in "
-                          f".dstack/providers.yaml (the project's providers: {known}); check its spelling or add it there",
+                          f".dstack/providers.yaml (the project's providers: {known}); check its spelling or "
+                          "add it there",
                           file=".dstack/workflows.yaml", line=workflow.lines.get("provider", workflow.line),
                           field=f"workflows.{workflow.name}.provider")
 
