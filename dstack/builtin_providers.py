@@ -1,4 +1,4 @@
-"""The built-in providers (``providers/``) as the CLI sees them: what runs them, their schemas, and
+"""The built-in providers (``dstack/providers/``) as the CLI sees them: what runs them, their schemas, and
 ``dstack run NAME ARGS``.
 
 A workflow that uses a built-in provider is checked against its schema before the run is submitted,
@@ -13,16 +13,16 @@ import inspect
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-import providers
+from dstack import providers
 from dstack import defaults
 from dstack.errors import ConfigError
 from dstack.messages import ProviderSpec
 from dstack.project import field_path, schema_problem
-from providers.common import ArgumentError, BuiltinProvider
+from dstack.providers.common import ArgumentError, BuiltinProvider
 from sdk.schemas import load_schema
 
 #: Where the built-in providers are in a provider's container: in the SDK bundle (``workers/sdk_bundle.py``).
-CONTAINER_PROVIDERS_DIR = f"{defaults.CONTAINER_DSTACK_DIR}/sdk/site/providers"
+CONTAINER_PROVIDERS_DIR = f"{defaults.CONTAINER_DSTACK_DIR}/sdk/site/dstack/providers"
 
 
 def is_builtin(name: str) -> bool:
@@ -48,7 +48,7 @@ def schema(name: str) -> Dict[str, Any]:
 @lru_cache(maxsize=None)
 def provider_class(name: str) -> Type[BuiltinProvider]:
     """The class of built-in provider ``name`` (its module is imported, nothing runs)."""
-    module = importlib.import_module(f"providers.{name}.main")
+    module = importlib.import_module(f"dstack.providers.{name}.main")
     return next(cls for cls in vars(module).values() if inspect.isclass(cls) and issubclass(cls, BuiltinProvider)
                 and cls.__module__ == module.__name__)
 

@@ -70,7 +70,7 @@ class ProviderSpec:
     name: str
     image: str
     commands: List[str]
-    #: one of dstack's built-in providers (``providers/``), run from the worker's own copy of them
+    #: one of dstack's built-in providers (``dstack/providers/``), run from the worker's own copy of them
     builtin: bool = False
 
 

@@ -4,7 +4,7 @@ A folder mounted read-only into provider containers and named by ``PYTHONUSERBAS
 Python adds ``$PYTHONUSERBASE/lib/pythonX.Y/site-packages`` to ``sys.path`` whatever
 ``PYTHONPATH`` the provider's commands set. It holds the ``sdk`` package, a ``dstack``
 package that re-exports it, pure-Python PyYAML for reading schemas, and the built-in providers
-(``providers``), which run from there. A ``src/dstack/``
+(``dstack.providers``), which run from there. A ``src/dstack/``
 folder without ``__init__.py`` in the project does not hide it: a regular package wins over
 a namespace folder.
 """
@@ -13,9 +13,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import providers
 import sdk
 import yaml
+
+from dstack import providers
 
 #: Python versions whose user site folder points at the bundle.
 PYTHON_VERSIONS = [f"3.{minor}" for minor in range(8, 16)]
@@ -35,9 +36,9 @@ def build_sdk_bundle(target: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
     shutil.copytree(Path(sdk.__file__).parent, site / "sdk", ignore=ignore)
     shutil.copytree(Path(yaml.__file__).parent, site / "yaml", ignore=ignore)
-    shutil.copytree(providers.FOLDER, site / "providers", ignore=ignore)
     (site / "dstack").mkdir()
     (site / "dstack" / "__init__.py").write_text(_DSTACK_INIT)
+    shutil.copytree(providers.FOLDER, site / "dstack" / "providers", ignore=ignore)
     for version in PYTHON_VERSIONS:
         folder = target / "lib" / f"python{version}"
         folder.mkdir(parents=True)

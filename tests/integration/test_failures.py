@@ -74,10 +74,12 @@ def test_out_of_memory(cluster: Cluster, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workflows, providers, expected", [
     ("workflows:\n  - name: w\n    provider: graph\n    jobs: [\n", None, ".dstack/workflows.yaml:5: not valid YAML: while parsing a flow node"),
-    ("workflows:\n  - name: other\n    provider: graph\n", None, "no workflow named 'w' (known workflows: other)"),
+    ("workflows:\n  - name: other\n    provider: graph\n", None,
+     "no workflow named 'w' (known workflows: other; built-in providers"),
     ("workflows:\n  - name: w\n    provider: nope\n", None,
-     ".dstack/workflows.yaml:2 (workflows.w.provider): workflow 'w' uses provider 'nope', which is not defined "
-     "(known providers: graph)"),
+     ".dstack/workflows.yaml:3 (workflows.w.provider): workflow 'w' uses provider 'nope', which is neither built in "
+     "(bash, curl, docker, python, tensorboard, torchrun) nor defined in .dstack/providers.yaml (the project's "
+     "providers: graph)"),
     ("workflows:\n  - name: w\n", None, ".dstack/workflows.yaml:2 (workflows[0].provider): 'provider' is required"),
     (None, "providers:\n  - name: graph\n    image: python:3.9\n", ".dstack/providers.yaml:2 (providers[0].commands): "
      "'commands' is required"),

@@ -1,4 +1,4 @@
-"""docs/providers/*.md are generated from the built-in providers' schemas (``python -m providers.docs``):
+"""docs/providers/*.md are generated from the built-in providers' schemas (``python -m dstack.providers.docs``):
 the committed pages must be what the schemas give, and the schemas must document every parameter and
 hold examples that are valid."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any, Dict, Iterator, Tuple
 import pytest
 
 from dstack import builtin_providers
-from providers import docs
+from dstack.providers import docs
 
 NAMES = builtin_providers.names()
-REGENERATE = "run `python -m providers.docs` to regenerate docs/providers/"
+REGENERATE = "run `python -m dstack.providers.docs` to regenerate docs/providers/"
 
 # The keywords of JSON Schema draft 7 (and the annotations the schemas use). A key that is none of
 # these is most likely a YAML slip: in a flow mapping, `{description: a, e.g. b}` ends the
@@ -130,7 +130,7 @@ def test_python_table_lists_its_parameters() -> None:
 def test_page_parts() -> None:
     page = docs.render("torchrun")
     assert page.startswith("# torchrun\n\n")
-    assert "`providers/torchrun/schema.yaml` by `python -m providers.docs`" in page
+    assert "`dstack/providers/torchrun/schema.yaml` by `python -m dstack.providers.docs`" in page
     assert "Default: `1`." in page  # nodes
     assert "```yaml\nworkflows:\n  - name: torchrun-example\n    provider: torchrun\n    file: train.py\n" in page
     assert "```text\nusage: dstack run torchrun" in page

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from providers.common import ArgumentError, BuiltinProvider, python_image
+from dstack.providers.common import ArgumentError, BuiltinProvider, python_image
 
 
 class BashProvider(BuiltinProvider):

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from dstack import App, Job
 
-from providers.common import BuiltinProvider, python_image
+from dstack.providers.common import BuiltinProvider, python_image
 
 INSTALL = "python3 -c 'import tensorboard' 2>/dev/null || pip install --disable-pip-version-check tensorboard"
 

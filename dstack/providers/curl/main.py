@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from providers.common import BuiltinProvider, python_image
+from dstack.providers.common import BuiltinProvider, python_image
 
 
 class CurlProvider(BuiltinProvider):

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from providers.common import BuiltinProvider
+from dstack.providers.common import BuiltinProvider
 
 
 class DockerProvider(BuiltinProvider):

@@ -4,7 +4,7 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from providers.common import BuiltinProvider, add_script_arguments, pip_install, python_image, script_command, \
+from dstack.providers.common import BuiltinProvider, add_script_arguments, pip_install, python_image, script_command, \
     script_parameters
 
 
