@@ -61,7 +61,8 @@ workflows:
 
 
 def test_bash_without_a_workflow_file(cluster: Cluster, tmp_path: Path) -> None:
-    folder = write_project(tmp_path / "plain", {"data.txt": "one\ntwo\nthree\n"})
+    # a providers/ folder of the user's own hides nothing of dstack's (the CLI runs here, as `python -m`)
+    folder = write_project(tmp_path / "plain", {"data.txt": "one\ntwo\nthree\n", "providers/mine/main.py": ""})
 
     result = cluster.dstack("run", "bash", "-c", "echo lines=$(wc -l < data.txt)", "-e", "A=1", cwd=folder)
 
