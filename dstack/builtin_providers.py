@@ -13,8 +13,7 @@ import inspect
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from dstack import providers
-from dstack import defaults
+from dstack import defaults, providers
 from dstack.errors import ConfigError
 from dstack.messages import ProviderSpec
 from dstack.project import field_path, schema_problem
