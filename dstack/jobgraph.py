@@ -55,8 +55,6 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
             if not 0 <= app.port_index < len(job.ports):
                 raise ValueError(f"job {job.job_id}: app '{app.name}' listens on port {app.port_index}, but the "
                                  f"job has {len(job.ports)} port(s)")
-        if not job.commands:
-            raise ValueError(f"job {job.job_id} has no commands")
     _check_acyclic(by_id)
     return jobs
 

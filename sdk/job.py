@@ -13,7 +13,8 @@ class Job:
 
     Args:
         image: the Docker image.
-        commands: shell commands, run in order as ``/bin/sh -c 'c1 && c2'``.
+        commands: shell commands, run in order as ``/bin/sh -c 'c1 && c2'``; none runs the image's
+            own command (its ENTRYPOINT and CMD).
         ports: ports the container opens; ``0`` asks for any free port. The ports actually used
             reach the job as ``JOB_PORT_<i>`` and are shown by ``dstack status``.
         working_dir: folder to run in, relative to the project root (the default).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import shlex
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -23,6 +24,7 @@ class ContainerSpec:
 
     name: str
     image: str
+    #: shell commands; empty: the image's own command (ENTRYPOINT and CMD)
     script: str
     env: Dict[str, str]
     working_dir: str
@@ -173,8 +175,10 @@ class DockerRuntime(ContainerRuntime):
         self._engine_cpus = float(self._client.info().get("NCPU") or 1)
 
     def start(self, spec: ContainerSpec) -> Container:
+        script = spec.script or self._image_command(spec.image)
         options = dict(
-            image=spec.image, command=["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack", spec.script], name=spec.name,
+            # the image's own ENTRYPOINT is replaced too: it would otherwise be handed the lifeline as arguments
+            image=spec.image, entrypoint=["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack"], command=[script], name=spec.name,
             environment=spec.env, working_dir=spec.working_dir, labels=spec.labels,
             stdin_open=True, detach=False,  # standard input open, closed when the one client attached goes
             volumes={host: {"bind": inside, "mode": "ro" if ro else "rw"} for host, inside, ro in spec.mounts},
@@ -194,8 +198,7 @@ class DockerRuntime(ContainerRuntime):
         try:
             container = self._client.containers.create(**options)
         except docker.errors.ImageNotFound:
-            raise ImageNotFound(f"image '{spec.image}' is not present on this worker; build or pull it "
-                                "there (`docker images` lists what it has)") from None
+            raise _image_missing(spec.image) from None
         except docker.errors.APIError as e:
             if e.status_code != 409:  # 409: a container of that name exists: started before
                 raise RuntimeErrorInContainer(f"Docker refused the container: {e.explanation or e}") from None
@@ -207,6 +210,23 @@ class DockerRuntime(ContainerRuntime):
             raise RuntimeErrorInContainer(f"Docker could not start the container: {e.explanation or e}") from None
         return DockerContainer(container, self.network, lifeline)
 
+    def _image_command(self, image: str) -> str:
+        """The image's own command (its ENTRYPOINT, then its CMD), as a shell command line."""
+        try:
+            config = self._client.images.get(image).attrs.get("Config") or {}
+        except docker.errors.ImageNotFound:
+            raise _image_missing(image) from None
+        argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
+        if not argv:
+            raise RuntimeErrorInContainer(f"image '{image}' has no command of its own (no ENTRYPOINT or CMD); "
+                                          "give the job commands")
+        return shlex.join(argv)
+
     def managed(self) -> List[Container]:
         found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL})
         return [DockerContainer(c, self.network) for c in found]
+
+
+def _image_missing(image: str) -> ImageNotFound:
+    return ImageNotFound(f"image '{image}' is not present on this worker; build or pull it there "
+                         "(`docker images` lists what it has)")

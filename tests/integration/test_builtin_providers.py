@@ -8,6 +8,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import docker
+
 from tests.services import Cluster, FileServer, run_name_of, wait_for, write_project
 from tests.wheels import make_wheel, wheelhouse
 
@@ -175,6 +177,22 @@ workflows:
     first, second = job["ports"]
     assert first != second and 0 not in (first, second)  # any free ports, chosen by the worker
     assert f"ports {first} {second}" in logs and "bound" in logs
+
+
+def test_docker_without_commands_runs_the_image_s_own(cluster: Cluster, docker_engine: docker.DockerClient,
+                                                      tmp_path: Path) -> None:
+    image = "dstack-test/own-command:1"
+    scratch = docker_engine.containers.create("python:3.9")
+    try:
+        scratch.commit(*image.split(":"), changes=['ENTRYPOINT ["sh", "-c"]', 'CMD ["echo own command in $PWD"]'])
+    finally:
+        scratch.remove()
+    folder = write_project(tmp_path / "plain", {"x.txt": ""})
+
+    result = cluster.dstack("run", "docker", image, cwd=folder)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "own command in /workflow" in lines_of(cluster, run_name_of(result), "docker.0")
 
 
 def test_curl_downloads_into_an_artifact(cluster: Cluster, files: FileServer, tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def test_the_working_dir_of_the_command_line_is_the_current_folder() -> None:
     (["python", "--memory", "lots", "t.py"], "parameter 'resources.memory': 'lots' is not in the expected form"),
     (["python", "--version", "three", "t.py"], "parameter 'version'"),
     (["torchrun", "--nodes", "0", "t.py"], "parameter 'nodes': 0 is less than the minimum of 1"),
-    (["docker", "nginx"], "parameter 'commands'"),
+    (["docker", "--before-run", "apt-get update", "nginx"], "parameter 'commands': 'commands' is required here"),
     (["curl", "http://x"], "the following arguments are required: -o/--output"),
 ])
 def test_bad_command_lines_name_the_problem(argv: List[str], message: str) -> None:

@@ -143,9 +143,8 @@ def test_port_not_an_int() -> None:
         check_job_graph([job("a", ports=["80"])])
 
 
-def test_no_commands() -> None:
-    with pytest.raises(ValueError, match="job b has no commands"):
-        check_job_graph([job("a"), job("b", commands=[])])
+def test_no_commands_is_the_image_s_own_command() -> None:
+    check_job_graph([job("a"), job("b", commands=[])])
 
 
 def test_check_relative_path_direct() -> None:

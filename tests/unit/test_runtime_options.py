@@ -9,7 +9,7 @@ import docker.errors
 import docker.types
 import pytest
 
-from dstack.errors import ImageNotFound, RuntimeErrorInContainer
+from dstack.errors import DstackError, ImageNotFound, RuntimeErrorInContainer
 from workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContainer, DockerRuntime
 
 
@@ -47,9 +47,27 @@ class FakeContainers:
         return self.existing[name]
 
 
+class FakeImage:
+    def __init__(self, config: Dict[str, Any]) -> None:
+        self.attrs = {"Config": config}
+
+
+class FakeImages:
+    """``client.images``: the config of each image there is."""
+
+    def __init__(self) -> None:
+        self.configs: Dict[str, Dict[str, Any]] = {}
+
+    def get(self, name: str) -> FakeImage:
+        if name not in self.configs:
+            raise docker.errors.ImageNotFound(name)
+        return FakeImage(self.configs[name])
+
+
 class FakeClient:
     def __init__(self) -> None:
         self.containers = FakeContainers()
+        self.images = FakeImages()
 
 
 def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus: float = 2) -> DockerRuntime:
@@ -88,7 +106,9 @@ def test_basic_options() -> None:
     container = runtime.start(spec())
     options = runtime._client.containers.created[0]  # type: ignore[attr-defined]
     assert options["image"] == "python:3.11"
-    assert options["command"] == ["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack", "python train.py"]
+    # the image's entrypoint is replaced: the lifeline is what runs, with the commands as its argument
+    assert options["entrypoint"] == ["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack"]
+    assert options["command"] == ["python train.py"]
     assert options["name"] == "dstack-witty-otter-1234-train-0-0"
     assert options["environment"] == {"DSTACK_RUN": "witty-otter-1234"}
     assert options["working_dir"] == "/workflow"
@@ -221,3 +241,24 @@ def test_other_refusals() -> None:
         "Bad Request", response=SimpleNamespace(status_code=400), explanation="invalid device request")
     with pytest.raises(RuntimeErrorInContainer, match="invalid device request"):
         runtime.start(spec(gpu_ids=["0"]))
+
+
+# ----------------------------------------------------------------------------- no commands
+
+
+def test_no_commands_run_the_image_s_own_entrypoint_and_cmd() -> None:
+    runtime = make_runtime()
+    runtime._client.images.configs["app:1"] = {"Entrypoint": ["/app/run"], "Cmd": ["--port", "80 81"]}  # type: ignore
+    options = created(runtime, spec(image="app:1", script=""))
+    assert options["command"] == ["/app/run --port '80 81'"]
+
+
+@pytest.mark.parametrize("configs, message", [
+    ({}, "image 'app:1' is not present on this worker"),
+    ({"app:1": {"Entrypoint": None, "Cmd": None}}, "image 'app:1' has no command of its own"),
+])
+def test_no_commands_and_no_image_command(configs: Dict[str, Any], message: str) -> None:
+    runtime = make_runtime()
+    runtime._client.images.configs.update(configs)  # type: ignore[attr-defined]
+    with pytest.raises(DstackError, match=message):
+        runtime.start(spec(image="app:1", script=""))

@@ -10,20 +10,24 @@ from dstack.providers.common import BuiltinProvider
 
 class DockerProvider(BuiltinProvider):
     name = "docker"
-    summary = "Run a command in an image of your choice: `dstack run docker IMAGE COMMAND [ARGS...]`."
+    summary = ("Run a command in an image of your choice: `dstack run docker IMAGE [COMMAND [ARGS...]]` "
+               "(without a command, the image's own).")
 
     def create_jobs(self) -> List[Job]:
-        return [self.job(self.data["image"], self.data["commands"], ports=[0] * self.data.get("ports", 0))]
+        return [self.job(self.data["image"], self.data.get("commands", []), ports=[0] * self.data.get("ports", 0))]
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-p", "--ports", type=int, metavar="COUNT", help="how many ports the job opens")
         parser.add_argument("image", help="the Docker image (it must be on the worker)")
-        parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+        parser.add_argument("command", nargs=argparse.REMAINDER,
+                            help="the command and its arguments (default: the image's own)")
 
     @classmethod
     def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
-        data: Dict[str, Any] = {"image": args.image, "commands": [shlex.join(args.command)] if args.command else []}
+        data: Dict[str, Any] = {"image": args.image}
+        if args.command:
+            data["commands"] = [shlex.join(args.command)]
         if args.ports is not None:
             data["ports"] = args.ports
         return data
