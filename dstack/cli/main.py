@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import click
 from rich.console import Console
@@ -19,7 +19,7 @@ from dstack.cli.render import print_runs, print_workers
 from dstack import builtin_providers
 from dstack.errors import ConfigError, DstackError
 from dstack.messages import (DeleteSecret, GetRuns, GetSecrets, GetTags, GetWorkers, RestartRun, SetSecret, StopRun,
-                             SubmitRun, TagRun, UntagRun)
+                             SubmitRun, TagRun, UntagRun, WorkflowSpec)
 from dstack.names import artifact_key, manifests_prefix, new_run_name
 from dstack.planning import parse_overrides, plan_builtin_run, plan_run
 from dstack.project import find_root, load_project
@@ -99,20 +99,7 @@ def run(context: Context, workflow: str, args: Tuple[str, ...], detach: bool) ->
     -d goes before WORKFLOW, or at the end of a workflow's variables. Exits 0 when the run is done,
     1 when it failed or was stopped. Ctrl-C stops following, not the run.
     """
-    cwd = Path.cwd()
-    root = find_root(cwd, required=False)
-    project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
-    if project is not None and workflow in project.workflows or not builtin_providers.is_builtin(workflow):
-        if project is None:
-            raise ConfigError(f"no .dstack/workflows.yaml in {cwd} or above it, and '{workflow}' is not a built-in "
-                              f"provider ({', '.join(builtin_providers.names())}); run dstack inside a project, "
-                              "or a built-in provider, e.g. `dstack run python train.py`")
-        variables = [a for a in args if a not in ("-d", "--detach")]
-        detach = detach or len(variables) < len(args)
-        workflows = plan_run(project, workflow, parse_overrides(variables))
-    else:
-        root = root or cwd
-        workflows = plan_builtin_run(workflow, args, working_dir=cwd.relative_to(root).as_posix())
+    root, workflows, detached = _plan(workflow, list(args))
     with context.rpc() as rpc:  # reaching the broker before uploading anything
         snapshot_id, files, uploaded = upload_snapshot(root, context.storage)
         run_name = new_run_name()
@@ -120,8 +107,29 @@ def run(context: Context, workflow: str, args: Tuple[str, ...], detach: bool) ->
                            submitted_at=time.time(), project=str(root)))
         err.print(f"[dim]snapshot: {files} files, {uploaded} uploaded[/]")
         out.print(run_name)
-        if not detach:
+        if not (detach or detached):
             _follow_to_end(context, rpc, run_name)
+
+
+def _plan(name: str, args: List[str]) -> Tuple[Path, List[WorkflowSpec], bool]:
+    """What ``dstack run NAME ARGS`` submits: the project root, the workflows, and whether ARGS asked to
+    detach. NAME is a workflow of the project in the current folder if it has one, else a built-in provider.
+
+    Raises:
+        ConfigError: neither, or the project or ARGS are wrong.
+    """
+    cwd = Path.cwd()
+    root = find_root(cwd, required=False)
+    project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
+    if builtin_providers.is_builtin(name) and (project is None or name not in project.workflows):
+        root = root or cwd
+        return root, plan_builtin_run(name, args, working_dir=cwd.relative_to(root).as_posix()), False
+    if project is None:
+        raise ConfigError(f"no .dstack/workflows.yaml in {cwd} or above it, and '{name}' is not a built-in provider "
+                          f"({', '.join(builtin_providers.names())}); run dstack inside a project, or a built-in "
+                          "provider, e.g. `dstack run python train.py`")
+    variables = [a for a in args if a not in ("-d", "--detach")]  # -d may follow a workflow's variables
+    return project.root, plan_run(project, name, parse_overrides(variables)), len(variables) < len(args)
 
 
 @cli.command()
