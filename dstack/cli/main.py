@@ -128,6 +128,7 @@ def _plan(name: str, args: List[str]) -> Tuple[Path, List[WorkflowSpec], bool]:
         raise ConfigError(f"no .dstack/workflows.yaml in {cwd} or above it, and '{name}' is not a built-in provider "
                           f"({', '.join(builtin_providers.names())}); run dstack inside a project, or a built-in "
                           "provider, e.g. `dstack run python train.py`")
+    project.workflow(name)  # an unknown name is told as such, before its arguments
     variables = [a for a in args if a not in ("-d", "--detach")]  # -d may follow a workflow's variables
     return project.root, plan_run(project, name, parse_overrides(variables)), len(variables) < len(args)
 

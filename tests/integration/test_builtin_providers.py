@@ -333,6 +333,9 @@ def test_provider_help_and_unknown_names(cluster: Cluster, tmp_path: Path) -> No
     assert "--requirements" in helped.stdout and "--gpu" in helped.stdout
     assert unknown.returncode == 1
     assert "'pyton' is not a built-in provider (bash, curl, docker, python, tensorboard, torchrun)" in unknown.stderr
+    project = write_project(tmp_path / "project", {".dstack/workflows.yaml": "workflows: []\n", "x.py": ""})
+    in_project = cluster.dstack("run", "pyton", "x.py", cwd=project)
+    assert in_project.returncode == 1 and "no workflow named 'pyton'" in in_project.stderr  # not its arguments
 
 
 def test_a_project_provider_of_the_same_name_wins(cluster: Cluster, tmp_path: Path) -> None:
