@@ -41,6 +41,12 @@ def make_wheel(folder: Path, name: str, version: str, modules: Dict[str, str]) -
     return wheel
 
 
+def pip_from(folder: Path) -> Dict[str, str]:
+    """A worker's settings that give every container ``folder`` as its only package index."""
+    return {"DSTACK_CONTAINER_MOUNTS": f"{folder}:/wheels:ro",
+            "DSTACK_CONTAINER_ENV": "{PIP_NO_INDEX: 1, PIP_FIND_LINKS: /wheels}"}
+
+
 def wheelhouse(name: str, requirements: Sequence[str], files: Sequence[Path] = ()) -> Path:
     """A package folder with ``files`` (wheels on this machine, hard-linked or copied) and ``requirements``
     with what they need, downloaded by the host's pip (which reaches the package index the machine is

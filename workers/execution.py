@@ -151,6 +151,10 @@ class Execution:
                 "JOB_ATTEMPT": str(self.task.attempt),
                 "PYTHONUNBUFFERED": "1", "JOB_HOSTNAME": self.context.hostname}
 
+    def _mounts(self) -> List[Tuple[str, str, bool]]:
+        """The task's project folder, and what the worker mounts into every container."""
+        return [(str(self.workdir), defaults.CONTAINER_WORKDIR, False), *self.context.container_mounts]
+
     def _labels(self) -> Dict[str, str]:
         return {CONTAINER_LABEL: self.key, WORKER_LABEL: self.context.worker_id}
 
@@ -162,7 +166,7 @@ class Execution:
         """
         task: ProviderTask = self.task
         inside = defaults.CONTAINER_DSTACK_DIR
-        mounts = [(str(self.workdir), defaults.CONTAINER_WORKDIR, False), *self.context.container_mounts]
+        mounts = self._mounts()
         working_dir, commit, provider = defaults.CONTAINER_WORKDIR, None, task.provider
         if task.provider_repo is not None:
             checkout, commit, provider = self.context.provider_repos.resolve(task.provider_repo)
@@ -208,9 +212,8 @@ class Execution:
         return ContainerSpec(
             name=self._container_name, image=job.image,
             script=" && ".join(job.commands), env=env, working_dir=workdir,
-            mounts=[(str(self.workdir), defaults.CONTAINER_WORKDIR, False), *self.context.container_mounts],
-            labels=self._labels(), ports=self.ports, cpu=resources.cpu, memory_mib=resources.memory_mib,
-            shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids)
+            mounts=self._mounts(), labels=self._labels(), ports=self.ports, cpu=resources.cpu,
+            memory_mib=resources.memory_mib, shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids)
 
     # -------------------------------------------------------------- follow to the end
 

@@ -125,6 +125,7 @@ def _show_changes(jobs: Any, statuses: Dict[str, str], err: Optional[Console]) -
             detail = f" (exit code {job['exit_code']})"
         if job.get("reason") and job["status"] in ("failed", "stopped"):
             detail += f": {job['reason']}"
-        if endpoint(job):
-            detail = " at " + endpoint(job)
+        where = endpoint(job)
+        if where:
+            detail = " at " + where
         err.print(f"[dim]{job['job_id']} {job['status']}{detail}[/]", highlight=False)

@@ -133,16 +133,20 @@ class BuiltinProvider(Provider):
             data["working_dir"] = args.working_dir
         if args.before_run:
             data["before_run"] = args.before_run
-        resources = {key: value for key, value in (("cpu", args.cpu), ("memory", args.memory),
-                                                   ("shm_size", args.shm_size)) if value is not None}
-        gpu = {key: value for key, value in (("count", args.gpu), ("name", args.gpu_name),
-                                             ("memory", args.gpu_memory)) if value is not None}
+        resources = given(args, cpu="cpu", memory="memory", shm_size="shm_size")
+        gpu = given(args, count="gpu", name="gpu_name", memory="gpu_memory")
         if gpu:
             resources["gpu"] = gpu if set(gpu) != {"count"} else gpu["count"]
         if resources:
             data["resources"] = resources
         data.update(cls.parameters(args))
         return data
+
+
+def given(args: argparse.Namespace, **options: str) -> Dict[str, Any]:
+    """The parameters whose options were given: ``given(args, count="gpu")`` is ``{"count": args.gpu}``
+    unless ``args.gpu`` is ``None``."""
+    return {name: getattr(args, dest) for name, dest in options.items() if getattr(args, dest) is not None}
 
 
 def add_script_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 
 from tests.services import Cluster, FileServer, run_name_of, wait_for, write_project
-from tests.wheels import make_wheel, wheelhouse
+from tests.wheels import make_wheel, pip_from, wheelhouse
 
 ARGV_SCRIPT = "import json, sys\nprint('argv=' + json.dumps(sys.argv[1:]))\n"
 
@@ -246,8 +246,7 @@ workflows:
 
 def test_tensorboard_url_shown_while_it_runs(fleet: Cluster, tmp_path: Path) -> None:
     wheels = wheelhouse("tensorboard", ["tensorboard"])
-    fleet.start_worker(DSTACK_CONTAINER_MOUNTS=f"{wheels}:/wheels:ro",
-                       DSTACK_CONTAINER_ENV="{PIP_NO_INDEX: 1, PIP_FIND_LINKS: /wheels}")
+    fleet.start_worker(**pip_from(wheels))
     folder = write_project(tmp_path / "plain", {"runs/.keep": ""})
     # followed as a user would: `dstack run` prints the URL when the job runs; Ctrl-C detaches
     cli = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "run", "tensorboard", "runs"], cwd=folder,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.services import Cluster, run_name_of, write_project
-from tests.wheels import wheelhouse
+from tests.wheels import pip_from, wheelhouse
 
 TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 #: What the torch wheel requires (its METADATA); never ``torch`` itself, which pip would fetch as a
@@ -42,8 +42,7 @@ dist.destroy_process_group()
 def test_torchrun_with_pytorch(fleet: Cluster, tmp_path: Path) -> None:
     """A master and a follower join one gloo process group and sum a tensor across the two nodes."""
     wheels = wheelhouse("torch", TORCH_REQUIREMENTS, files=[TORCH_WHEEL])
-    fleet.start_worker(slots=2, DSTACK_CONTAINER_MOUNTS=f"{wheels}:/wheels:ro",
-                       DSTACK_CONTAINER_ENV="{PIP_NO_INDEX: 1, PIP_FIND_LINKS: /wheels}")
+    fleet.start_worker(slots=2, **pip_from(wheels))
     # No GLOO_SOCKET_IFNAME in the workflow's environment: with host networking both containers share
     # the host's network, and gloo binds to the address the hostname resolves to (127.0.0.1 here), or to
     # the loopback address when it resolves to none; either reaches the other node on this machine.

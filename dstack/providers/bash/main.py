@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from dstack.providers.common import ArgumentError, BuiltinProvider, python_image
+from dstack.providers.common import ArgumentError, BuiltinProvider, given, python_image
 
 
 class BashProvider(BuiltinProvider):
@@ -28,7 +28,7 @@ class BashProvider(BuiltinProvider):
         if bool(args.command) == bool(args.script):
             raise ArgumentError("give either -c COMMAND or a SCRIPT, e.g. `dstack run bash -c 'echo hi'`")
         commands = args.command or [shlex.join(["bash", args.script] + args.args)]
-        return {"commands": commands, **({"ports": args.ports} if args.ports is not None else {})}
+        return {"commands": commands, **given(args, ports="ports")}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from dstack.providers.common import BuiltinProvider
+from dstack.providers.common import BuiltinProvider, given
 
 
 class DockerProvider(BuiltinProvider):
@@ -28,9 +28,7 @@ class DockerProvider(BuiltinProvider):
         data: Dict[str, Any] = {"image": args.image}
         if args.command:
             data["commands"] = [shlex.join(args.command)]
-        if args.ports is not None:
-            data["ports"] = args.ports
-        return data
+        return {**data, **given(args, ports="ports")}
 
 
 if __name__ == "__main__":

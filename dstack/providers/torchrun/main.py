@@ -4,8 +4,8 @@ from typing import Any, Dict, List
 
 from dstack import Job
 
-from dstack.providers.common import BuiltinProvider, add_script_arguments, pip_install, python_image, script_command, \
-    script_parameters
+from dstack.providers.common import BuiltinProvider, add_script_arguments, given, pip_install, python_image, \
+    script_command, script_parameters
 
 
 class TorchrunProvider(BuiltinProvider):
@@ -35,7 +35,7 @@ class TorchrunProvider(BuiltinProvider):
 
     @classmethod
     def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
-        return {**script_parameters(args), **({"nodes": args.nodes} if args.nodes is not None else {})}
+        return {**script_parameters(args), **given(args, nodes="nodes")}
 
 
 if __name__ == "__main__":
