@@ -1,0 +1,50 @@
+"""``dstack secrets``: values every job gets as environment variables, kept by the scheduler."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dstack.cli.context import Context, err, pass_context
+from dstack.messages import DeleteSecret, GetSecrets, SetSecret
+
+
+@click.group()
+def secrets() -> None:
+    """Secrets: values every job gets as environment variables, never shown in logs or status."""
+
+
+@secrets.command("set")
+@click.argument("name")
+@pass_context
+def secrets_set(context: Context, name: str) -> None:
+    """Set secret NAME to the value read from standard input (asked for, hidden, on a terminal)."""
+    if sys.stdin.isatty():
+        value = click.prompt(f"Value of {name}", hide_input=True)
+    else:
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
+    if not value:
+        raise click.UsageError("the value is empty; give it on standard input, e.g. `printf %s VALUE | "
+                               f"dstack secrets set {name}`")
+    with context.rpc() as rpc:
+        rpc.call(SetSecret(name=name, value=value))
+    err.print(f"secret {name} set; jobs that start from now on get it")
+
+
+@secrets.command("list")
+@pass_context
+def secrets_list(context: Context) -> None:
+    """The names of the secrets (never their values)."""
+    with context.rpc() as rpc:
+        for item in rpc.call(GetSecrets()):
+            click.echo(item["name"])
+
+
+@secrets.command("delete")
+@click.argument("name")
+@pass_context
+def secrets_delete(context: Context, name: str) -> None:
+    """Delete secret NAME; jobs that start from now on no longer get it."""
+    with context.rpc() as rpc:
+        rpc.call(DeleteSecret(name=name))
