@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 from dstack import defaults, providers
 from dstack.errors import ConfigError
 from dstack.messages import ProviderSpec
-from dstack.project import field_path, schema_problem
+from dstack.located_yaml import field_path, schema_problem
 from dstack.providers.common import ArgumentError, BuiltinProvider
 from sdk.schemas import load_schema
 

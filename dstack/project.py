@@ -6,122 +6,17 @@ field, and saying what to do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
-import jsonschema
-import yaml
-
+from dstack import builtin_providers
 from dstack.errors import ConfigError
+from dstack.located_yaml import LocatedDict, check_against_schema, line_of, load_yaml
 from dstack.messages import ProviderRepo, ProviderSpec, RetryPolicy
 from sdk.retry import Retry, parse_duration_s
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
 SYSTEM_KEYS = ("name", "provider", "depends-on", "depends_on", "retry", "max_duration")
-
-
-class _Located:
-    """Marks a loaded mapping or list with the 1-based line of each key or item."""
-
-    line: int = 0
-    lines: Dict[Union[str, int], int] = {}  # replaced, never mutated
-
-
-class LocatedDict(dict, _Located):
-    pass
-
-
-class LocatedList(list, _Located):
-    pass
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A safe YAML loader that remembers where every key and item was written."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LocatedDict:  # type: ignore[override]
-        mapping = LocatedDict(super().construct_mapping(node, deep=True))
-        mapping.line = node.start_mark.line + 1
-        mapping.lines = {self.construct_object(k): k.start_mark.line + 1 for k, _ in node.value}
-        return mapping
-
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LocatedList:  # type: ignore[override]
-        items = LocatedList(super().construct_sequence(node, deep=True))
-        items.line = node.start_mark.line + 1
-        items.lines = {i: item.start_mark.line + 1 for i, item in enumerate(node.value)}
-        return items
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
-
-
-def load_yaml(path: Path, shown: str) -> Any:
-    """Load ``path`` keeping line numbers; ``shown`` is the name used in errors."""
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 - a SafeLoader
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        detail = "; ".join(str(part) for part in (e.context, e.problem) if part)
-        if e.context_mark and mark and e.context_mark.line != mark.line:
-            detail += f" (the construct opened on line {e.context_mark.line + 1})"
-        raise ConfigError(f"not valid YAML: {detail}; fix the syntax",
-                          file=shown, line=mark.line + 1 if mark else None) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the file: {e}", file=shown) from None
-
-
-def field_path(path: Sequence[Union[str, int]]) -> str:
-    """``("workflows", 0, "name")`` -> ``workflows[0].name``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def line_of(document: Any, path: Sequence[Union[str, int]]) -> Optional[int]:
-    """The line where ``path`` was written, or the closest enclosing line."""
-    line, node = getattr(document, "line", None), document
-    for part in path:
-        if isinstance(node, _Located) and part in node.lines:
-            line = node.lines[part]
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            break
-        line = getattr(node, "line", line) if isinstance(node, _Located) and not node.lines.get(part) else line
-    return line
-
-
-@lru_cache(maxsize=None)
-def _schema(name: str) -> Dict[str, Any]:
-    return yaml.safe_load(resources.files("dstack.schemas").joinpath(f"{name}.yaml").read_text())
-
-
-def schema_problem(instance: Any, schema: Dict[str, Any]) -> Optional[Tuple[List[Union[str, int]], str]]:
-    """The most relevant way ``instance`` breaks ``schema``: where (a path) and what is wrong; ``None`` if it fits."""
-    validator = jsonschema.Draft7Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
-    if error is None:
-        return None
-    path = list(error.absolute_path)
-    if error.validator == "required":
-        missing = next((k for k in error.validator_value if k not in (error.instance or {})), "?")
-        return path + [missing], f"'{missing}' is required here"
-    if error.validator == "additionalProperties":
-        return path, f"{error.message}; remove it or check its spelling"
-    if error.validator == "pattern":
-        return path, f"{error.instance!r} is not in the expected form"
-    return path, error.message
-
-
-def check_against_schema(document: Any, schema_name: str, shown: str) -> None:
-    """Raise a :class:`ConfigError` for the most relevant way ``document`` breaks the schema."""
-    problem = schema_problem(document, _schema(schema_name))
-    if problem is not None:
-        path, message = problem
-        raise ConfigError(message, file=shown, line=line_of(document, path), field=field_path(path) or None)
 
 
 @dataclass
@@ -157,8 +52,6 @@ class Project:
             ConfigError: no such workflow; the message lists the known ones.
         """
         if name not in self.workflows:
-            from dstack import builtin_providers
-
             known = ", ".join(sorted(self.workflows)) or "none"
             raise ConfigError(f"no workflow named '{name}' (known workflows: {known}; built-in providers, "
                               f"run as `dstack run PROVIDER ARGS`: {', '.join(builtin_providers.names())})",
@@ -172,8 +65,6 @@ class Project:
         Raises:
             ConfigError: unknown provider; the message lists the known ones.
         """
-        from dstack import builtin_providers
-
         if isinstance(workflow.provider, dict):
             return ProviderRepo(url=workflow.provider["repo"], name=workflow.provider["name"])
         if workflow.provider in self.providers:

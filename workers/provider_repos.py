@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 from dstack.errors import ConfigError, DstackError
 from dstack.messages import ProviderRepo, ProviderSpec
-from dstack.project import check_against_schema, load_yaml
+from dstack.located_yaml import check_against_schema, load_yaml
 
 #: Seconds a git command may take.
 GIT_TIMEOUT = 120

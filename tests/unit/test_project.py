@@ -8,7 +8,8 @@ import pytest
 
 from dstack.errors import ConfigError
 from dstack.messages import ProviderRepo, ProviderSpec
-from dstack.project import SYSTEM_KEYS, Project, Workflow, field_path, find_root, load_project
+from dstack.located_yaml import field_path
+from dstack.project import SYSTEM_KEYS, Project, Workflow, find_root, load_project
 
 WORKFLOWS = """\
 workflows:
