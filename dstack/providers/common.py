@@ -127,12 +127,7 @@ class BuiltinProvider(Provider):
             if not eq or not name:
                 raise ArgumentError(f"--env {item!r}: write NAME=VALUE")
             data.setdefault("environment", {})[name] = value
-        if args.artifact:
-            data["artifacts"] = args.artifact
-        if args.working_dir:
-            data["working_dir"] = args.working_dir
-        if args.before_run:
-            data["before_run"] = args.before_run
+        data.update(nonempty(args, artifacts="artifact", working_dir="working_dir", before_run="before_run"))
         resources = given(args, cpu="cpu", memory="memory", shm_size="shm_size")
         gpu = given(args, count="gpu", name="gpu_name", memory="gpu_memory")
         if gpu:
@@ -143,10 +138,16 @@ class BuiltinProvider(Provider):
         return data
 
 
-def given(args: argparse.Namespace, **options: str) -> Dict[str, Any]:
+def given(args: argparse.Namespace, /, **options: str) -> Dict[str, Any]:
     """The parameters whose options were given: ``given(args, count="gpu")`` is ``{"count": args.gpu}``
     unless ``args.gpu`` is ``None``."""
     return {name: getattr(args, dest) for name, dest in options.items() if getattr(args, dest) is not None}
+
+
+def nonempty(args: argparse.Namespace, /, **options: str) -> Dict[str, Any]:
+    """The parameters whose options have a value that is not empty: ``nonempty(args, artifacts="artifact")``
+    is ``{"artifacts": args.artifact}`` unless no ``-a`` was given (a repeatable option's ``[]``)."""
+    return {name: getattr(args, dest) for name, dest in options.items() if getattr(args, dest)}
 
 
 def add_script_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,11 +160,4 @@ def add_script_arguments(parser: argparse.ArgumentParser) -> None:
 
 def script_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     """The parameters read by :func:`add_script_arguments`."""
-    data: Dict[str, Any] = {"file": args.file}
-    if args.args:
-        data["args"] = args.args
-    if args.requirements:
-        data["requirements"] = args.requirements
-    if args.version:
-        data["version"] = args.version
-    return data
+    return {"file": args.file, **nonempty(args, args="args", requirements="requirements", version="version")}
