@@ -13,7 +13,7 @@ import os
 from typing import Any, Dict, Tuple
 from urllib.parse import unquote
 
-__all__ = ["load_document", "load_schema"]
+__all__ = ["load_document", "load_schema", "resolve_pointer"]
 
 
 def load_document(path: str) -> Any:
@@ -66,19 +66,33 @@ def _inline(node: Any, path: str, root: str, cache: Dict[str, Any], following: T
         key = f"{target_path}#{pointer}"
         if key in following:
             raise ValueError(f"$ref {ref!r} in {path} refers back to itself")
-        target = _pointer(_load_cached(target_path, cache), pointer, ref, path)
+        try:
+            target = resolve_pointer(_load_cached(target_path, cache), pointer)
+        except LookupError as e:
+            raise ValueError(f"cannot resolve $ref {ref!r} in {path}: {e}") from None
         inlined = _inline(target, target_path, root, cache, following + (key,))
         siblings = {k: _inline(v, path, root, cache, following) for k, v in node.items() if k != "$ref"}
         return {**inlined, **siblings} if isinstance(inlined, dict) else inlined
     return {k: _inline(v, path, root, cache, following) for k, v in node.items()}
 
 
-def _pointer(document: Any, pointer: str, ref: str, path: str) -> Any:
+def resolve_pointer(document: Any, pointer: str) -> Any:
+    """The node of ``document`` at JSON pointer ``pointer`` (RFC 6901, percent-encoded as in a URI fragment):
+    ``""`` is the whole document, ``"/definitions/a~1b"`` the key ``a/b`` of ``definitions``, ``"/list/0"``
+    the first item of ``list``.
+
+    Raises:
+        LookupError: there is no such node, or ``pointer`` does not start with ``/``; the message says which.
+    """
+    if not pointer:
+        return document
+    if not pointer.startswith("/"):
+        raise LookupError(f"{pointer!r} is not a JSON pointer: write '/' and the keys, e.g. '/definitions/x'")
     node = document
-    for token in unquote(pointer).lstrip("/").split("/") if pointer.strip("/") else []:
-        token = token.replace("~1", "/").replace("~0", "~")
+    for token in unquote(pointer)[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")  # in this order
         try:
             node = node[int(token)] if isinstance(node, list) else node[token]
         except (KeyError, IndexError, ValueError, TypeError):
-            raise ValueError(f"cannot resolve $ref {ref!r} in {path}: no {token!r} there") from None
+            raise LookupError(f"no {token!r} there") from None
     return node

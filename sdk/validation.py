@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
-from urllib.parse import unquote
+
+from sdk.schemas import resolve_pointer
 
 __all__ = ["SchemaError", "SchemaViolation", "iter_violations", "validate"]
 
@@ -175,14 +176,10 @@ class _Validator:
         """Follow a local reference: ``#`` is the root, ``#/a/b`` a JSON pointer."""
         if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
             raise SchemaError(f"unsupported $ref {ref!r}: only local ones like '#/definitions/x'")
-        node = self.root
-        for token in unquote(ref[2:]).split("/") if ref != "#" else []:
-            token = token.replace("~1", "/").replace("~0", "~")  # in this order
-            try:
-                node = node[int(token)] if isinstance(node, list) else node[token]
-            except (KeyError, IndexError, ValueError, TypeError):
-                raise SchemaError(f"cannot resolve $ref {ref!r}") from None
-        return node
+        try:
+            return resolve_pointer(self.root, ref[1:])
+        except LookupError:
+            raise SchemaError(f"cannot resolve $ref {ref!r}") from None
 
     # -- any type -------------------------------------------------------------
     def _type(self, types: Any, instance: Any, schema: Dict, path: Path):

@@ -22,7 +22,7 @@ import yaml
 from dstack import providers
 from dstack import builtin_providers
 from dstack.providers.common import BuiltinProvider
-from sdk.schemas import load_document
+from sdk.schemas import load_document, resolve_pointer
 
 #: Where the pages go: ``docs/providers`` of the repository that holds the ``providers`` package.
 DOCS_DIR = providers.FOLDER.parent.parent / "docs" / "providers"
@@ -210,15 +210,17 @@ def _common_options() -> List[str]:
 
 
 def _resolve(node: Any, root: Dict[str, Any]) -> Dict[str, Any]:
-    """``node`` with a local ``$ref`` (``#/definitions/x``) followed; other keys beside it win."""
+    """``node`` with a local ``$ref`` (``#/definitions/x``) followed; other keys beside it win.
+
+    Raises:
+        LookupError: the reference leads nowhere.
+    """
     if not isinstance(node, dict):
         return {}
     ref = node.get("$ref")
     if not (isinstance(ref, str) and ref.startswith("#")):
         return node
-    target: Any = root
-    for token in ref[1:].strip("/").split("/") if ref.strip("#/") else []:
-        target = target.get(token.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
+    target = resolve_pointer(root, ref[1:])
     siblings = {k: v for k, v in node.items() if k != "$ref"}
     return {**_resolve(target, root), **siblings}
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.schemas import load_schema
+from sdk.schemas import load_schema, resolve_pointer
 from sdk.validation import SchemaError, validate
 
 
@@ -50,3 +50,15 @@ def test_a_reference_that_cannot_be_followed_is_named(tmp_path: Path) -> None:
     write(tmp_path / "loop2.yaml", "b: {$ref: 'loop.yaml#/a'}\n")
     with pytest.raises(ValueError, match="refers back to itself"):
         load_schema(str(loop))
+
+
+def test_json_pointers_follow_rfc_6901_as_jsonschema_does() -> None:
+    document = {"": "empty key", "a/b": {"c~d": ["first", "second"]}, "e f": 1}
+    assert resolve_pointer(document, "") is document
+    assert resolve_pointer(document, "/") == "empty key"
+    assert resolve_pointer(document, "/a~1b/c~0d/1") == "second"
+    assert resolve_pointer(document, "/e%20f") == 1
+    with pytest.raises(LookupError, match="no 'x' there"):
+        resolve_pointer(document, "/a~1b/x")
+    with pytest.raises(LookupError, match="is not a JSON pointer"):
+        resolve_pointer(document, "definitions/x")
