@@ -18,7 +18,7 @@ from dstack.errors import ConfigError
 from dstack.messages import ProviderSpec
 from dstack.located_yaml import field_path, schema_problem
 from dstack.providers.common import ArgumentError, BuiltinProvider
-from sdk.schemas import load_schema
+from dstack.sdk.schemas import load_schema
 
 #: Where the built-in providers are in a provider's container: in the SDK bundle (``workers/sdk_bundle.py``).
 CONTAINER_PROVIDERS_DIR = f"{defaults.CONTAINER_DSTACK_DIR}/sdk/site/dstack/providers"

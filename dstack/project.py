@@ -13,7 +13,7 @@ from dstack import builtin_providers
 from dstack.errors import ConfigError
 from dstack.located_yaml import LocatedDict, check_against_schema, line_of, load_yaml
 from dstack.messages import ProviderRepo, ProviderSpec, RetryPolicy
-from sdk.retry import Retry, parse_duration_s
+from dstack.sdk.retry import Retry, parse_duration_s
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
 SYSTEM_KEYS = ("name", "provider", "depends-on", "depends_on", "retry", "max_duration")

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Tuple
 from dstack.messages import (ArtifactRef, Endpoint, JobSpec, JobTask, ProviderRepo, ProviderSpec, ProviderTask,
                              QueueOpened, Resources, RetryPolicy, StopTask, encode, from_dict)
 from dstack.names import DEFAULT_TASK_QUEUE, job_id as make_job_id, task_queue, worker_queue
-from scheduler.model import Kind, RunRecord, Status, TaskRecord
-from scheduler.store import StateStore
+from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.scheduler.store import StateStore
 
 #: Dramatiq actor names, on the worker side.
 TASK_ACTOR = "run_task"

@@ -14,8 +14,8 @@ from dstack.messages import from_payload, pack, unpack
 from dstack.names import EVENTS_QUEUE, UPDATES_EXCHANGE
 from dstack.rpc import RpcServer
 from dstack.settings import Settings
-from scheduler.service import Scheduler
-from scheduler.store import SqliteStateStore
+from dstack.scheduler.service import Scheduler
+from dstack.scheduler.store import SqliteStateStore
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dstack.messages import (ArtifactRef, ClaimTask, DeleteSecret, GetRuns, GetS
                              TaskFinished, TaskStarted, UntagRun, WorkerLeaving, WorkerReport, WorkflowSpec, from_dict)
 from dstack.names import is_valid_name, provider_task_id
 from dstack.placement import describe_needs, fits
-from scheduler.flow import TaskFlow
-from scheduler.model import Kind, RunRecord, Status, TaskRecord
-from scheduler.store import StateStore
+from dstack.scheduler.flow import TaskFlow
+from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.scheduler.store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from dstack.errors import DstackError
-from scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
 
 
 class StateStore(abc.ABC):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
-from sdk.app import App
-from sdk.resources import ResourceRequirements
-from sdk.retry import Retry, parse_duration_s
+from .app import App
+from .resources import ResourceRequirements
+from .retry import Retry, parse_duration_s
 
 
 class Job:

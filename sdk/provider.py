@@ -12,10 +12,10 @@ import os
 import sys
 from typing import Any, List, NoReturn, Optional
 
-from sdk.job import Job, jobs_to_dicts
-from sdk.schemas import load_schema
-from sdk.validation import SchemaError, validate
-from sdk.workflow import Workflow
+from .job import Job, jobs_to_dicts
+from .schemas import load_schema
+from .validation import SchemaError, validate
+from .workflow import Workflow
 
 #: Environment variable naming the folder where the provider writes its result.
 OUTPUT_DIR_ENV = "DSTACK_PROVIDER_OUTPUT"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from sdk.schemas import resolve_pointer
+from .schemas import resolve_pointer
 
 __all__ = ["SchemaError", "SchemaViolation", "iter_violations", "validate"]
 

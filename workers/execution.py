@@ -24,9 +24,9 @@ from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.storage import Storage
 from dstack.storage.retry import with_retries
-from workers.ports import PortPool
-from workers.provider_repos import ProviderRepos
-from workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
+from dstack.workers.ports import PortPool
+from dstack.workers.provider_repos import ProviderRepos
+from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
 log = logging.getLogger(__name__)
 

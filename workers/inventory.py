@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from dstack.errors import ConfigError
 from dstack.messages import GpuInfo, Inventory
-from sdk.resources import parse_size_mib
+from dstack.sdk.resources import parse_size_mib
 
 log = logging.getLogger(__name__)
 

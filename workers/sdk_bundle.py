@@ -2,8 +2,8 @@
 
 A folder mounted read-only into provider containers and named by ``PYTHONUSERBASE``:
 Python adds ``$PYTHONUSERBASE/lib/pythonX.Y/site-packages`` to ``sys.path`` whatever
-``PYTHONPATH`` the provider's commands set. It holds the ``sdk`` package, a ``dstack``
-package that re-exports it, pure-Python PyYAML for reading schemas, and the built-in providers
+``PYTHONPATH`` the provider's commands set. It holds a ``dstack`` package with the SDK
+(``dstack.sdk``), re-exported by its ``__init__``, pure-Python PyYAML for reading schemas, and the built-in providers
 (``dstack.providers``), which run from there. A ``src/dstack/``
 folder without ``__init__.py`` in the project does not hide it: a regular package wins over
 a namespace folder.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import sdk
+import dstack.sdk
 import yaml
 
 from dstack import providers
@@ -22,8 +22,8 @@ from dstack import providers
 PYTHON_VERSIONS = [f"3.{minor}" for minor in range(8, 16)]
 
 _DSTACK_INIT = '''"""dstack's provider SDK (see the ``sdk`` package)."""
-from sdk import *  # noqa: F401,F403
-from sdk import __all__  # noqa: F401
+from dstack.sdk import *  # noqa: F401,F403
+from dstack.sdk import __all__  # noqa: F401
 '''
 
 

@@ -21,16 +21,16 @@ from dstack.placement import describe_inventory
 from dstack.rpc import RpcClient
 from dstack.settings import Settings
 from dstack.storage import open_storage
-from workers.capacity import Capacity
-from workers.execution import TASK_FILE, Execution, WorkerContext
-from workers.events import EventSender
-from workers.intake import TaskIntake
-from workers.inventory import worker_inventory
-from workers.ports import PortPool
-from workers.provider_repos import ProviderRepos
-from workers.reporter import Reporter
-from workers.runtime import DockerRuntime
-from workers.sdk_bundle import build_sdk_bundle
+from dstack.workers.capacity import Capacity
+from dstack.workers.execution import TASK_FILE, Execution, WorkerContext
+from dstack.workers.events import EventSender
+from dstack.workers.intake import TaskIntake
+from dstack.workers.inventory import worker_inventory
+from dstack.workers.ports import PortPool
+from dstack.workers.provider_repos import ProviderRepos
+from dstack.workers.reporter import Reporter
+from dstack.workers.runtime import DockerRuntime
+from dstack.workers.sdk_bundle import build_sdk_bundle
 
 log = logging.getLogger(__name__)
 

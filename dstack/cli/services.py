@@ -28,7 +28,7 @@ def _serve(service: Any) -> None:
 @pass_context
 def scheduler(context: Context) -> None:
     """Run the scheduler (one per broker): it owns the state of runs and jobs."""
-    from scheduler.main import SchedulerService
+    from dstack.scheduler.main import SchedulerService
 
     _serve(SchedulerService(context.settings))
 
@@ -43,7 +43,7 @@ def scheduler(context: Context) -> None:
 def worker(context: Context, slots: Optional[int], resources: Optional[str]) -> None:
     """Run a worker: it takes the tasks that fit what it has free and runs them in Docker containers."""
     from dstack.settings import with_overrides, yaml_mapping
-    from workers.service import Worker
+    from dstack.workers.service import Worker
 
     settings = context.settings
     if slots:

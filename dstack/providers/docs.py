@@ -22,7 +22,7 @@ import yaml
 from dstack import providers
 from dstack import builtin_providers
 from dstack.providers.common import BuiltinProvider
-from sdk.schemas import load_document, resolve_pointer
+from dstack.sdk.schemas import load_document, resolve_pointer
 
 #: Where the pages go: ``docs/providers`` of the repository that holds the ``providers`` package.
 DOCS_DIR = providers.FOLDER.parent.parent / "docs" / "providers"

@@ -9,7 +9,7 @@ from typing import List
 
 
 from dstack.messages import Allocation, GpuInfo, Inventory, Resources
-from workers.capacity import Capacity
+from dstack.workers.capacity import Capacity
 
 GB = 1024  # MiB
 
@@ -291,7 +291,7 @@ def test_many_threads_never_overcommit() -> None:
 
 
 def test_port_pool_never_hands_out_a_port_twice_until_given_back() -> None:
-    from workers.ports import PortPool
+    from dstack.workers.ports import PortPool
 
     pool = PortPool()
     first = pool.take(50)

@@ -12,8 +12,8 @@ import pytest
 from dstack.errors import ConfigError
 from dstack.settings import load_settings, yaml_mapping
 from dstack.messages import GpuInfo, Inventory
-from workers import inventory
-from workers.inventory import (
+from dstack.workers import inventory
+from dstack.workers.inventory import (
     NVIDIA_SMI,
     detect_cpus,
     detect_gpus,
@@ -106,7 +106,7 @@ def test_detect_gpus_without_nvidia_smi_is_quietly_empty(caplog: pytest.LogCaptu
 
 
 def test_detect_gpus_with_a_failing_driver_warns_with_its_message(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="workers.inventory"):
+    with caplog.at_level(logging.WARNING, logger="dstack.workers.inventory"):
         assert detect_gpus(FakeRun(returncode=9, stdout=NO_DRIVER)) == []
     assert "exit 9" in caplog.text
     assert "couldn't communicate with the NVIDIA driver" in caplog.text
@@ -118,7 +118,7 @@ def test_detect_gpus_with_a_failing_driver_warns_with_its_message(caplog: pytest
     FakeRun(stdout=smi_output("gb10-memory-na.csv")),
 ])
 def test_detect_gpus_that_cannot_be_read_warns(run: FakeRun, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="workers.inventory"):
+    with caplog.at_level(logging.WARNING, logger="dstack.workers.inventory"):
         assert detect_gpus(run) == []
     assert "no GPUs" in caplog.text
 

@@ -14,8 +14,8 @@ from dstack.errors import ConfigError
 from dstack.messages import JobSpec, RetryPolicy, TaskFinished, WorkflowSpec, decode, encode, from_dict
 from dstack.planning import plan_run
 from dstack.project import SYSTEM_KEYS, Project, load_project
-from sdk.job import Job, jobs_to_dicts
-from sdk.retry import Retry, parse_duration_s
+from dstack.sdk.job import Job, jobs_to_dicts
+from dstack.sdk.retry import Retry, parse_duration_s
 
 PROVIDERS = """\
 providers:

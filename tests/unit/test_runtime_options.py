@@ -10,7 +10,7 @@ import docker.types
 import pytest
 
 from dstack.errors import DstackError, ImageNotFound, RuntimeErrorInContainer
-from workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContainer, DockerRuntime
+from dstack.workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContainer, DockerRuntime
 
 
 class FakeContainer:

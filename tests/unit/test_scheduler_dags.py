@@ -15,8 +15,8 @@ from dstack.messages import (ArtifactRef, Endpoint, GetRuns, GetTags, JobSpec, J
                              ProviderTask, RestartRun, StopRun, StopTask, SubmitRun, TagRef, TagRun, TaskFinished,
                              TaskStarted, UntagRun, WorkflowSpec)
 from dstack.names import worker_queue
-from scheduler.flow import CONTROL_ACTOR
-from scheduler.model import Kind, Status
+from dstack.scheduler.flow import CONTROL_ACTOR
+from dstack.scheduler.model import Kind, Status
 from test_scheduler_logic import PROVIDER, RUN, Harness, spec
 
 VARIABLES = {"epochs": 3, "lr": 0.01}

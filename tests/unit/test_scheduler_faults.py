@@ -12,13 +12,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
-import scheduler.flow as flow_module
-import scheduler.service as service_module
+import dstack.scheduler.flow as flow_module
+import dstack.scheduler.service as service_module
 from dstack.messages import (Allocation, Endpoint, GetRuns, GpuInfo, Inventory, JobSpec, Resources,
                              RestartRun, RetryPolicy, StopRun, StopTask, SubmitRun, TaskFinished,
                              TaskStarted, WorkerReport, WorkflowSpec)
-from scheduler.flow import CONTROL_ACTOR, MAX_BACKOFF_S
-from scheduler.model import Status
+from dstack.scheduler.flow import CONTROL_ACTOR, MAX_BACKOFF_S
+from dstack.scheduler.model import Status
 from tests.unit.test_scheduler_logic import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
 
 T0 = 1_700_000_000.0

@@ -14,10 +14,10 @@ from dstack.errors import RequestRejected
 from dstack.messages import (ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, ProviderSpec, ProviderTask, StopRun,
                              StopTask, SubmitRun, TaskFinished, TaskStarted, WorkflowSpec, from_payload, unpack)
 from dstack.names import task_queue, worker_queue
-from scheduler.model import Kind, RunRecord, Status, TaskRecord
-from scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
-from scheduler.service import Scheduler
-from scheduler.store import SqliteStateStore
+from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
+from dstack.scheduler.service import Scheduler
+from dstack.scheduler.store import SqliteStateStore
 
 PROVIDER = ProviderSpec(name="graph", image="python:3.11-slim", commands=["python3 providers/graph/main.py"])
 RUN = "witty-otter-1234"
@@ -665,7 +665,7 @@ def test_state_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_app_has_a_url_only_while_its_job_runs() -> None:
-    from scheduler.model import Kind, Status, TaskRecord
+    from dstack.scheduler.model import Kind, Status, TaskRecord
 
     app = {"name": "lab", "port_index": 1, "url_path": "/lab", "url_query_params": {"token": "a b"}}
     task = TaskRecord(run_name="r", task_id="w.0", kind=Kind.JOB, workflow="w", status=Status.RUNNING,

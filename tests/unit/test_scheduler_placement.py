@@ -12,8 +12,8 @@ import pytest
 from dstack.messages import (Allocation, GetRuns, GetWorkers, GpuInfo, Inventory, JobTask, QueueOpened, Resources,
                              StopRun, WorkerLeaving, WorkerReport)
 from dstack.names import DEFAULT_TASK_QUEUE, worker_queue
-from scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
-from scheduler.store import SqliteStateStore
+from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
+from dstack.scheduler.store import SqliteStateStore
 from tests.unit.test_scheduler_logic import PROVIDER_TASK, RUN, Harness, spec
 
 A100 = Resources(gpu_count=1, gpu_name="A100")

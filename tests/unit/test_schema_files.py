@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sdk.schemas import load_schema, resolve_pointer
-from sdk.validation import SchemaError, validate
+from dstack.sdk.schemas import load_schema, resolve_pointer
+from dstack.sdk.validation import SchemaError, validate
 
 
 def write(path: Path, text: str) -> Path:

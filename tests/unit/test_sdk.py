@@ -12,11 +12,11 @@ from typing import Any, Dict
 import pytest
 
 import dstack
-from sdk import GPU, Job, Provider, ResourceRequirements, Workflow
-from sdk.job import jobs_to_dicts
-from sdk.provider import INVALID_EXIT_CODE, OUTPUT_DIR_ENV
-from sdk.resources import parse_size_mib
-from sdk.workflow import WORKFLOW_FILE_ENV
+from dstack.sdk import GPU, Job, Provider, ResourceRequirements, Workflow
+from dstack.sdk.job import jobs_to_dicts
+from dstack.sdk.provider import INVALID_EXIT_CODE, OUTPUT_DIR_ENV
+from dstack.sdk.resources import parse_size_mib
+from dstack.sdk.workflow import WORKFLOW_FILE_ENV
 
 
 def test_dstack_reexports_the_sdk() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import sdk
+import dstack.sdk
 
-SDK_FILES = sorted(Path(sdk.__file__).parent.glob("*.py"))
+SDK_FILES = sorted(Path(dstack.sdk.__file__).parent.glob("*.py"))
 
 
 @pytest.mark.parametrize("path", SDK_FILES, ids=lambda p: p.name)
@@ -19,7 +19,7 @@ def test_sdk_parses_as_python_38(path: Path) -> None:
 
 @pytest.mark.parametrize("path", SDK_FILES, ids=lambda p: p.name)
 def test_sdk_imports_only_the_standard_library(path: Path) -> None:
-    allowed = set(sys.stdlib_module_names) | {"sdk", "yaml"}  # yaml: optional, shipped into containers
+    allowed = set(sys.stdlib_module_names) | {"yaml"}  # yaml: optional, shipped into containers
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

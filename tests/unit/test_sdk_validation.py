@@ -7,8 +7,8 @@ import doctest
 import jsonschema
 import pytest
 
-import sdk.validation
-from sdk.validation import SchemaError, SchemaViolation, iter_violations, validate
+import dstack.sdk.validation
+from dstack.sdk.validation import SchemaError, SchemaViolation, iter_violations, validate
 
 
 def violations(instance, schema):
@@ -77,7 +77,7 @@ def test_iteration_order_is_deterministic_sorted_keys():
 
 
 def test_doctest_in_module_docstring():
-    assert doctest.testmod(sdk.validation).failed == 0
+    assert doctest.testmod(dstack.sdk.validation).failed == 0
 
 
 # -- type, enum, const --------------------------------------------------------------
