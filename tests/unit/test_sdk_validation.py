@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 
 import jsonschema
@@ -43,7 +44,7 @@ def test_str_names_field_or_root():
 
 def test_violation_is_frozen_and_hashable():
     v = SchemaViolation(("a",), "type", "m")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         v.rule = "other"  # type: ignore[misc]
     assert {v, SchemaViolation(("a",), "type", "m")} == {v}
 
@@ -189,6 +190,15 @@ def test_min_max_properties():
     assert is_valid([], {"minProperties": 1})
 
 
+def test_dependencies_names_what_is_missing():
+    schema = {"dependencies": {"port": ["host"], "tls": {"required": ["cert"]}}}
+    assert is_valid({}, schema) and is_valid({"host": "h"}, schema) and is_valid(["port"], schema)
+    [v] = violations({"port": 80}, schema)
+    assert str(v) == "field 'host': 'host' is required when 'port' is given (rule: dependencies)"
+    [v] = violations({"tls": True}, schema)
+    assert (v.field, v.rule) == ("cert", "required")
+
+
 # -- arrays -------------------------------------------------------------------------
 
 
@@ -247,8 +257,14 @@ def test_pattern_is_a_search():
         validate("a", {"pattern": "("})
 
 
-def test_format_and_unknown_keywords_are_ignored():
+def test_format_and_notes_are_ignored():
     assert is_valid("not an email", {"format": "email", "default": 3, "x-whatever": {}, "title": "T"})
+
+
+def test_unknown_keyword_is_refused_before_iterating():
+    with pytest.raises(SchemaError, match="^keyword 'whatever' at the top level is not supported") as info:
+        iter_violations("x", {"type": "string", "whatever": 2})
+    assert info.value.violations == []
 
 
 def test_numeric_ranges():
@@ -262,8 +278,11 @@ def test_numeric_ranges():
 
 def test_multiple_of():
     assert is_valid(10, {"multipleOf": 5}) and rules(7, {"multipleOf": 5}) == ["multipleOf"]
-    assert is_valid(0.3, {"multipleOf": 0.1}) and is_valid(4.5, {"multipleOf": 1.5})
+    assert is_valid(0.5, {"multipleOf": 0.1}) and is_valid(4.5, {"multipleOf": 1.5})
     assert rules(0.35, {"multipleOf": 0.1}) == ["multipleOf"]
+    # in floating point, as jsonschema (the CLI) decides: 0.3 / 0.1 == 2.9999999999999996
+    assert rules(0.3, {"multipleOf": 0.1}) == ["multipleOf"]
+    assert is_valid(10**400, {"multipleOf": 0.5}) and rules(10**400 + 1, {"multipleOf": 2.0}) == ["multipleOf"]
     assert rules(float("inf"), {"multipleOf": 2}) == ["multipleOf"]
     assert is_valid(10**40, {"multipleOf": 10**20})
     with pytest.raises(SchemaError, match="multipleOf must be a positive number"):
@@ -344,12 +363,12 @@ def test_ref_definitions_defs_and_root():
 def test_ref_json_pointer_escapes_and_indexes():
     schema = {
         "definitions": {"a/b": {"type": "string"}, "c~d": {"type": "integer"}, "e f": {"minimum": 1}},
-        "list": [{"type": "null"}],
+        "x-list": [{"type": "null"}],  # a $ref may point into an x-... note
         "properties": {
             "x": {"$ref": "#/definitions/a~1b"},
             "y": {"$ref": "#/definitions/c~0d"},
             "z": {"$ref": "#/definitions/e%20f"},
-            "w": {"$ref": "#/list/0"},
+            "w": {"$ref": "#/x-list/0"},
         },
     }
     assert is_valid({"x": "s", "y": 1, "z": 2, "w": None}, schema)
@@ -357,7 +376,10 @@ def test_ref_json_pointer_escapes_and_indexes():
 
 
 def test_ref_ignores_sibling_keywords_in_draft7():
-    schema = {"definitions": {"s": {"type": "string"}}, "properties": {"a": {"$ref": "#/definitions/s", "maxLength": 1}}}
+    schema = {
+        "definitions": {"s": {"type": "string"}},
+        "properties": {"a": {"$ref": "#/definitions/s", "maxLength": 1}},
+    }
     assert is_valid({"a": "long"}, schema)
 
 
@@ -378,7 +400,10 @@ def test_recursive_ref_on_deeper_values_is_fine():
     assert is_valid({"kids": [{"kids": []}, {"kids": [{}]}]}, tree)
     assert [v.field for v in violations({"kids": [{"kids": [1]}]}, tree)] == ["kids[0].kids[0]"]
     # the same ref may be evaluated twice on the same value when not nested (no false loop)
-    twice = {"definitions": {"s": {"type": "string"}}, "allOf": [{"$ref": "#/definitions/s"}, {"$ref": "#/definitions/s"}]}
+    twice = {
+        "definitions": {"s": {"type": "string"}},
+        "allOf": [{"$ref": "#/definitions/s"}, {"$ref": "#/definitions/s"}],
+    }
     assert rules(1, twice) == ["type", "type"]
     assert is_valid("a", {"definitions": {"s": {"type": "string"}}, "not": {"not": {"$ref": "#/definitions/s"}}})
 
@@ -402,7 +427,10 @@ def test_nested_schema_must_be_a_mapping():
 
 # -- parity with the jsonschema library (Draft 7) -----------------------------------
 
-_TREE = {"definitions": {"n": {"type": "object", "properties": {"k": {"items": {"$ref": "#/definitions/n"}}}}}, "$ref": "#/definitions/n"}
+_TREE = {
+    "definitions": {"n": {"type": "object", "properties": {"k": {"items": {"$ref": "#/definitions/n"}}}}},
+    "$ref": "#/definitions/n",
+}
 
 PARITY = [
     ({"type": "integer"}, 3),
@@ -458,7 +486,12 @@ PARITY = [
     (False, None),
     ({"properties": {"a": True, "b": False}}, {"a": 1}),
     ({"properties": {"a": True, "b": False}}, {"b": 1}),
-    ({"format": "email", "default": 1, "whatever": 2}, "nope"),
+    ({"format": "email", "default": 1, "x-whatever": 2}, "nope"),
+    ({"dependencies": {"a": ["b"], "c": {"required": ["d"]}}}, {"a": 1, "b": 2, "c": 3, "d": 4}),
+    ({"dependencies": {"a": ["b"], "c": {"required": ["d"]}}}, {"c": 3}),
+    ({"dependencies": {"a": ["b"]}}, {"a": 1}),
+    ({"dependencies": {"a": False}}, {"a": 1}),
+    ({"dependencies": {"a": False}}, ["a"]),
 ]
 
 
