@@ -21,7 +21,7 @@ from dstack import providers
 #: Python versions whose user site folder points at the bundle.
 PYTHON_VERSIONS = [f"3.{minor}" for minor in range(8, 16)]
 
-_DSTACK_INIT = '''"""dstack's provider SDK (see the ``sdk`` package)."""
+_DSTACK_INIT = '''"""dstack's provider SDK (see ``dstack.sdk``)."""
 from dstack.sdk import *  # noqa: F401,F403
 from dstack.sdk import __all__  # noqa: F401
 '''
@@ -34,10 +34,10 @@ def build_sdk_bundle(target: Path) -> Path:
         shutil.rmtree(target)
     site.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
-    shutil.copytree(Path(sdk.__file__).parent, site / "sdk", ignore=ignore)
     shutil.copytree(Path(yaml.__file__).parent, site / "yaml", ignore=ignore)
     (site / "dstack").mkdir()
     (site / "dstack" / "__init__.py").write_text(_DSTACK_INIT)
+    shutil.copytree(Path(dstack.sdk.__file__).parent, site / "dstack" / "sdk", ignore=ignore)
     shutil.copytree(providers.FOLDER, site / "dstack" / "providers", ignore=ignore)
     for version in PYTHON_VERSIONS:
         folder = target / "lib" / f"python{version}"
