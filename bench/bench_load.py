@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import docker
@@ -52,7 +52,7 @@ from bench.bench_noop import WORKER_ID, _remove_leftover_containers, machine
 from dstack.names import WORKER_LABEL
 from tests.projects import graph_project
 from tests.s3server import free_port
-from tests.services import Cluster, REPO_ROOT, TEST_IMAGE, Vhost, run_name_of, write_project
+from tests.services import REPO_ROOT, TEST_IMAGE, Cluster, Vhost, run_name_of, write_project
 
 WORKFLOW = "load"
 FINISHED = ("done", "failed", "stopped")
@@ -71,8 +71,8 @@ class HitCounter:
     """A local HTTP server (the jobs use host networking) counting ``GET /hit/RUN_NAME`` per run."""
 
     def __init__(self) -> None:
-        self.hits: Dict[str, int] = {}
-        self.attempts: Dict[str, List[str]] = {}
+        self.hits: dict[str, int] = {}
+        self.attempts: dict[str, list[str]] = {}
         lock = threading.Lock()
         counter = self
 
@@ -109,10 +109,10 @@ class HitCounter:
 # --------------------------------------------------------------------------- memory sampler
 
 
-def proc_status(pid: int) -> Dict[str, int]:
+def proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM (KiB) and Threads of ``pid`` (empty once it is gone)."""
     wanted = {"VmRSS", "VmHWM", "Threads"}
-    figures: Dict[str, int] = {}
+    figures: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -127,10 +127,10 @@ def proc_status(pid: int) -> Dict[str, int]:
 class MemorySampler(threading.Thread):
     """Samples VmRSS and Threads of the service processes (themselves, not their children)."""
 
-    def __init__(self, pids: Dict[str, int], interval: float = 0.5) -> None:
+    def __init__(self, pids: dict[str, int], interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.pids, self.interval = pids, interval
-        self.samples: Dict[str, List[List[float]]] = {name: [] for name in pids}  # [t, rss KiB, threads]
+        self.samples: dict[str, list[list[float]]] = {name: [] for name in pids}  # [t, rss KiB, threads]
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -157,9 +157,9 @@ def process_cpu_s(pid: int) -> Optional[float]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pids_named(*names: str) -> Dict[str, int]:
+def pids_named(*names: str) -> dict[str, int]:
     """Processes of these exact names (``/proc/PID/comm``), e.g. dockerd: name -> pid (the first)."""
-    found: Dict[str, int] = {}
+    found: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -183,19 +183,19 @@ class CpuMeter:
     benchmark started (reaped children), the Docker engine (dockerd, containerd), the RabbitMQ node,
     and the whole machine (other work included)."""
 
-    def __init__(self, services: Dict[str, int]) -> None:
+    def __init__(self, services: dict[str, int]) -> None:
         self.pids = {**services, **pids_named("dockerd", "containerd", "beam.smp")}
         self.start = self._read()
 
-    def _read(self) -> Dict[str, Optional[float]]:
-        figures: Dict[str, Optional[float]] = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+    def _read(self) -> dict[str, Optional[float]]:
+        figures: dict[str, Optional[float]] = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         figures["cli_processes"] = children.ru_utime + children.ru_stime
         figures["machine"] = machine_cpu_s()
         figures["wall"] = time.time()
         return figures
 
-    def since_start(self) -> Dict[str, Optional[float]]:
+    def since_start(self) -> dict[str, Optional[float]]:
         end = self._read()
         return {name: (end[name] - self.start[name]  # type: ignore[operator]
                        if end.get(name) is not None and self.start.get(name) is not None else None)
@@ -205,7 +205,7 @@ class CpuMeter:
 # --------------------------------------------------------------------------- submitters
 
 
-def submitter(cluster: Cluster, project: Path, count: int, out: List[Dict[str, Any]], go: threading.Event) -> None:
+def submitter(cluster: Cluster, project: Path, count: int, out: list[dict[str, Any]], go: threading.Event) -> None:
     """``dstack run WORKFLOW -d``, ``count`` times one after the other; each result appended to ``out``."""
     go.wait()
     for _ in range(count):
@@ -219,7 +219,7 @@ def submitter(cluster: Cluster, project: Path, count: int, out: List[Dict[str, A
                     "stderr": err[-2000:] if rc else ""})
 
 
-def get_runs(cluster: Cluster, limit: int) -> Optional[List[Dict[str, Any]]]:
+def get_runs(cluster: Cluster, limit: int) -> Optional[list[dict[str, Any]]]:
     """``dstack status --json -n LIMIT`` (None if the CLI failed: the poll is tried again)."""
     try:
         result = cluster.dstack("status", "--json", "-n", str(limit), timeout=CLI_TIMEOUT)
@@ -234,10 +234,10 @@ def get_runs(cluster: Cluster, limit: int) -> Optional[List[Dict[str, Any]]]:
 # --------------------------------------------------------------------------- checks and figures
 
 
-def check(submissions: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]], counter: HitCounter,
-          expected: int, warmup: Optional[str]) -> List[str]:
+def check(submissions: list[dict[str, Any]], runs: dict[str, dict[str, Any]], counter: HitCounter,
+          expected: int, warmup: Optional[str]) -> list[str]:
     """Everything that went wrong, one line each (empty: all checks pass)."""
-    problems: List[str] = []
+    problems: list[str] = []
     failed = [s for s in submissions if s["rc"] != 0 or not s["run_name"]]
     for s in failed[:10]:
         problems.append(f"`dstack run -d` exited {s['rc']} (run name {s['run_name']!r}): {s['stderr'].strip()}")
@@ -270,16 +270,16 @@ def check(submissions: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]], co
     return problems
 
 
-def _pct(values: List[float], q: float) -> float:
+def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def figures_of(submissions: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]],
-               samples: Dict[str, List[List[float]]], hwm: Dict[str, Dict[str, int]], began: float,
-               all_finished_seen: Optional[float]) -> Dict[str, Any]:
+def figures_of(submissions: list[dict[str, Any]], runs: dict[str, dict[str, Any]],
+               samples: dict[str, list[list[float]]], hwm: dict[str, dict[str, int]], began: float,
+               all_finished_seen: Optional[float]) -> dict[str, Any]:
     mine = [runs[s["run_name"]] for s in submissions if s["run_name"] in runs]
     finished = [r["finished_at"] for r in mine if r.get("finished_at")]
     latencies = [s["ended"] - s["began"] for s in submissions]
@@ -291,7 +291,7 @@ def figures_of(submissions: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]
     providers = [j for r in mine for j in r["jobs"] if j["kind"] == "provider" and j.get("started_at")]
     queue_wait = [p["started_at"] - r["submitted_at"] for r in mine for p in r["jobs"]
                   if p["kind"] == "provider" and p.get("started_at")]
-    memory: Dict[str, Any] = {}
+    memory: dict[str, Any] = {}
     for name, series in samples.items():
         rss = [s[1] for s in series]
         memory[name] = {
@@ -324,7 +324,7 @@ def figures_of(submissions: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]
     }
 
 
-def print_table(args: argparse.Namespace, f: Dict[str, Any], problems: List[str], hits: int,
+def print_table(args: argparse.Namespace, f: dict[str, Any], problems: list[str], hits: int,
                 load_before: tuple, load_after: tuple) -> None:
     mib = lambda kib: f"{kib / 1024:.1f} MiB" if kib else "-"  # noqa: E731
     rows = [
@@ -384,7 +384,7 @@ def rabbitmq_connections(vhost: str) -> Optional[int]:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="runs to submit in all")
     parser.add_argument("--clis", type=int, default=8, help="CLI processes submitting at once")
@@ -445,7 +445,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cpu = CpuMeter(pids)
 
         per_cli = [args.runs // args.clis + (1 if i < args.runs % args.clis else 0) for i in range(args.clis)]
-        results: List[List[Dict[str, Any]]] = [[] for _ in per_cli]
+        results: list[list[dict[str, Any]]] = [[] for _ in per_cli]
         go = threading.Event()
         threads = [threading.Thread(target=submitter, args=(cluster, project, n, out, go), daemon=True)
                    for n, out in zip(per_cli, results) if n]
@@ -457,7 +457,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         limit = args.runs + 50
         deadline = time.monotonic() + args.timeout
-        runs: Dict[str, Dict[str, Any]] = {}
+        runs: dict[str, dict[str, Any]] = {}
         all_finished_seen: Optional[float] = None
         polls = 0
         last_report = 0.0
@@ -485,7 +485,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 log(f"timed out after {args.timeout:.0f} s: {len(submissions)} submitted, "
                     f"{len(unfinished)} of them not finished, e.g. "
                     + "; ".join(f"{n}: {runs.get(n, {}).get('status')} "
-                                f"{[(j['job_id'], j['status'], j.get('reason')) for j in runs.get(n, {}).get('jobs', [])]}"
+                                f"{[(j['job_id'], j['status'], j.get('reason')) for j in runs.get(n, {}).get('jobs', [])]}"  # noqa: E501
                                 for n in unfinished[:10]))
                 break
         for thread in threads:  # after a time-out, let the submissions still under way end

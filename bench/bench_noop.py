@@ -34,13 +34,13 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import docker
 
 from dstack.names import WORKER_LABEL
 from tests.projects import graph_project
-from tests.services import Cluster, REPO_ROOT, TEST_IMAGE, Vhost, run_name_of, write_project
+from tests.services import REPO_ROOT, TEST_IMAGE, Cluster, Vhost, run_name_of, write_project
 
 NOOP = ["/bin/sh", "-c", "true"]
 WORKER_ID = "bench-worker"
@@ -57,10 +57,10 @@ class Case:
     def __init__(self, name: str, jobs: int, chained: bool, fan_in: bool = False) -> None:
         self.name, self.jobs, self.chained, self.fan_in = name, jobs, chained, fan_in
 
-    def workflow(self) -> Dict[str, Any]:
-        specs: List[Dict[str, Any]] = []
+    def workflow(self) -> dict[str, Any]:
+        specs: list[dict[str, Any]] = []
         for i in range(self.jobs):
-            spec: Dict[str, Any] = {"commands": ["true"], "image": TEST_IMAGE}
+            spec: dict[str, Any] = {"commands": ["true"], "image": TEST_IMAGE}
             if self.chained and i > 0:
                 spec["depends_on"] = [i - 1]
             if self.fan_in and i == self.jobs - 1:  # the last job waits for all the others
@@ -94,7 +94,7 @@ def _docker_noop(client: docker.DockerClient) -> None:
 # --------------------------------------------------------------------------- dstack side
 
 
-def dstack_run(cluster: Cluster, project: Path, case: Case) -> Dict[str, Any]:
+def dstack_run(cluster: Cluster, project: Path, case: Case) -> dict[str, Any]:
     """Run ``case`` with ``dstack run`` (following it to the end); its timings, in seconds."""
     began_wall, began = time.time(), time.perf_counter()
     result = cluster.dstack("run", case.name, cwd=project, timeout=RUN_TIMEOUT)
@@ -160,7 +160,7 @@ def cli_startup(cluster: Cluster) -> float:
     return time.perf_counter() - began
 
 
-def start_profilers(cluster: Cluster, folder: Path) -> List[subprocess.Popen]:
+def start_profilers(cluster: Cluster, folder: Path) -> list[subprocess.Popen]:
     """``py-spy record`` on every process of the cluster, until :func:`stop_profilers`."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -176,7 +176,7 @@ def start_profilers(cluster: Cluster, folder: Path) -> List[subprocess.Popen]:
     return profilers
 
 
-def stop_profilers(profilers: List[subprocess.Popen]) -> None:
+def stop_profilers(profilers: list[subprocess.Popen]) -> None:
     for profiler in profilers:
         if profiler.poll() is None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -190,11 +190,11 @@ def stop_profilers(profilers: List[subprocess.Popen]) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def _median(values: List[float]) -> float:
+def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summarize(raw: Dict[str, List[Dict[str, Any]]], direct: Dict[str, List[float]]) -> List[Dict[str, Any]]:
+def summarize(raw: dict[str, list[dict[str, Any]]], direct: dict[str, list[float]]) -> list[dict[str, Any]]:
     rows = []
     for case in CASES:
         if case.name not in raw:
@@ -222,14 +222,14 @@ def summarize(raw: Dict[str, List[Dict[str, Any]]], direct: Dict[str, List[float
     return rows
 
 
-def print_table(rows: List[Dict[str, Any]], repeat: int, slots: int, cli_s: float) -> None:
+def print_table(rows: list[dict[str, Any]], repeat: int, slots: int, cli_s: float) -> None:
     print(f"\nmedian of {repeat} run(s); worker slots {slots}; `dstack --version` takes {cli_s:.2f} s\n")
     header = ["case", "dstack end-to-end s", "dstack jobs span s", "provider s", "docker direct s",
               "ratio", "overhead/job ms"]
     lines = [[r["case"], f"{r['dstack_end_to_end_s']:.2f}", f"{r['dstack_jobs_span_s']:.2f}",
               f"{r['dstack_provider_s']:.2f}", f"{r['docker_direct_s']:.2f}", f"{r['ratio']:.1f}x",
               f"{r['overhead_per_job_ms']:.0f}"] for r in rows]
-    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))
     for line in lines:
@@ -254,8 +254,8 @@ def print_table(rows: List[Dict[str, Any]], repeat: int, slots: int, cli_s: floa
 # --------------------------------------------------------------------------- main
 
 
-def machine() -> Dict[str, Any]:
-    info: Dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform(),
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version(), "loadavg": os.getloadavg()}
     try:
         info["docker"] = docker.from_env().version().get("Version")
@@ -277,7 +277,7 @@ def _remove_leftover_containers(client: docker.DockerClient) -> None:
             pass
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is shown")
     parser.add_argument("--slots", type=int, default=4, help="worker slots, and the direct baseline's threads")
@@ -305,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)  # clean up (finally below) on SIGTERM as on Ctrl-C
     root = Path(tempfile.mkdtemp(prefix="dstack-bench-"))
-    profilers: List[subprocess.Popen] = []
+    profilers: list[subprocess.Popen] = []
     vhost: Optional[Vhost] = None
     cluster: Optional[Cluster] = None
     try:
@@ -322,9 +322,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.profile:
             profilers = start_profilers(cluster, args.profile)
         load_before = os.getloadavg()
-        raw: Dict[str, List[Dict[str, Any]]] = {c.name: [] for c in wanted}
-        direct: Dict[str, List[float]] = {c.name: [] for c in wanted}
-        cli_times: List[float] = []
+        raw: dict[str, list[dict[str, Any]]] = {c.name: [] for c in wanted}
+        direct: dict[str, list[float]] = {c.name: [] for c in wanted}
+        cli_times: list[float] = []
         for attempt in range(args.repeat):
             cli_times.append(cli_startup(cluster))
             for case in wanted:  # interleaved, so drift of the machine hits both sides alike
@@ -343,7 +343,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"on {os.cpu_count()} CPUs: other work on the machine skews the figures")
         if args.json:
             args.json.write_text(json.dumps({
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "loadavg_before": load_before, "repeat": args.repeat,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "loadavg_before": load_before,
+                "repeat": args.repeat,
                 "slots": args.slots, "image": TEST_IMAGE, "cli_startup_s": cli_times,
                 "dstack": raw, "docker_direct_s": direct, "summary": rows,
             }, indent=2))

@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from functools import lru_cache
-from typing import Any, Dict, List, Optional, Tuple, Type
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, Optional
 
 from dstack import defaults, providers
 from dstack.errors import ConfigError
-from dstack.messages import ProviderSpec
 from dstack.located_yaml import field_path, schema_problem
+from dstack.messages import ProviderSpec
 from dstack.providers.common import ArgumentError, BuiltinProvider
 from dstack.sdk.schemas import load_schema
 
@@ -28,7 +29,7 @@ def is_builtin(name: str) -> bool:
     return name in providers.NAMES
 
 
-def names() -> List[str]:
+def names() -> list[str]:
     return list(providers.NAMES)
 
 
@@ -38,21 +39,21 @@ def provider_spec(name: str) -> ProviderSpec:
                         commands=[f"python3 {CONTAINER_PROVIDERS_DIR}/{name}/main.py"])
 
 
-@lru_cache(maxsize=None)
-def schema(name: str) -> Dict[str, Any]:
+@cache
+def schema(name: str) -> dict[str, Any]:
     """The schema of built-in provider ``name``, self-contained (common parameters inlined)."""
     return load_schema(str(providers.FOLDER / name / "schema.yaml"))
 
 
-@lru_cache(maxsize=None)
-def provider_class(name: str) -> Type[BuiltinProvider]:
+@cache
+def provider_class(name: str) -> type[BuiltinProvider]:
     """The class of built-in provider ``name`` (its module is imported, nothing runs)."""
     module = importlib.import_module(f"dstack.providers.{name}.main")
     return next(cls for cls in vars(module).values() if inspect.isclass(cls) and issubclass(cls, BuiltinProvider)
                 and cls.__module__ == module.__name__)
 
 
-def parameter_problem(name: str, data: Dict[str, Any]) -> Optional[ConfigError]:
+def parameter_problem(name: str, data: dict[str, Any]) -> Optional[ConfigError]:
     """What is wrong with ``data`` as the parameters of built-in provider ``name``, or ``None``.
 
     The error's field is the parameter's path (``resources.memory``); its message says what is
@@ -74,7 +75,7 @@ def parameter_problem(name: str, data: Dict[str, Any]) -> Optional[ConfigError]:
                        field=field_path(path) or None)
 
 
-def parameters_from_args(name: str, args: List[str]) -> Dict[str, Any]:
+def parameters_from_args(name: str, args: Sequence[str]) -> dict[str, Any]:
     """The parameters ``dstack run NAME ARGS`` stands for, checked against the schema.
 
     Raises:
@@ -90,9 +91,9 @@ def parameters_from_args(name: str, args: List[str]) -> Dict[str, Any]:
     return data
 
 
-def _description(node: Dict[str, Any], path: List[Any]) -> Tuple[str, str]:
+def _description(node: dict[str, Any], path: list[Any]) -> tuple[str, str]:
     """The parameter at ``path`` (or the closest one above it that has a description), and its description."""
-    found: Tuple[str, str] = ("", "")
+    found: tuple[str, str] = ("", "")
     for part in path:
         if not isinstance(part, str):
             continue

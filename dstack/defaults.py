@@ -20,6 +20,14 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 RPC_TIMEOUT = 15.0
 #: How long the CLI waits for the broker to accept a connection, in seconds.
 BROKER_CONNECT_TIMEOUT = 5.0
+#: First wait, in seconds, before connecting to the broker again after it went away; the waits
+#: double after each failure, up to the next setting.
+RECONNECT_FIRST_DELAY = 0.5
+#: Longest wait between two tries to reach the broker, in seconds.
+RECONNECT_MAX_DELAY = 10.0
+#: Longest wait, in seconds, before a service's consumer (request server, task intake, live publisher)
+#: connects again: they are back at most this long after the broker, before clients ask them things.
+CONSUMER_RECONNECT_MAX_DELAY = 1.0
 
 #: Seconds between two flushes of a container's log lines to storage (and to live followers).
 LOG_FLUSH_INTERVAL = 0.5

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Dict, List, Optional
+from typing import Optional
 
 from dstack.messages import JobSpec
 
@@ -23,7 +23,7 @@ def check_relative_path(path: str, what: str) -> str:
     return normal
 
 
-def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
+def check_job_graph(jobs: list[JobSpec]) -> list[JobSpec]:
     """Check a provider's jobs as a whole and return them.
 
     Raises:
@@ -33,7 +33,7 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
     """
     if not jobs:
         raise ValueError("the provider created no jobs")
-    by_id: Dict[str, JobSpec] = {}
+    by_id: dict[str, JobSpec] = {}
     for job in jobs:
         if job.job_id in by_id:
             raise ValueError(f"two jobs have the id {job.job_id!r}")
@@ -59,22 +59,22 @@ def check_job_graph(jobs: List[JobSpec]) -> List[JobSpec]:
     return jobs
 
 
-def _check_acyclic(by_id: Dict[str, JobSpec]) -> None:
+def _check_acyclic(by_id: dict[str, JobSpec]) -> None:
     cycle = find_cycle({job_id: _upstream(job) for job_id, job in by_id.items()})
     if cycle:
         raise ValueError("dependency cycle: " + " -> ".join(cycle))
 
 
-def find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
+def find_cycle(graph: dict[str, list[str]]) -> Optional[list[str]]:
     """A cycle of ``graph`` (node -> the nodes it waits on) as ``[a, b, a]``, or ``None``.
 
     Iterative depth-first search: no recursion limit on deep graphs.
     """
-    state: Dict[str, int] = {}  # 1: on the current path, 2: done
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
     for root in graph:
         if state.get(root):
             continue
-        path: List[str] = [root]
+        path: list[str] = [root]
         stack = [(root, iter(graph[root]))]
         state[root] = 1
         while stack:
@@ -93,5 +93,5 @@ def find_cycle(graph: Dict[str, List[str]]) -> Optional[List[str]]:
     return None
 
 
-def _upstream(job: JobSpec) -> List[str]:
+def _upstream(job: JobSpec) -> list[str]:
     return job.depends_on + ([job.master] if job.master else [])

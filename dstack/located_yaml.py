@@ -4,10 +4,11 @@ Each problem is a :class:`~dstack.errors.ConfigError` naming the file, the line 
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import jsonschema
 import yaml
@@ -19,7 +20,7 @@ class _Located:
     """Marks a loaded mapping or list with the 1-based line of each key or item."""
 
     line: int = 0
-    lines: Dict[Union[str, int], int] = {}  # replaced, never mutated
+    lines: dict[Union[str, int], int] = {}  # replaced, never mutated
 
 
 class LocatedDict(dict, _Located):
@@ -33,13 +34,13 @@ class LocatedList(list, _Located):
 class _LineLoader(yaml.SafeLoader):
     """A safe YAML loader that remembers where every key and item was written."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LocatedDict:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LocatedDict:
         mapping = LocatedDict(super().construct_mapping(node, deep=True))
         mapping.line = node.start_mark.line + 1
         mapping.lines = {self.construct_object(k): k.start_mark.line + 1 for k, _ in node.value}
         return mapping
 
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LocatedList:  # type: ignore[override]
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LocatedList:
         items = LocatedList(super().construct_sequence(node, deep=True))
         items.line = node.start_mark.line + 1
         items.lines = {i: item.start_mark.line + 1 for i, item in enumerate(node.value)}
@@ -87,12 +88,12 @@ def line_of(document: Any, path: Sequence[Union[str, int]]) -> Optional[int]:
     return line
 
 
-@lru_cache(maxsize=None)
-def _schema(name: str) -> Dict[str, Any]:
+@cache
+def _schema(name: str) -> dict[str, Any]:
     return yaml.safe_load(resources.files("dstack.schemas").joinpath(f"{name}.yaml").read_text())
 
 
-def schema_problem(instance: Any, schema: Dict[str, Any]) -> Optional[Tuple[List[Union[str, int]], str]]:
+def schema_problem(instance: Any, schema: dict[str, Any]) -> Optional[tuple[list[Union[str, int]], str]]:
     """The most relevant way ``instance`` breaks ``schema``: where (a path) and what is wrong; ``None`` if it fits."""
     validator = jsonschema.Draft7Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))

@@ -10,7 +10,7 @@ takes a slot of its worker and no CPU or memory.
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Set
+from typing import Optional
 
 from dstack.messages import GpuInfo, Inventory, Resources
 
@@ -26,7 +26,7 @@ def gpu_model(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", "".join(words)) or re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _aliases(name: str) -> Set[str]:
+def _aliases(name: str) -> set[str]:
     """The names a GPU answers to: its model, and each part of it that holds a digit
     ("NVIDIA RTX A6000" -> ``rtxa6000``, ``a6000``)."""
     words = [re.sub(r"[^a-z0-9]", "", w) for w in re.split(r"[\s_-]+", name.lower()) if not _NOISE.match(w)]
@@ -40,13 +40,13 @@ def gpu_matches(gpu: GpuInfo, needs: Resources) -> bool:
     return not needs.gpu_memory_mib or gpu.memory_mib >= needs.gpu_memory_mib / 1024 * _MIB_PER_SOLD_GB
 
 
-def pick_gpus(needs: Resources, gpus: List[GpuInfo]) -> Optional[List[str]]:
+def pick_gpus(needs: Resources, gpus: list[GpuInfo]) -> Optional[list[str]]:
     """The ids of the GPUs to give a task (the first that match), or ``None`` if too few match."""
     matching = [g.id for g in gpus if gpu_matches(g, needs)]
     return matching[:needs.gpu_count] if len(matching) >= needs.gpu_count else None
 
 
-def fits(needs: Resources, available: Inventory) -> Optional[List[str]]:
+def fits(needs: Resources, available: Inventory) -> Optional[list[str]]:
     """The GPU ids a task needing ``needs`` would get from ``available``, or ``None`` if it does
     not fit (too few CPUs, too little memory or too few matching GPUs)."""
     if needs.cpu and needs.cpu > available.cpu + 1e-9:

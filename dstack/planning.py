@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import yaml
 
@@ -21,13 +22,13 @@ _WORKFLOWS_FILE = ".dstack/workflows.yaml"
 _VARIABLES_FILE = ".dstack/variables.yaml"
 
 
-def parse_overrides(args: Sequence[str]) -> Dict[str, str]:
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     """``["--epochs", "100", "--lr=0.1"]`` -> ``{"epochs": "100", "lr": "0.1"}``.
 
     Raises:
         ConfigError: an argument is not ``--name value`` or ``--name=value``.
     """
-    overrides: Dict[str, str] = {}
+    overrides: dict[str, str] = {}
     items = list(args)
     while items:
         item = items.pop(0)
@@ -42,17 +43,17 @@ def parse_overrides(args: Sequence[str]) -> Dict[str, str]:
     return overrides
 
 
-def workflow_order(project: Project, target: str) -> List[Workflow]:
+def workflow_order(project: Project, target: str) -> list[Workflow]:
     """``target`` and every workflow it depends on (not through tags), each once, dependencies first.
 
     Raises:
         ConfigError: a dependency names no workflow, or the dependencies form a cycle.
     """
     project.workflow(target)
-    order: List[Workflow] = []
-    state: Dict[str, int] = {}  # 1: on the current path, 2: placed
+    order: list[Workflow] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: placed
 
-    def visit(name: str, path: List[str]) -> None:
+    def visit(name: str, path: list[str]) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
@@ -77,7 +78,7 @@ def workflow_order(project: Project, target: str) -> List[Workflow]:
     return order
 
 
-def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] = None) -> List[WorkflowSpec]:
+def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] = None) -> list[WorkflowSpec]:
     """The workflows of a run of ``target``, ready for :class:`~dstack.messages.SubmitRun`.
 
     Raises:
@@ -115,7 +116,7 @@ def plan_run(project: Project, target: str, overrides: Optional[Dict[str, str]] 
     return specs
 
 
-def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> List[WorkflowSpec]:
+def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> list[WorkflowSpec]:
     """The one workflow of ``dstack run NAME ARGS``: built-in provider ``name`` with the parameters
     its command line stands for, run in ``working_dir`` (relative to the project root: the folder
     ``dstack run`` was started in) unless the arguments say otherwise; artifacts are then named
@@ -132,7 +133,7 @@ def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> L
     return [WorkflowSpec(name=name, data=data, provider=builtin_providers.provider_spec(name))]
 
 
-def _check_builtin_parameters(workflow: Workflow, provider: str, data: Dict[str, Any]) -> None:
+def _check_builtin_parameters(workflow: Workflow, provider: str, data: dict[str, Any]) -> None:
     problem = builtin_providers.parameter_problem(provider, data)
     if problem is not None:
         key = (problem.field or "").split(".")[0].split("[")[0]
@@ -150,7 +151,7 @@ def _typed(text: str) -> Any:
     return value if isinstance(value, (str, int, float, bool)) else text
 
 
-def _substitute(value: Any, variables: Dict[str, Any], workflow: Workflow, path: Tuple[Any, ...]) -> Any:
+def _substitute(value: Any, variables: dict[str, Any], workflow: Workflow, path: tuple[Any, ...]) -> Any:
     if isinstance(value, dict):
         return {k: _substitute(v, variables, workflow, path + (k,)) for k, v in value.items()}
     if isinstance(value, list):

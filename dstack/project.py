@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from dstack import builtin_providers
 from dstack.errors import ConfigError
@@ -24,16 +24,16 @@ class Workflow:
     """A workflow of the project, with its system keys apart from its own data."""
 
     name: str
-    provider: Union[str, Dict[str, str]]
-    data: Dict[str, Any]
+    provider: Union[str, dict[str, str]]
+    data: dict[str, Any]
     line: int = 0
     #: Workflow names, or ``WORKFLOW:TAG`` for the artifacts of a tagged run.
-    depends_on: List[str] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
     #: what its jobs get unless their provider says otherwise
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
     #: the line of each key of the workflow
-    lines: Dict[str, int] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,9 +41,9 @@ class Project:
     """A project folder and its parsed ``.dstack/`` files."""
 
     root: Path
-    workflows: Dict[str, Workflow] = field(default_factory=dict)
-    providers: Dict[str, ProviderSpec] = field(default_factory=dict)
-    variables: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    providers: dict[str, ProviderSpec] = field(default_factory=dict)
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def workflow(self, name: str) -> Workflow:
         """The workflow called ``name``.
@@ -129,9 +129,10 @@ def load_project(root: Path) -> Project:
         data = {k: _plain(v) for k, v in raw.items() if k not in SYSTEM_KEYS}
         depends_on = _plain(raw.get("depends-on", raw.get("depends_on", [])))
         where = f"workflows[{i}]"
-        retry = _parsed(lambda: Retry.from_value(_plain(raw["retry"])), raw, "retry", where)
-        max_duration_s = _parsed(lambda: parse_duration_s(raw["max_duration"], "max_duration"), raw, "max_duration",
-                                 where)
+        # _parsed calls each lambda at once, in this iteration: the loop variable is the one meant
+        retry = _parsed(lambda: Retry.from_value(_plain(raw["retry"])), raw, "retry", where)  # noqa: B023
+        max_duration_s = _parsed(lambda: parse_duration_s(raw["max_duration"], "max_duration"),  # noqa: B023
+                                 raw, "max_duration", where)
         project.workflows[raw["name"]] = Workflow(
             name=raw["name"], provider=_plain(raw["provider"]), data=data, line=raw.line, depends_on=depends_on,
             retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None, max_duration_s=max_duration_s,

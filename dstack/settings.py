@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Optional
 
 import yaml
 
@@ -71,12 +72,12 @@ class Settings:
     worker_slots: int = defaults.WORKER_SLOTS
     worker_host: str = ""
     network: str = ""
-    worker_resources: Dict[str, Any] = field(default_factory=dict)
+    worker_resources: dict[str, Any] = field(default_factory=dict)
     heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
     worker_timeout: float = defaults.WORKER_TIMEOUT
     drain_period: float = defaults.DRAIN_PERIOD
-    container_env: Dict[str, str] = field(default_factory=dict)
-    container_mounts: List[Tuple[str, str, bool]] = field(default_factory=list)
+    container_env: dict[str, str] = field(default_factory=dict)
+    container_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -97,7 +98,7 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
     ``$DSTACK_HOME/config.yaml`` (environment wins over the file) and ``overrides`` (win over both).
     """
     environ = os.environ if environ is None else environ
-    values: Dict[str, object] = {}
+    values: dict[str, object] = {}
     home = Path(environ.get("DSTACK_HOME") or defaults.HOME).expanduser()
     config_file = home / "config.yaml"
     if config_file.is_file():
@@ -128,7 +129,7 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def container_env(raw: object) -> Dict[str, str]:
+def container_env(raw: object) -> dict[str, str]:
     """``DSTACK_CONTAINER_ENV``: a mapping of names to values (YAML text, or already read).
 
     Raises:
@@ -145,7 +146,7 @@ def container_env(raw: object) -> Dict[str, str]:
     return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in data.items()}
 
 
-def container_mounts(raw: object) -> List[Tuple[str, str, bool]]:
+def container_mounts(raw: object) -> list[tuple[str, str, bool]]:
     """``DSTACK_CONTAINER_MOUNTS``: ``HOST:CONTAINER[:ro|rw]`` entries (a YAML list, or comma-separated).
 
     Raises:
@@ -177,7 +178,7 @@ def container_mounts(raw: object) -> List[Tuple[str, str, bool]]:
     return mounts
 
 
-def yaml_mapping(text: str, field: str, example: str = "{cpu: 8, memory: 64GB, gpu: 2}") -> Dict[str, Any]:
+def yaml_mapping(text: str, field: str, example: str = "{cpu: 8, memory: 64GB, gpu: 2}") -> dict[str, Any]:
     """A YAML mapping given as text (an environment variable, an option).
 
     Raises:
@@ -203,11 +204,12 @@ def _seconds(raw: object, name: str) -> float:
     return seconds
 
 
-def _read_config_file(path: Path) -> Dict[str, object]:
+def _read_config_file(path: Path) -> dict[str, object]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
+        mark = getattr(e, "problem_mark", None)  # a MarkedYAMLError's; not every YAMLError has one
+        line = mark.line + 1 if mark else None
         raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", file=str(path), line=line) from None
     known = set(ENV_VARS.values())
     if not isinstance(data, dict) or set(data) - known:

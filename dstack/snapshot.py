@@ -12,10 +12,11 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional
 
 import pathspec
 
@@ -37,7 +38,7 @@ class FileEntry:
 
 def iter_project_files(root: Path) -> Iterator[Path]:
     """Every file under ``root`` that git would not ignore, as paths relative to ``root``."""
-    stack: List[Tuple[Path, List[Tuple[Path, pathspec.GitIgnoreSpec]]]] = [(root, [])]
+    stack: list[tuple[Path, list[tuple[Path, pathspec.GitIgnoreSpec]]]] = [(root, [])]
     while stack:
         folder, specs = stack.pop()
         ignore_file = folder / ".gitignore"
@@ -56,7 +57,7 @@ def iter_project_files(root: Path) -> Iterator[Path]:
                     yield path.relative_to(root)
 
 
-def _ignored(path: Path, is_dir: bool, specs: List[Tuple[Path, pathspec.GitIgnoreSpec]]) -> bool:
+def _ignored(path: Path, is_dir: bool, specs: list[tuple[Path, pathspec.GitIgnoreSpec]]) -> bool:
     """The decision of the deepest ``.gitignore`` with a matching pattern wins, as in git."""
     verdict = False
     for base, spec in specs:
@@ -75,7 +76,7 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def upload_snapshot(root: Path, storage: Storage) -> Tuple[str, int, int]:
+def upload_snapshot(root: Path, storage: Storage) -> tuple[str, int, int]:
     """Store the snapshot of ``root``.
 
     Returns:
@@ -127,7 +128,7 @@ def materialize_snapshot(storage: Storage, snapshot_id: str, target: Path, cache
         raise StorageError(f"snapshot {snapshot_id} is not in {storage.url}") from None
     target.mkdir(parents=True, exist_ok=True)
 
-    def fetch(item: List) -> None:
+    def fetch(item: list) -> None:
         path, digest, _size, executable = item
         destination = safe_join(target, path)
         destination.parent.mkdir(parents=True, exist_ok=True)

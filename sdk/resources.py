@@ -73,7 +73,7 @@ class ResourceRequirements:
         self.shm_size_mib = parse_size_mib(shm_size, "shm_size")
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any], where: str = "resources") -> "ResourceRequirements":
+    def from_dict(cls, data: Dict[str, Any], where: str = "resources") -> ResourceRequirements:
         """Build from workflow parameters: ``{cpu, memory, gpu: N | {count, name, memory}, shm_size}``.
 
         Raises:

@@ -49,7 +49,7 @@ class Retry:
         self.backoff_s = float(parse_duration_s(backoff, "retry backoff") or 0)
 
     @classmethod
-    def from_value(cls, value: Any) -> "Retry":
+    def from_value(cls, value: Any) -> Retry:
         """From workflow parameters: a limit (``retry: 3``) or ``{limit, backoff}``.
 
         Raises:

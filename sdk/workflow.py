@@ -24,7 +24,7 @@ class Workflow:
         self.data = data
 
     @classmethod
-    def from_environment(cls) -> "Workflow":
+    def from_environment(cls) -> Workflow:
         """Read the workflow file dstack put in the container.
 
         Raises:

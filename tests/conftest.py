@@ -1,13 +1,13 @@
 """Fixtures for the real services. A test that needs a missing service fails; it never skips."""
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, Optional
 
 import docker
 import pytest
 
+from tests.harness import scheduler_only, start_cluster, storage_env
 from tests.s3server import MotoServer, start_moto_server
 from tests.services import TEST_IMAGE, Cluster, FileServer, Vhost
 
@@ -40,27 +40,11 @@ def s3() -> Iterator[MotoServer]:
     server.stop()
 
 
-def _storage_env(s3: MotoServer, bucket: str) -> dict:
-    s3.create_bucket(bucket)
-    return {**s3.env(), "DSTACK_STORAGE_URL": f"s3://{bucket}/dstack"}
-
-
-def start_cluster(root: Path, broker_url: str, storage_env: dict, **worker_options: object) -> Cluster:
-    cluster = Cluster(root, broker_url, storage_env)
-    try:
-        cluster.start_scheduler()
-        cluster.start_worker(**worker_options)  # type: ignore[arg-type]
-    except BaseException:
-        cluster.stop()
-        raise AssertionError("the cluster did not start:\n" + cluster.logs()) from None
-    return cluster
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory, vhost: Vhost, s3: MotoServer,
             docker_engine: docker.DockerClient) -> Iterator[Cluster]:
     """One scheduler and one worker (4 slots) shared by the tests that do not kill anything."""
-    started = start_cluster(tmp_path_factory.mktemp("cluster"), vhost.url, _storage_env(s3, "dstack-shared"))
+    started = start_cluster(tmp_path_factory.mktemp("cluster"), vhost.url, storage_env(s3, "dstack-shared"))
     yield started
     started.stop()
 
@@ -69,25 +53,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, vhost: Vhost, s3: MotoServ
 def private_cluster(tmp_path: Path, s3: MotoServer, docker_engine: docker.DockerClient) -> Iterator[Cluster]:
     """A cluster of its own (own vhost, bucket and home), for tests that kill or restart parts."""
     host = Vhost()
-    started = start_cluster(tmp_path / "cluster", host.url, _storage_env(s3, f"dstack-{host.name[-8:]}"))
+    started = start_cluster(tmp_path / "cluster", host.url, storage_env(s3, f"dstack-{host.name[-8:]}"))
     yield started
     started.stop()
     host.delete()
-
-
-@contextlib.contextmanager
-def scheduler_only(root: Path, s3: MotoServer, env: Optional[Dict[str, str]] = None,
-                   **scheduler_env: str) -> Iterator[Cluster]:
-    """A cluster of its own with a scheduler and no worker yet: its tests start the workers they need."""
-    host = Vhost()
-    cluster = Cluster(root, host.url, _storage_env(s3, f"dstack-{host.name[-8:]}"))
-    cluster.env.update(env or {})
-    try:
-        cluster.start_scheduler(**scheduler_env)
-        yield cluster
-    finally:
-        cluster.stop()
-        host.delete()
 
 
 @pytest.fixture

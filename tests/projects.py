@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import yaml
 
@@ -62,7 +62,7 @@ properties:
 '''
 
 
-def graph_project(workflows: List[Dict[str, Any]], provider_commands: List[str] = None) -> Dict[str, str]:
+def graph_project(workflows: list[dict[str, Any]], provider_commands: list[str] = None) -> dict[str, str]:
     """Files of a project whose workflows use the ``graph`` provider (each: name + jobs)."""
     providers = {"providers": [{
         "name": "graph", "image": TEST_IMAGE,
@@ -76,6 +76,6 @@ def graph_project(workflows: List[Dict[str, Any]], provider_commands: List[str] 
     }
 
 
-def graph_workflow_project(root: Path, jobs: List[Dict[str, Any]], **workflow_keys: Any) -> Path:
+def graph_workflow_project(root: Path, jobs: list[dict[str, Any]], **workflow_keys: Any) -> Path:
     """A project folder with one workflow ``w`` of the ``graph`` provider making ``jobs``."""
     return write_project(root, graph_project([{"name": "w", "jobs": jobs, **workflow_keys}]))

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, Optional
+from typing import Optional
 
 #: Credentials moto accepts (it accepts any); never real ones.
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -42,13 +42,13 @@ def free_port() -> int:
 class MotoServer:
     """A running ``python -m moto.server``; see :func:`start_moto_server`."""
 
-    def __init__(self, process: "subprocess.Popen[bytes]", port: int, log_path: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: str) -> None:
         self.process = process
         self.port = port
         self.log_path = log_path
         self.endpoint_url = f"http://127.0.0.1:{port}"
 
-    def env(self) -> Dict[str, str]:
+    def env(self) -> dict[str, str]:
         """The environment that points boto3 at this server (and keeps proxies out)."""
         local = "127.0.0.1,localhost"
         return {"AWS_ENDPOINT_URL_S3": self.endpoint_url, **TEST_CREDENTIALS,
@@ -81,7 +81,7 @@ class MotoServer:
         except OSError:
             pass
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

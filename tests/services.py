@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import pika
 
@@ -48,7 +48,7 @@ class Vhost:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True)
 
 
-def queue_counts(url: str, queue: str) -> Tuple[int, int]:
+def queue_counts(url: str, queue: str) -> tuple[int, int]:
     """``(messages ready, consumers)`` of ``queue`` (``(0, 0)`` if it does not exist)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
@@ -80,16 +80,16 @@ def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.2) -
 class Cluster:
     """A scheduler and workers as real processes, with their own home, broker vhost and storage."""
 
-    def __init__(self, root: Path, broker_url: str, storage_env: Dict[str, str]) -> None:
+    def __init__(self, root: Path, broker_url: str, storage_env: dict[str, str]) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.broker_url = broker_url
         self.env = {**os.environ, **storage_env, "DSTACK_BROKER_URL": broker_url,
                     "DSTACK_HOME": str(root / "client-home"), "DSTACK_WORKER_HOST": "127.0.0.1",
                     "DSTACK_DRAIN_PERIOD": "5", "PYTHONUNBUFFERED": "1"}
-        self.processes: Dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, subprocess.Popen] = {}
 
-    def _spawn(self, name: str, args: List[str], extra_env: Dict[str, str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
         process = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", *args], stdout=log,
                                    stderr=subprocess.STDOUT, env={**self.env, **extra_env},
@@ -123,7 +123,7 @@ class Cluster:
         return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.root.glob("*.log"))
 
     def dstack(self, *args: str, cwd: Optional[Path] = None, timeout: float = 180,
-               env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+               env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
         """Run the CLI as a user would; returns the completed process (text output)."""
         return subprocess.run([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd, capture_output=True,
                               text=True, timeout=timeout, env={**self.env, **(env or {})})
@@ -134,7 +134,7 @@ class Cluster:
         self.start_worker(worker_id, slots=slots, DSTACK_WORKER_RESOURCES=resources, **extra_env)
         wait_for(lambda: worker_id in {w["worker_id"] for w in self.workers()}, 30, f"{worker_id} to report")
 
-    def workers(self) -> List[Dict[str, Any]]:
+    def workers(self) -> list[dict[str, Any]]:
         result = self.dstack("workers", "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
@@ -145,22 +145,22 @@ class Cluster:
         assert result.returncode == 0, result.stderr
         return run_name_of(result)
 
-    def job_logs(self, run_name: str) -> Dict[str, List[str]]:
+    def job_logs(self, run_name: str) -> dict[str, list[str]]:
         """The run's log lines, by job."""
         result = self.dstack("logs", run_name)
         assert result.returncode == 0, result.stderr
-        lines: Dict[str, List[str]] = {}
+        lines: dict[str, list[str]] = {}
         for line in result.stdout.splitlines():
             job, _, text = line.partition(" | ")
             lines.setdefault(job, []).append(text)
         return lines
 
-    def status(self, run_name: str) -> Dict[str, Any]:
+    def status(self, run_name: str) -> dict[str, Any]:
         result = self.dstack("status", run_name, "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)[0]
 
-    def wait_status(self, run_name: str, statuses: tuple, timeout: float = 120) -> Dict[str, Any]:
+    def wait_status(self, run_name: str, statuses: tuple, timeout: float = 120) -> dict[str, Any]:
         return wait_for(lambda: (lambda run: run if run["status"] in statuses else None)(self.status(run_name)),
                         timeout, f"{run_name} to be {'/'.join(statuses)}", interval=0.5)
 
@@ -172,7 +172,7 @@ class FileServer:
     """
 
     def __init__(self, folder: Path) -> None:
-        hits: Dict[str, int] = {}
+        hits: dict[str, int] = {}
         self.hits = hits
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -201,7 +201,7 @@ def run_name_of(result: subprocess.CompletedProcess) -> str:
     return words[0] if words else ""
 
 
-def write_project(root: Path, files: Dict[str, str]) -> Path:
+def write_project(root: Path, files: dict[str, str]) -> Path:
     """Create a project folder holding ``files`` (path -> text)."""
     for path, text in files.items():
         target = root / path
@@ -265,7 +265,7 @@ class FlakyProxy:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._open: List[socket.socket] = []
+        self._open: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def break_(self) -> None:

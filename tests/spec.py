@@ -1,19 +1,24 @@
-"""The examples of the spec (``../shared/spec/custom-providers.md``), read verbatim from it."""
+"""The spec's curl example. The project keeps its own copies, and nothing here reads outside the
+repository: the spec's text in ``docs/custom-providers.md`` and the example as a project in
+``examples/curl``, whose files must be the spec's code blocks verbatim (tests/unit/test_spec_copy.py)."""
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Tuple
 
 from tests.services import REPO_ROOT
 
-SPEC = REPO_ROOT.parent / "shared" / "spec" / "custom-providers.md"
+#: The spec, "Custom providers", verbatim.
+SPEC = REPO_ROOT / "docs" / "custom-providers.md"
+#: The spec's curl example as a project: the four files the spec shows, and the requirements.txt it names.
+EXAMPLE = REPO_ROOT / "examples" / "curl"
 
 _BLOCK = re.compile(r'^(?P<indent>[ ]*)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```', re.S | re.M)
 _LABEL = re.compile(r'^=== "(?P<path>[^"]+)"\s*$', re.M)
 
 
-def code_blocks() -> List[Tuple[str, str, str]]:
-    """``(label, language, code)`` for every fenced block; label is the ``=== "path"`` above it, if any."""
+def code_blocks() -> list[tuple[str, str, str]]:
+    """``(label, language, code)`` for every fenced block of the spec; label is the ``=== "path"`` above it,
+    if any."""
     text = SPEC.read_text()
     blocks = []
     for match in _BLOCK.finditer(text):
@@ -29,8 +34,8 @@ def code_blocks() -> List[Tuple[str, str, str]]:
     return blocks
 
 
-def curl_example() -> Dict[str, str]:
-    """The project of the spec's curl example: providers.yaml, main.py, schema.yaml, workflows.yaml."""
+def spec_curl_example() -> dict[str, str]:
+    """The files of the curl example as the spec shows them: providers.yaml, main.py, schema.yaml, workflows.yaml."""
     labelled = {label: code for label, _, code in code_blocks() if label}
     workflows = next(code for label, lang, code in code_blocks()
                      if not label and lang == "yaml" and "name: tinyshakespeare" in code and "provider: curl" in code)
@@ -40,3 +45,9 @@ def curl_example() -> Dict[str, str]:
         "src/dstack/providers/curl/schema.yaml": labelled["src/dstack/providers/curl/schema.yaml"],
         ".dstack/workflows.yaml": workflows,
     }
+
+
+def curl_example() -> dict[str, str]:
+    """Every file of ``examples/curl``, by its path in the project: what the tests run."""
+    return {path.relative_to(EXAMPLE).as_posix(): path.read_text()
+            for path in sorted(EXAMPLE.rglob("*")) if path.is_file() and "__pycache__" not in path.parts}

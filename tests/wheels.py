@@ -13,14 +13,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence
 
 #: Where package folders are kept between test sessions.
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dstack" / "wheelhouses"
 
 
-def make_wheel(folder: Path, name: str, version: str, modules: Dict[str, str]) -> Path:
+def make_wheel(folder: Path, name: str, version: str, modules: dict[str, str]) -> Path:
     """Write a pure-Python wheel of ``modules`` (file name -> source) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     dist_info = f"{name}-{version}.dist-info"
@@ -41,7 +41,7 @@ def make_wheel(folder: Path, name: str, version: str, modules: Dict[str, str]) -
     return wheel
 
 
-def pip_from(folder: Path) -> Dict[str, str]:
+def pip_from(folder: Path) -> dict[str, str]:
     """A worker's settings that give every container ``folder`` as its only package index."""
     return {"DSTACK_CONTAINER_MOUNTS": f"{folder}:/wheels:ro",
             "DSTACK_CONTAINER_ENV": "{PIP_NO_INDEX: 1, PIP_FIND_LINKS: /wheels}"}

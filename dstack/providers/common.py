@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any, Dict, List, NoReturn, Optional, Union
+from typing import Any, NoReturn, Optional, Union
 
 from dstack import Job, Provider, ResourceRequirements
 
@@ -22,7 +22,7 @@ def python_image(version: Optional[str]) -> str:
     return f"python:{version or DEFAULT_PYTHON_VERSION}"
 
 
-def script_command(program: List[str], args: Union[str, List[Any], None]) -> str:
+def script_command(program: list[str], args: Union[str, list[Any], None]) -> str:
     """``program`` (quoted) followed by ``args``: a string goes to the shell as it is (it splits it,
     variables expand), each item of a list is one argument as written."""
     if args is None:
@@ -32,7 +32,7 @@ def script_command(program: List[str], args: Union[str, List[Any], None]) -> str
     return shlex.join(program + [_text(a) for a in args])
 
 
-def pip_install(requirements: Optional[str]) -> List[str]:
+def pip_install(requirements: Optional[str]) -> list[str]:
     """The command installing a requirements file, if there is one."""
     return [f"pip install --disable-pip-version-check -r {shlex.quote(requirements)}"] if requirements else []
 
@@ -66,10 +66,10 @@ class BuiltinProvider(Provider):
 
     def __init__(self) -> None:
         super().__init__(schema="schema.yaml")
-        self.data: Dict[str, Any] = self.workflow.data
+        self.data: dict[str, Any] = self.workflow.data
         self.resources = ResourceRequirements.from_dict(self.data.get("resources", {}))
 
-    def job(self, image: str, commands: List[str], **options: Any) -> Job:
+    def job(self, image: str, commands: list[str], **options: Any) -> Job:
         """A job running ``commands`` in ``image``, after ``before_run``, with the common parameters;
         ``options`` are more arguments of :class:`dstack.Job`."""
         environment = {str(k): _text(v) for k, v in self.data.get("environment", {}).items()}
@@ -84,7 +84,7 @@ class BuiltinProvider(Provider):
         """Add the provider's own command-line arguments (its positional ones last)."""
 
     @classmethod
-    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
+    def parameters(cls, args: argparse.Namespace) -> dict[str, Any]:
         """The provider's own parameters from its parsed command-line arguments."""
         return {}
 
@@ -114,14 +114,14 @@ class BuiltinProvider(Provider):
         return parser
 
     @classmethod
-    def parameters_from_args(cls, argv: List[str]) -> Dict[str, Any]:
+    def parameters_from_args(cls, argv: list[str]) -> dict[str, Any]:
         """The workflow parameters ``dstack run NAME ARGV`` stands for.
 
         Raises:
             ArgumentError: the arguments are wrong; the message ends with the usage.
         """
         args = cls.parser().parse_args(argv)
-        data: Dict[str, Any] = {}
+        data: dict[str, Any] = {}
         for item in args.env:
             name, eq, value = item.partition("=")
             if not eq or not name:
@@ -138,13 +138,13 @@ class BuiltinProvider(Provider):
         return data
 
 
-def given(args: argparse.Namespace, /, **options: str) -> Dict[str, Any]:
+def given(args: argparse.Namespace, /, **options: str) -> dict[str, Any]:
     """The parameters whose options were given: ``given(args, count="gpu")`` is ``{"count": args.gpu}``
     unless ``args.gpu`` is ``None``."""
     return {name: getattr(args, dest) for name, dest in options.items() if getattr(args, dest) is not None}
 
 
-def nonempty(args: argparse.Namespace, /, **options: str) -> Dict[str, Any]:
+def nonempty(args: argparse.Namespace, /, **options: str) -> dict[str, Any]:
     """The parameters whose options have a value that is not empty: ``nonempty(args, artifacts="artifact")``
     is ``{"artifacts": args.artifact}`` unless no ``-a`` was given (a repeatable option's ``[]``)."""
     return {name: getattr(args, dest) for name, dest in options.items() if getattr(args, dest)}
@@ -158,6 +158,6 @@ def add_script_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
 
 
-def script_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+def script_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The parameters read by :func:`add_script_arguments`."""
     return {"file": args.file, **nonempty(args, args="args", requirements="requirements", version="version")}

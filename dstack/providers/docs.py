@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 import yaml
 
-from dstack import providers
-from dstack import builtin_providers
+from dstack import builtin_providers, providers
 from dstack.providers.common import BuiltinProvider
 from dstack.sdk.schemas import load_document, resolve_pointer
 
@@ -100,13 +100,13 @@ def render_index() -> str:
     return _page(lines)
 
 
-def command_help(cls: type) -> str:
+def command_help(cls: type[BuiltinProvider]) -> str:
     """The help of ``dstack run NAME``, formatted for :data:`HELP_COLUMNS` columns and the same on every
     Python version (3.13 writes ``-o, --output FILE`` where earlier versions write ``-o FILE, --output FILE``,
     3.9 titles the options "optional arguments", 3.14 may colour it)."""
     parser = cls.parser()
     parser.formatter_class = _StableHelpFormatter
-    parser.color = False  # Python 3.14+; ignored before
+    parser.color = False  # type: ignore[attr-defined]  # Python 3.14+; ignored before
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(HELP_COLUMNS)
     try:
@@ -132,13 +132,13 @@ class _StableHelpFormatter(argparse.HelpFormatter):
 # --------------------------------------------------------------------------- parameters
 
 
-def parameter_rows(name: str) -> List[Tuple[str, bool, str, str]]:
+def parameter_rows(name: str) -> list[tuple[str, bool, str, str]]:
     """The rows of the parameters table of provider ``name``: (dotted name, required, type, description)."""
     schema = builtin_providers.schema(name)
     return list(_rows(schema, schema))
 
 
-def type_name(node: Dict[str, Any], root: Optional[Dict[str, Any]] = None) -> str:
+def type_name(node: dict[str, Any], root: Optional[dict[str, Any]] = None) -> str:
     """What a schema accepts, in words: ``integer or string``, ``array of string``, ``object``."""
     node = _resolve(node, root or node)
     alternatives = node.get("oneOf") or node.get("anyOf")
@@ -162,7 +162,7 @@ def type_name(node: Dict[str, Any], root: Optional[Dict[str, Any]] = None) -> st
     return _unique_or(parts)
 
 
-def _rows(node: Dict[str, Any], root: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, bool, str, str]]:
+def _rows(node: dict[str, Any], root: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, bool, str, str]]:
     required = set(node.get("required") or [])
     for key, prop in (node.get("properties") or {}).items():
         prop = _resolve(prop, root)
@@ -171,13 +171,13 @@ def _rows(node: Dict[str, Any], root: Dict[str, Any], prefix: str = "") -> Itera
             yield from _rows(form, root, f"{prefix}{key}.")
 
 
-def _object_forms(node: Dict[str, Any], root: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _object_forms(node: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
     """The object forms of a parameter (itself, or its alternatives) whose keys are listed."""
     forms = [node] + [_resolve(a, root) for a in node.get("oneOf") or node.get("anyOf") or []]
     return [f for f in forms if isinstance(f.get("properties"), dict) and f["properties"]]
 
 
-def _description(prop: Dict[str, Any]) -> str:
+def _description(prop: dict[str, Any]) -> str:
     text = _text(prop.get("description", ""))
     if "enum" in prop:
         text += (" " if text else "") + "One of " + ", ".join(_code(v) for v in prop["enum"]) + "."
@@ -192,13 +192,13 @@ def _size_note() -> str:
     return f"Sizes in `resources`: {description[:1].lower()}{description[1:]}"
 
 
-def _common_parameters(names: Sequence[str]) -> List[str]:
+def _common_parameters(names: Sequence[str]) -> list[str]:
     """The parameters every provider has, defined alike, in the first provider's order."""
     schemas = [builtin_providers.schema(name)["properties"] for name in names]
     return [key for key, value in schemas[0].items() if all(s.get(key) == value for s in schemas[1:])]
 
 
-def _common_options() -> List[str]:
+def _common_options() -> list[str]:
     """The common options of ``dstack run NAME``, e.g. ```-e/--env NAME=VALUE```."""
     found = []
     for action in BuiltinProvider.parser()._actions:  # the options every provider's parser has
@@ -209,7 +209,7 @@ def _common_options() -> List[str]:
     return found
 
 
-def _resolve(node: Any, root: Dict[str, Any]) -> Dict[str, Any]:
+def _resolve(node: Any, root: dict[str, Any]) -> dict[str, Any]:
     """``node`` with a local ``$ref`` (``#/definitions/x``) followed; other keys beside it win.
 
     Raises:
@@ -228,7 +228,7 @@ def _resolve(node: Any, root: Dict[str, Any]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- Markdown
 
 
-def _table(rows: Iterator[Tuple[str, bool, str, str]], required: bool = True) -> List[str]:
+def _table(rows: Iterator[tuple[str, bool, str, str]], required: bool = True) -> list[str]:
     if required:
         lines = ["| Name | Required | Type | Description |", "|------|----------|------|-------------|"]
         return lines + [f"| `{_cell(n)}` | {'yes' if r else 'no'} | {_cell(t)} | {_cell(d)} |" for n, r, t, d in rows]
@@ -256,7 +256,7 @@ def _json_type(value: Any) -> str:
     return {float: "number", str: "string", type(None): "null", list: "array", dict: "object"}.get(type(value), "any")
 
 
-def _unique_or(parts: List[str]) -> str:
+def _unique_or(parts: list[str]) -> str:
     return " or ".join(dict.fromkeys(parts))
 
 
@@ -267,13 +267,13 @@ class _Dumper(yaml.SafeDumper):
         return super().increase_indent(flow, False)
 
 
-def _workflows_yaml(workflow: str, provider: str, parameters: Dict[str, Any]) -> str:
+def _workflows_yaml(workflow: str, provider: str, parameters: dict[str, Any]) -> str:
     document = {"workflows": [{"name": workflow, "provider": provider, **parameters}]}
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
                      width=1000)
 
 
-def _page(lines: List[str]) -> str:
+def _page(lines: list[str]) -> str:
     text = "\n".join(lines)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
@@ -283,22 +283,22 @@ def _page(lines: List[str]) -> str:
 # --------------------------------------------------------------------------- python -m dstack.providers.docs
 
 
-def page_names() -> List[str]:
+def page_names() -> list[str]:
     """The file names of the pages: ``README.md`` and ``NAME.md`` for each provider."""
     return ["README.md"] + [f"{name}.md" for name in builtin_providers.names()]
 
 
-def pages() -> Dict[str, str]:
+def pages() -> dict[str, str]:
     """Every page, by file name (:func:`page_names`)."""
     return {"README.md": render_index(), **{f"{name}.md": render(name) for name in builtin_providers.names()}}
 
 
-def stale_pages(folder: Path = DOCS_DIR) -> List[str]:
+def stale_pages(folder: Path = DOCS_DIR) -> list[str]:
     """The pages of ``folder`` that differ from what would be generated, are missing, or are not generated at all."""
     return _differing(folder, pages()) + _not_generated(folder)
 
 
-def write_pages(folder: Path = DOCS_DIR) -> List[str]:
+def write_pages(folder: Path = DOCS_DIR) -> list[str]:
     """Write the pages that differ into ``folder``; the names of those written."""
     folder.mkdir(parents=True, exist_ok=True)
     expected = pages()
@@ -309,13 +309,13 @@ def write_pages(folder: Path = DOCS_DIR) -> List[str]:
     return written
 
 
-def _differing(folder: Path, expected: Dict[str, str]) -> List[str]:
+def _differing(folder: Path, expected: dict[str, str]) -> list[str]:
     """The pages of ``expected`` that ``folder`` lacks, or holds with another text."""
     return [name for name, text in expected.items()
             if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
 
 
-def _not_generated(folder: Path) -> List[str]:
+def _not_generated(folder: Path) -> list[str]:
     """The Markdown files of ``folder`` that are no page of a provider."""
     names = set(page_names())
     return sorted(p.name for p in folder.glob("*.md") if p.name not in names) if folder.is_dir() else []

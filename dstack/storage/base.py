@@ -7,9 +7,9 @@ bounded whatever the size of an object.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from dstack.errors import UnsafePath
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Union
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
@@ -48,7 +49,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
 class LocalStorage(Storage):
     """Objects as files under ``root`` (created on the first write or by :meth:`check`)."""
 
-    def __init__(self, root: Union[str, "os.PathLike[str]"]) -> None:
+    def __init__(self, root: Union[str, os.PathLike[str]]) -> None:
         self.root = Path(root).absolute()
         self.url = self.root.as_uri()
 

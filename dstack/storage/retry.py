@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Callable, TypeVar
 
 from dstack import defaults
 from dstack.errors import ObjectNotFound, StorageError

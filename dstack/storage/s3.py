@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import boto3
 from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError, HTTPClientError,
-                                 NoCredentialsError, PartialCredentialsError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
@@ -81,8 +88,8 @@ class S3Storage(Storage):
         # The transfer manager wraps the real cause: unwrap it.
         if isinstance(e, S3UploadFailedError) and isinstance(e.__context__, ClientError):
             e = e.__context__
-        elif isinstance(e, RetriesExceededError) and isinstance(e.last_exception, Exception):
-            e = e.last_exception
+        elif isinstance(e, RetriesExceededError) and isinstance(getattr(e, "last_exception", None), Exception):
+            e = e.last_exception  # type: ignore[attr-defined]  # set by its __init__, missing from the stubs
         if isinstance(e, ClientError):
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND and key is not None:

@@ -2,18 +2,15 @@
 every second; each test starts the workers it needs and kills what it must."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import pytest
 
-from tests.conftest import scheduler_only
+from tests.harness import WORKER_TIMEOUT, scheduler_only
 from tests.s3server import MotoServer
 from tests.services import Cluster
-
-#: Seconds of silence after which the scheduler counts a worker lost, in these tests.
-WORKER_TIMEOUT = 6
 
 
 @pytest.fixture

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.projects import graph_workflow_project
 from tests.services import Cluster
+
+pytestmark = pytest.mark.integration
 
 
 def run_to_end(cluster: Cluster, project: Path) -> dict:

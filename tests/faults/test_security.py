@@ -9,11 +9,14 @@ from pathlib import Path
 
 import dramatiq
 import pika
+import pytest
 
 from dstack.broker import make_broker
 from dstack.names import DEFAULT_TASK_QUEUE, EVENTS_QUEUE
 from tests.projects import graph_workflow_project
 from tests.services import Cluster, queue_counts, wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def test_containers_get_no_broker_or_storage_credentials(fleet: Cluster, tmp_path: Path) -> None:
@@ -44,7 +47,8 @@ def test_secrets_reach_jobs_and_are_never_shown(fleet: Cluster, tmp_path: Path) 
     run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=60)
     logs = fleet.job_logs(run_name)["w.0"]
     assert "the job has it" in logs and "token: ***" in logs
-    shown = [json.dumps(run), "\n".join(logs), fleet.dstack("status", run_name).stdout, fleet.dstack("logs", run_name).stdout]
+    shown = [json.dumps(run), "\n".join(logs), fleet.dstack("status", run_name).stdout,
+             fleet.dstack("logs", run_name).stdout]
     assert not any(value in text for text in shown)
     assert run["jobs"][-1]["reason"].startswith("exit code 3")  # its last lines, the secret hidden
     bad = fleet.dstack("secrets", "set", "1BAD", env={})
@@ -64,7 +68,9 @@ def test_messages_of_another_version_or_shape_go_to_the_dead_letter_queue(fleet:
     connection.channel().basic_publish("", DEFAULT_TASK_QUEUE, b"\x00 not msgpack at all")
     connection.close()
     for queue, count in ((DEFAULT_TASK_QUEUE, 4), (EVENTS_QUEUE, 3)):
-        wait_for(lambda: queue_counts(fleet.broker_url, f"{queue}.XQ")[0] == count, 30, f"{queue}.XQ to hold them")
+        # wait_for calls the lambda at once, in this iteration: the loop variables are the ones meant
+        wait_for(lambda: queue_counts(fleet.broker_url, f"{queue}.XQ")[0] == count,  # noqa: B023
+                 30, f"{queue}.XQ to hold them")
     assert "goes to the dead-letter queue" in fleet.logs()
     # both services live on
     run_name = fleet.submit(graph_workflow_project(tmp_path / "project", [{"commands": ["true"]}]))

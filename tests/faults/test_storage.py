@@ -3,14 +3,16 @@ server that drops every connection while it is broken: a short outage is ridden 
 and backoff; a long one fails the job for that reason, and no partial upload is shown as complete."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.projects import graph_workflow_project
 from tests.s3server import MotoServer
 from tests.services import Cluster, FileServer, FlakyProxy, wait_for
+
+pytestmark = pytest.mark.integration
 
 JOBS = [{"commands": ["mkdir -p out", "head -c 100000 /dev/urandom > out/a.bin", "echo b > out/b.txt",
                       "curl -s $FILES/ending", "sleep 1"], "artifacts": ["out"]}]

@@ -9,9 +9,12 @@ import urllib.request
 from pathlib import Path
 
 import docker
+import pytest
 
 from tests.services import Cluster, FileServer, run_name_of, wait_for, write_project
 from tests.wheels import make_wheel, pip_from, wheelhouse
+
+pytestmark = pytest.mark.integration
 
 ARGV_SCRIPT = "import json, sys\nprint('argv=' + json.dumps(sys.argv[1:]))\n"
 

@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.projects import graph_project
 from tests.services import Cluster, FileServer, Vhost, queue_consumers, run_name_of, wait_for, write_project
 from tests.spec import curl_example
+
+pytestmark = pytest.mark.integration
 
 
 def test_ctrl_c_detaches_and_the_run_goes_on(cluster: Cluster, tmp_path: Path, files: FileServer) -> None:
@@ -53,9 +57,9 @@ def test_big_artifacts_stream_with_bounded_memory(cluster: Cluster, tmp_path: Pa
     project = write_project(tmp_path / "project", graph_project([{"name": "w", "jobs": jobs}]))
     result = cluster.dstack("run", "w", cwd=project, timeout=300)
     assert result.returncode == 0, result.stderr
-    digest = next(l.split("| ")[1].split()[0] for l in result.stdout.splitlines() if "out/big.bin" in l)
-    worker_peak_kb = int(next(l.split()[1] for l in Path(f"/proc/{cluster.processes['worker-1'].pid}/status")
-                              .read_text().splitlines() if l.startswith("VmHWM")))
+    digest = next(line.split("| ")[1].split()[0] for line in result.stdout.splitlines() if "out/big.bin" in line)
+    worker_peak_kb = int(next(line.split()[1] for line in Path(f"/proc/{cluster.processes['worker-1'].pid}/status")
+                              .read_text().splitlines() if line.startswith("VmHWM")))
     out = tmp_path / "out"
     download = subprocess.run(
         ["/usr/bin/env", "python3", "-c",
@@ -89,7 +93,6 @@ def test_up_runs_scheduler_and_worker_on_embedded_defaults(tmp_path: Path, files
         example = curl_example()
         example[".dstack/workflows.yaml"] = example[".dstack/workflows.yaml"].replace(
             "https://github.com/karpathy/char-rnn/blob/master/data/tinyshakespeare/input.txt", f"{files.url}/input.txt")
-        example["src/dstack/providers/requirements.txt"] = ""
         project = write_project(tmp_path / "project", example)
         result = subprocess.run([sys.executable, "-m", "dstack.cli.main", "run", "tinyshakespeare"], cwd=project,
                                 env=env, capture_output=True, text=True, timeout=120)

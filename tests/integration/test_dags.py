@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.projects import GRAPH_PROVIDER, GRAPH_SCHEMA, graph_project
 from tests.services import Cluster, FileServer, run_name_of, write_project
 
+pytestmark = pytest.mark.integration
 
-def job(commands: List[str], artifacts: List[str] = ()) -> Dict[str, Any]:
+
+def job(commands: list[str], artifacts: list[str] = ()) -> dict[str, Any]:
     return {"commands": commands, "artifacts": list(artifacts)}
 
 
-def project_of(tmp_path: Path, workflows: List[Dict[str, Any]], variables: Dict[str, Any] = None) -> Path:
+def project_of(tmp_path: Path, workflows: list[dict[str, Any]], variables: dict[str, Any] = None) -> Path:
     files = graph_project(workflows)
     if variables is not None:
         files[".dstack/variables.yaml"] = yaml.safe_dump({"variables": variables})

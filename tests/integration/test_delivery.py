@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dstack.broker import make_broker, send
 from dstack.messages import JobSpec, JobTask
 from dstack.names import task_queue
-from tests.conftest import start_cluster
+from tests.harness import start_cluster
 from tests.projects import graph_project
 from tests.services import Cluster, FileServer, PrivateRabbitMQ, run_name_of, wait_for, write_project
+
+pytestmark = pytest.mark.integration
 
 
 def test_job_outliving_the_consumer_timeout_runs_exactly_once(tmp_path: Path, files: FileServer, s3: object,

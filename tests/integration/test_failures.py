@@ -8,6 +8,8 @@ import pytest
 from tests.projects import graph_project
 from tests.services import Cluster, free_port, run_name_of, write_project
 
+pytestmark = pytest.mark.integration
+
 
 def run_workflow(cluster: Cluster, tmp_path: Path, files: dict, workflow: str = "w"):
     project = write_project(tmp_path / "project", files)
@@ -25,8 +27,8 @@ def failed_run(cluster: Cluster, tmp_path: Path, jobs: list, **kw: object):
 
 
 def test_provider_crash_reports_exit_code_and_last_lines(cluster: Cluster, tmp_path: Path) -> None:
-    run, jobs = failed_run(cluster, tmp_path, [{"commands": ["true"]}],
-                           provider_commands=["echo preparing", "python3 -c 'import sys; print(\"boom\"); sys.exit(3)'"])
+    run, jobs = failed_run(cluster, tmp_path, [{"commands": ["true"]}], provider_commands=[
+        "echo preparing", "python3 -c 'import sys; print(\"boom\"); sys.exit(3)'"])
     provider = jobs["w.provider"]
     assert provider["exit_code"] == 3
     assert "exit code 3" in provider["reason"] and "boom" in provider["reason"]
@@ -73,7 +75,8 @@ def test_out_of_memory(cluster: Cluster, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workflows, providers, expected", [
-    ("workflows:\n  - name: w\n    provider: graph\n    jobs: [\n", None, ".dstack/workflows.yaml:5: not valid YAML: while parsing a flow node"),
+    ("workflows:\n  - name: w\n    provider: graph\n    jobs: [\n", None,
+     ".dstack/workflows.yaml:5: not valid YAML: while parsing a flow node"),
     ("workflows:\n  - name: other\n    provider: graph\n", None,
      "no workflow named 'w' (known workflows: other; built-in providers"),
     ("workflows:\n  - name: w\n    provider: nope\n", None,

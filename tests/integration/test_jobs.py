@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.projects import graph_project
 from tests.services import Cluster, FileServer, free_port, run_name_of, wait_for, write_project
+
+pytestmark = pytest.mark.integration
 
 
 def run(cluster: Cluster, tmp_path: Path, jobs: list, *args: str, **kw: object):
@@ -47,8 +51,9 @@ def test_environment_ports_and_master(cluster: Cluster, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = tmp_path / "out"
     cluster.dstack("artifacts", "download", run_name, "-o", str(out))
-    master = dict(l.split("=", 1) for l in (out / "w.0/env/master.txt").read_text().splitlines() if "=" in l)
-    follower = dict(l.split("=", 1) for l in (out / "w.1/env/follower.txt").read_text().splitlines() if "=" in l)
+    master = dict(line.split("=", 1) for line in (out / "w.0/env/master.txt").read_text().splitlines() if "=" in line)
+    follower = dict(line.split("=", 1) for line in (out / "w.1/env/follower.txt").read_text().splitlines()
+                    if "=" in line)
     assert master["RUN_NAME"] == run_name and master["JOB_ID"] == "w.0"
     assert master["JOB_PORT_0"] == str(port) and master["JOB_HOSTNAME"] == "127.0.0.1"
     assert master["PYTHONUNBUFFERED"] == "1"
@@ -96,7 +101,7 @@ def test_detach_then_follow_logs(cluster: Cluster, tmp_path: Path) -> None:
     assert cluster.status(run_name)["status"] in ("queued", "running")
     followed = cluster.dstack("logs", run_name, "-f")
     assert followed.returncode == 0
-    lines = [l for l in followed.stdout.splitlines() if l.startswith("w.0 | ")]
+    lines = [line for line in followed.stdout.splitlines() if line.startswith("w.0 | ")]
     assert lines == [f"w.0 | line {i}" for i in range(1, 6)]
     assert cluster.status(run_name)["status"] == "done"
     only = cluster.dstack("logs", run_name, "w.0").stdout.splitlines()

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+
+import pytest
 
 from tests.projects import graph_workflow_project
 from tests.services import Cluster, queue_counts, wait_for
+
+pytestmark = pytest.mark.integration
 
 CPU_ONLY = "{cpu: 2, memory: 2GB, gpu: 0}"
 ONE_T4 = "{cpu: 4, memory: 8GB, gpu: {count: 1, name: Tesla T4, memory: 15360MB}}"
@@ -24,7 +27,7 @@ ONE_H100 = "{cpu: 8, memory: 16GB, gpu: {count: 1, name: NVIDIA H100 80GB HBM3, 
 SHOW = "echo gpus=${NVIDIA_VISIBLE_DEVICES:-none}"
 
 
-def gpus_of(lines: List[str]) -> str:
+def gpus_of(lines: list[str]) -> str:
     return next(line.split("=", 1)[1] for line in lines if line.startswith("gpus="))
 
 
@@ -71,7 +74,7 @@ def test_gpus_are_never_shared_under_concurrent_load(fleet: Cluster, tmp_path: P
         out, errors = cli.communicate(timeout=120)
         assert cli.returncode == 0, errors
         run_names.append(out.split()[0])
-    intervals: List[Tuple[float, float, List[str]]] = []
+    intervals: list[tuple[float, float, list[str]]] = []
     for run_name in run_names:
         run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=240)
         assert run["status"] == "done", json.dumps(run, indent=1) + fleet.logs()
@@ -89,7 +92,8 @@ def test_gpus_are_never_shared_under_concurrent_load(fleet: Cluster, tmp_path: P
             if start_a < end_b and start_b < end_a:  # ran at the same time: on different GPUs
                 assert not set(gpus_a) & set(gpus_b), (gpus_a, gpus_b)
     # the two GPUs were used at once (the worker did not run one job at a time)
-    assert any(s_a < e_b and s_b < e_a for i, (s_a, e_a, _) in enumerate(intervals) for s_b, e_b, _ in intervals[i + 1:])
+    assert any(s_a < e_b and s_b < e_a
+               for i, (s_a, e_a, _) in enumerate(intervals) for s_b, e_b, _ in intervals[i + 1:])
     # every GPU was given back (as the next periodic report says)
     wait_for(lambda: not fleet.workers()[0]["in_use"], 30, "the GPUs to be given back")
 

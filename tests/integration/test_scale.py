@@ -4,8 +4,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.projects import graph_project
 from tests.services import Cluster, run_name_of, write_project
+
+pytestmark = pytest.mark.integration
 
 JOBS = 1000
 

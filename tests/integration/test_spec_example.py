@@ -1,11 +1,16 @@
-"""The spec's curl example, exactly as written in ../shared/spec/custom-providers.md."""
+"""The spec's curl example, run from the project's verbatim copy in examples/curl (the spec:
+docs/custom-providers.md; tests/unit/test_spec_copy.py checks that the two agree)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.services import Cluster, FileServer, run_name_of, write_project
 from tests.spec import curl_example
+
+pytestmark = pytest.mark.integration
 
 SPEC_URL = "https://github.com/karpathy/char-rnn/blob/master/data/tinyshakespeare/input.txt"
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
@@ -16,8 +21,6 @@ def test_curl_example_runs_verbatim(cluster: Cluster, files: FileServer, tmp_pat
     example = curl_example()
     assert SPEC_URL in example[".dstack/workflows.yaml"]
     example[".dstack/workflows.yaml"] = example[".dstack/workflows.yaml"].replace(SPEC_URL, f"{files.url}/input.txt")
-    # The one file the spec names but does not show: the provider needs nothing beyond the SDK.
-    example["src/dstack/providers/requirements.txt"] = "# the curl provider needs only the dstack SDK\n"
     project = write_project(tmp_path / "project", example)
 
     result = cluster.dstack("run", "tinyshakespeare", cwd=project)
@@ -47,7 +50,6 @@ def test_schema_violation_fails_the_run_naming_the_field(cluster: Cluster, tmp_p
     example = curl_example()
     example[".dstack/workflows.yaml"] = example[".dstack/workflows.yaml"].replace(
         "output: data/input.txt", "output: 42")
-    example["src/dstack/providers/requirements.txt"] = ""
     project = write_project(tmp_path / "project", example)
 
     result = cluster.dstack("run", "tinyshakespeare", cwd=project)

@@ -5,8 +5,8 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import pytest
@@ -15,6 +15,8 @@ from dstack.errors import ObjectNotFound, StorageError, UnsafePath
 from dstack.storage import ObjectInfo, open_storage
 from dstack.storage.s3 import S3Storage
 from tests.s3server import MotoServer, free_port, start_moto_server
+
+pytestmark = pytest.mark.integration
 
 BUCKET = "dstack-test"
 

@@ -13,6 +13,8 @@ import pytest
 from tests.services import Cluster, run_name_of, write_project
 from tests.wheels import pip_from, wheelhouse
 
+pytestmark = pytest.mark.integration
+
 TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 #: What the torch wheel requires (its METADATA); never ``torch`` itself, which pip would fetch as a
 #: multi-GB CUDA build.

@@ -5,8 +5,6 @@ from __future__ import annotations
 import random
 import sys
 import threading
-from typing import List
-
 
 from dstack.messages import Allocation, GpuInfo, Inventory, Resources
 from dstack.workers.capacity import Capacity
@@ -14,7 +12,7 @@ from dstack.workers.capacity import Capacity
 GB = 1024  # MiB
 
 
-def a100s(count: int) -> List[GpuInfo]:
+def a100s(count: int) -> list[GpuInfo]:
     return [GpuInfo(id=str(i), name="NVIDIA A100-SXM4-40GB", memory_mib=40960) for i in range(count)]
 
 
@@ -151,7 +149,7 @@ def test_release_of_an_unknown_allocation_does_nothing() -> None:
 
 def test_on_release_is_called_outside_the_lock() -> None:
     """The callback may look at the capacity again (it does: workers re-report what is free)."""
-    seen: List[float] = []
+    seen: list[float] = []
     capacity: Capacity
 
     def on_release() -> None:
@@ -170,7 +168,7 @@ def test_on_release_is_called_outside_the_lock() -> None:
 def test_can_take_agrees_with_reserve() -> None:
     rng = random.Random(7)
     capacity = Capacity(Inventory(cpu=6, memory_mib=16 * GB, gpus=a100s(3)), slots=5)
-    held: List[Allocation] = []
+    held: list[Allocation] = []
     for i in range(2000):
         if held and rng.random() < 0.4:
             capacity.release(held.pop(rng.randrange(len(held))))
@@ -237,14 +235,14 @@ def test_many_threads_never_overcommit() -> None:
             releases.calls += 1
 
     capacity = Capacity(inventory, slots=100, on_release=on_release)
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     reserved = [0] * threads_count
     refused = [0] * threads_count
     start = threading.Barrier(threads_count)
 
     def work(index: int) -> None:
         rng = random.Random(index)
-        mine: List[Allocation] = []  # each thread holds a few tasks at a time, so the ledger fills up
+        mine: list[Allocation] = []  # each thread holds a few tasks at a time, so the ledger fills up
         try:
             start.wait()
             for i in range(iterations):

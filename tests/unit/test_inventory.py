@@ -5,13 +5,13 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import pytest
 
 from dstack.errors import ConfigError
-from dstack.settings import load_settings, yaml_mapping
 from dstack.messages import GpuInfo, Inventory
+from dstack.settings import load_settings, yaml_mapping
 from dstack.workers import inventory
 from dstack.workers.inventory import (
     NVIDIA_SMI,
@@ -46,7 +46,7 @@ def smi_output(name: str) -> str:
     ("rtx-5090-3090ti-with-units.csv", [GpuInfo("0", "NVIDIA GeForce RTX 5090", 32607),
                                         GpuInfo("1", "NVIDIA GeForce RTX 3090 Ti", 24564)]),
 ])
-def test_parse_nvidia_smi_reads_real_output(fixture: str, expected: List[GpuInfo]) -> None:
+def test_parse_nvidia_smi_reads_real_output(fixture: str, expected: list[GpuInfo]) -> None:
     assert parse_nvidia_smi(smi_output(fixture)) == expected
 
 
@@ -81,9 +81,9 @@ class FakeRun:
     def __init__(self, returncode: int = 0, stdout: str = "", stderr: str = "",
                  raises: Optional[Exception] = None) -> None:
         self.returncode, self.stdout, self.stderr, self.raises = returncode, stdout, stderr, raises
-        self.calls: List[Any] = []
+        self.calls: list[Any] = []
 
-    def __call__(self, args: List[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    def __call__(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         self.calls.append((args, kwargs))
         if self.raises:
             raise self.raises
@@ -181,11 +181,11 @@ def test_no_cgroup_information_means_no_limit(fake_cgroups: Path) -> None:
 # ----------------------------------------------------------------------------- worker_inventory
 
 
-def offer(declared: Any = None, gpus: List[GpuInfo] = A5000) -> tuple:
+def offer(declared: Any = None, gpus: list[GpuInfo] = A5000) -> tuple:
     return worker_inventory(declared, gpus=gpus, cpus=16.0, memory_mib=64000)
 
 
-def config_error(declared: Any, gpus: List[GpuInfo] = A5000, source: str = "DSTACK_WORKER_RESOURCES") -> ConfigError:
+def config_error(declared: Any, gpus: list[GpuInfo] = A5000, source: str = "DSTACK_WORKER_RESOURCES") -> ConfigError:
     with pytest.raises(ConfigError) as error:
         worker_inventory(declared, source=source, gpus=gpus, cpus=16.0, memory_mib=64000)
     return error.value

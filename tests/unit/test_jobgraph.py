@@ -1,7 +1,7 @@
 """dstack.jobgraph: the checks on a provider's jobs before any of them is recorded."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import pytest
 
@@ -9,7 +9,7 @@ from dstack.jobgraph import check_job_graph, check_relative_path
 from dstack.messages import AppSpec, JobSpec
 
 
-def job(job_id: str, depends_on: Optional[List[str]] = None, master: Optional[str] = None,
+def job(job_id: str, depends_on: Optional[list[str]] = None, master: Optional[str] = None,
         **fields: object) -> JobSpec:
     fields.setdefault("commands", ["echo hi"])
     return JobSpec(job_id=job_id, image="alpine", depends_on=list(depends_on or []), master=master,

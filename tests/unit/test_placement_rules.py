@@ -4,7 +4,7 @@ inventories are described to people."""
 from __future__ import annotations
 
 import re
-from typing import List, Optional
+from typing import Optional
 
 import pytest
 
@@ -31,7 +31,7 @@ def gpu(name: str, memory_mib: int = 40960, gpu_id: str = "0") -> GpuInfo:
     return GpuInfo(id=gpu_id, name=name, memory_mib=memory_mib)
 
 
-def gpus(name: str, count: int, memory_mib: int = 40960, first_id: int = 0) -> List[GpuInfo]:
+def gpus(name: str, count: int, memory_mib: int = 40960, first_id: int = 0) -> list[GpuInfo]:
     return [gpu(name, memory_mib, str(first_id + i)) for i in range(count)]
 
 
@@ -201,7 +201,7 @@ def test_pick_gpus_from_a_mixed_inventory() -> None:
 # ----------------------------------------------------------------------------- fits
 
 
-def inventory(cpu: float = 8, memory_mib: int = gb(32), gpu_list: Optional[List[GpuInfo]] = None) -> Inventory:
+def inventory(cpu: float = 8, memory_mib: int = gb(32), gpu_list: Optional[list[GpuInfo]] = None) -> Inventory:
     return Inventory(cpu=cpu, memory_mib=memory_mib, gpus=gpu_list or [])
 
 
@@ -354,7 +354,8 @@ def test_describe_needs(needs: Resources, text: str) -> None:
 
 
 @pytest.mark.parametrize(("available", "text"), [
-    (Inventory(cpu=8, memory_mib=gb(31), gpus=gpus(A100_40, 2)), "8 CPUs, 31GB memory, 2xNVIDIA A100-SXM4-40GB (40960 MiB)"),
+    (Inventory(cpu=8, memory_mib=gb(31), gpus=gpus(A100_40, 2)),
+     "8 CPUs, 31GB memory, 2xNVIDIA A100-SXM4-40GB (40960 MiB)"),
     (Inventory(cpu=16, memory_mib=gb(64)), "16 CPUs, 64GB memory"),
     (Inventory(cpu=2.5, memory_mib=512), "2.5 CPUs, 512MB memory"),
     (Inventory(cpu=32, memory_mib=gb(128), gpus=gpus(T4, 2, 15360) + gpus(H100, 1, 81559, first_id=2)),

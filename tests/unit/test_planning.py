@@ -3,7 +3,7 @@ WorkflowSpecs of a run with variables substituted. Projects are real .dstack/ fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 import pytest
 
@@ -32,7 +32,7 @@ def project_of(root: Path, workflows: str, variables: Optional[str] = None) -> P
     return load_project(root)
 
 
-def graph(root: Path, edges: Dict[str, List[str]], key: str = "depends-on") -> Project:
+def graph(root: Path, edges: dict[str, list[str]], key: str = "depends-on") -> Project:
     """A project whose workflows depend on each other as ``edges`` says (all with provider python)."""
     text = "workflows:\n"
     for name, upstream in edges.items():
@@ -42,7 +42,7 @@ def graph(root: Path, edges: Dict[str, List[str]], key: str = "depends-on") -> P
     return project_of(root, text)
 
 
-def names(project: Project, target: str) -> List[str]:
+def names(project: Project, target: str) -> list[str]:
     return [w.name for w in workflow_order(project, target)]
 
 
@@ -65,7 +65,7 @@ def config_error(call, *args) -> ConfigError:  # type: ignore[no-untyped-def]
     (["--lr", "-0.1"], {"lr": "-0.1"}),          # a value may start with '-'
     (["--epochs", "1", "--epochs", "2"], {"epochs": "2"}),  # the last one wins
 ])
-def test_parse_overrides(args: List[str], expected: Dict[str, str]) -> None:
+def test_parse_overrides(args: list[str], expected: dict[str, str]) -> None:
     assert parse_overrides(args) == expected
 
 
@@ -74,7 +74,7 @@ def test_parse_overrides_takes_any_sequence() -> None:
 
 
 @pytest.mark.parametrize("args", [["--epochs"], ["--lr=0.1", "--epochs"]])
-def test_parse_overrides_missing_value(args: List[str]) -> None:
+def test_parse_overrides_missing_value(args: list[str]) -> None:
     error = config_error(parse_overrides, args)
     assert "--epochs needs a value" in str(error)
 
@@ -86,7 +86,7 @@ def test_parse_overrides_missing_value(args: List[str]) -> None:
     (["--"], "--"),
     (["train"], "train"),
 ])
-def test_parse_overrides_stray_argument(args: List[str], stray: str) -> None:
+def test_parse_overrides_stray_argument(args: list[str], stray: str) -> None:
     error = config_error(parse_overrides, args)
     assert f"unexpected argument {stray!r}" in str(error)
     assert "--name value" in str(error)  # says how to write one
@@ -229,7 +229,7 @@ def pipeline(tmp_path: Path) -> Project:
     return project_of(tmp_path, PIPELINE, VARIABLES)
 
 
-def by_name(specs: List[WorkflowSpec]) -> Dict[str, WorkflowSpec]:
+def by_name(specs: list[WorkflowSpec]) -> dict[str, WorkflowSpec]:
     return {s.name: s for s in specs}
 
 

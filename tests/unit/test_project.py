@@ -7,8 +7,8 @@ from typing import Optional
 import pytest
 
 from dstack.errors import ConfigError
-from dstack.messages import ProviderRepo, ProviderSpec
 from dstack.located_yaml import field_path
+from dstack.messages import ProviderRepo, ProviderSpec
 from dstack.project import SYSTEM_KEYS, Project, Workflow, find_root, load_project
 
 WORKFLOWS = """\

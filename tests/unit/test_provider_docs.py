@@ -4,8 +4,9 @@ hold examples that are valid."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ KEYWORDS = {
 }
 
 
-def _properties(node: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, Dict[str, Any]]]:
+def _properties(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every parameter of a schema, nested ones included (``resources.gpu.count``), with its schema."""
     for key, prop in (node.get("properties") or {}).items():
         yield prefix + key, prop
@@ -37,7 +38,7 @@ def _properties(node: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, D
                 yield from _properties(form, f"{prefix}{key}.")
 
 
-def _subschemas(node: Any, path: str = "") -> Iterator[Tuple[str, Dict[str, Any]]]:
+def _subschemas(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every schema object inside ``node`` (not the values of ``examples``, ``default`` or ``enum``)."""
     if not isinstance(node, dict):
         return

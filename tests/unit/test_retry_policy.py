@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -342,7 +342,7 @@ def test_the_first_workflow_is_named_by_index_zero(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- planning
 
 
-def plan(tmp_path: Path, workflows: str, target: str = "train") -> Dict[str, WorkflowSpec]:
+def plan(tmp_path: Path, workflows: str, target: str = "train") -> dict[str, WorkflowSpec]:
     return {spec.name: spec for spec in plan_run(project_of(tmp_path, workflows), target)}
 
 

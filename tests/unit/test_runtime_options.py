@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import docker.errors
 import docker.types
@@ -14,13 +14,13 @@ from dstack.workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContain
 
 
 class FakeContainer:
-    def __init__(self, name: str, labels: Dict[str, str]) -> None:
+    def __init__(self, name: str, labels: dict[str, str]) -> None:
         self.name = name
         self.labels = labels
         self.started = 0
-        self.attached: List[Dict[str, Any]] = []
+        self.attached: list[dict[str, Any]] = []
 
-    def attach_socket(self, params: Dict[str, Any]) -> object:
+    def attach_socket(self, params: dict[str, Any]) -> object:
         assert not self.started, "the lifeline is attached before the container starts"
         self.attached.append(params)
         return object()
@@ -33,9 +33,9 @@ class FakeContainers:
     """``client.containers``: records what ``create`` was given; may refuse with ``error``."""
 
     def __init__(self) -> None:
-        self.created: List[Dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
         self.error: Optional[Exception] = None
-        self.existing: Dict[str, FakeContainer] = {}
+        self.existing: dict[str, FakeContainer] = {}
 
     def create(self, **options: Any) -> FakeContainer:
         self.created.append(options)
@@ -48,7 +48,7 @@ class FakeContainers:
 
 
 class FakeImage:
-    def __init__(self, config: Dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.attrs = {"Config": config}
 
 
@@ -56,7 +56,7 @@ class FakeImages:
     """``client.images``: the config of each image there is."""
 
     def __init__(self) -> None:
-        self.configs: Dict[str, Dict[str, Any]] = {}
+        self.configs: dict[str, dict[str, Any]] = {}
 
     def get(self, name: str) -> FakeImage:
         if name not in self.configs:
@@ -81,7 +81,7 @@ def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus
 
 
 def spec(**overrides: Any) -> ContainerSpec:
-    fields: Dict[str, Any] = dict(
+    fields: dict[str, Any] = dict(
         name="dstack-witty-otter-1234-train-0-0", image="python:3.11", script="python train.py",
         env={"DSTACK_RUN": "witty-otter-1234"}, working_dir="/workflow",
         mounts=[("/var/dstack/tasks/x", "/workflow", False), ("/var/dstack/inputs", "/inputs", True)],
@@ -90,7 +90,7 @@ def spec(**overrides: Any) -> ContainerSpec:
     return ContainerSpec(**fields)
 
 
-def created(runtime: DockerRuntime, container_spec: ContainerSpec) -> Dict[str, Any]:
+def created(runtime: DockerRuntime, container_spec: ContainerSpec) -> dict[str, Any]:
     """Start ``container_spec`` and return the options Docker was asked to create it with."""
     runtime.start(container_spec)
     client: FakeClient = runtime._client  # type: ignore[assignment]
@@ -257,7 +257,7 @@ def test_no_commands_run_the_image_s_own_entrypoint_and_cmd() -> None:
     ({}, "image 'app:1' is not present on this worker"),
     ({"app:1": {"Entrypoint": None, "Cmd": None}}, "image 'app:1' has no command of its own"),
 ])
-def test_no_commands_and_no_image_command(configs: Dict[str, Any], message: str) -> None:
+def test_no_commands_and_no_image_command(configs: dict[str, Any], message: str) -> None:
     runtime = make_runtime()
     runtime._client.images.configs.update(configs)  # type: ignore[attr-defined]
     with pytest.raises(DstackError, match=message):

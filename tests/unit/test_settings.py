@@ -1,6 +1,7 @@
 """dstack.settings: defaults, environment, $DSTACK_HOME/config.yaml, and what is refused."""
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def test_with_overrides() -> None:
 
 def test_settings_are_frozen() -> None:
     settings = Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         settings.worker_id = "x"  # type: ignore[misc]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Set
 
 import pytest
 
@@ -15,7 +14,7 @@ from dstack.storage.local import LocalStorage
 from tests.services import write_project as make_tree
 
 
-def listed(root: Path) -> Set[str]:
+def listed(root: Path) -> set[str]:
     paths = list(iter_project_files(root))
     assert all(not p.is_absolute() for p in paths)
     assert len(paths) == len(set(paths))
@@ -227,7 +226,7 @@ def test_materialize_refuses_escaping_manifest(storage: LocalStorage, tmp_path: 
     blob.write_text("evil")
     digest = file_digest(blob)
     storage.put_file(f"blobs/{digest[:2]}/{digest}", blob)
-    storage.put_bytes(snapshot_key("evil"), ('{"files":[["../escaped.txt","%s",4,false]]}' % digest).encode())
+    storage.put_bytes(snapshot_key("evil"), ('{"files":[["../escaped.txt","' + digest + '",4,false]]}').encode())
     with pytest.raises(UnsafePath):
         materialize_snapshot(storage, "evil", tmp_path / "target", None)
     assert not (tmp_path / "escaped.txt").exists()

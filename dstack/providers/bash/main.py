@@ -1,10 +1,9 @@
 """The ``bash`` provider: shell commands in one job."""
 import argparse
 import shlex
-from typing import Any, Dict, List
+from typing import Any
 
 from dstack import Job
-
 from dstack.providers.common import ArgumentError, BuiltinProvider, given, python_image
 
 
@@ -12,7 +11,7 @@ class BashProvider(BuiltinProvider):
     name = "bash"
     summary = "Run shell commands in one job: `dstack run bash -c 'echo hi'` or `dstack run bash SCRIPT [ARGS...]`."
 
-    def create_jobs(self) -> List[Job]:
+    def create_jobs(self) -> list[Job]:
         return [self.job(python_image(None), self.data["commands"], ports=[0] * self.data.get("ports", 0))]
 
     @classmethod
@@ -24,7 +23,7 @@ class BashProvider(BuiltinProvider):
         parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
 
     @classmethod
-    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
+    def parameters(cls, args: argparse.Namespace) -> dict[str, Any]:
         if bool(args.command) == bool(args.script):
             raise ArgumentError("give either -c COMMAND or a SCRIPT, e.g. `dstack run bash -c 'echo hi'`")
         commands = args.command or [shlex.join(["bash", args.script] + args.args)]

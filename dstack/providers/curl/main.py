@@ -2,10 +2,9 @@
 import argparse
 import posixpath
 import shlex
-from typing import Any, Dict, List
+from typing import Any
 
 from dstack import Job
-
 from dstack.providers.common import BuiltinProvider, python_image
 
 
@@ -13,7 +12,7 @@ class CurlProvider(BuiltinProvider):
     name = "curl"
     summary = "Download a file: `dstack run curl URL -o data/input.txt -a data`."
 
-    def create_jobs(self) -> List[Job]:
+    def create_jobs(self) -> list[Job]:
         url, output = self.data["url"], self.data["output"]
         folder = posixpath.dirname(output)
         commands = ([f"mkdir -p {shlex.quote(folder)}"] if folder else []) + [
@@ -26,7 +25,7 @@ class CurlProvider(BuiltinProvider):
         parser.add_argument("url", help="what to download")
 
     @classmethod
-    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
+    def parameters(cls, args: argparse.Namespace) -> dict[str, Any]:
         return {"url": args.url, "output": args.output}
 
 

@@ -1,10 +1,9 @@
 """The ``docker`` provider: commands in one job, in an image of your choice."""
 import argparse
 import shlex
-from typing import Any, Dict, List
+from typing import Any
 
 from dstack import Job
-
 from dstack.providers.common import BuiltinProvider, given
 
 
@@ -13,7 +12,7 @@ class DockerProvider(BuiltinProvider):
     summary = ("Run a command in an image of your choice: `dstack run docker IMAGE [COMMAND [ARGS...]]` "
                "(without a command, the image's own).")
 
-    def create_jobs(self) -> List[Job]:
+    def create_jobs(self) -> list[Job]:
         return [self.job(self.data["image"], self.data.get("commands", []), ports=[0] * self.data.get("ports", 0))]
 
     @classmethod
@@ -24,8 +23,8 @@ class DockerProvider(BuiltinProvider):
                             help="the command and its arguments (default: the image's own)")
 
     @classmethod
-    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
-        data: Dict[str, Any] = {"image": args.image}
+    def parameters(cls, args: argparse.Namespace) -> dict[str, Any]:
+        data: dict[str, Any] = {"image": args.image}
         if args.command:
             data["commands"] = [shlex.join(args.command)]
         return {**data, **given(args, ports="ports")}

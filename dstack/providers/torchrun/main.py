@@ -1,18 +1,24 @@
 """The ``torchrun`` provider: a PyTorch script on one node or several."""
 import argparse
-from typing import Any, Dict, List
+from typing import Any
 
 from dstack import Job
-
-from dstack.providers.common import BuiltinProvider, add_script_arguments, given, pip_install, python_image, \
-    script_command, script_parameters
+from dstack.providers.common import (
+    BuiltinProvider,
+    add_script_arguments,
+    given,
+    pip_install,
+    python_image,
+    script_command,
+    script_parameters,
+)
 
 
 class TorchrunProvider(BuiltinProvider):
     name = "torchrun"
     summary = "Run a PyTorch script with torchrun on one node or several: `dstack run torchrun --nodes 2 train.py`."
 
-    def create_jobs(self) -> List[Job]:
+    def create_jobs(self) -> list[Job]:
         nodes = self.data.get("nodes", 1)
         image = python_image(self.data.get("version"))
         install = pip_install(self.data.get("requirements"))
@@ -34,7 +40,7 @@ class TorchrunProvider(BuiltinProvider):
         add_script_arguments(parser)
 
     @classmethod
-    def parameters(cls, args: argparse.Namespace) -> Dict[str, Any]:
+    def parameters(cls, args: argparse.Namespace) -> dict[str, Any]:
         return {**script_parameters(args), **given(args, nodes="nodes")}
 
 

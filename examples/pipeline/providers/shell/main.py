@@ -1,6 +1,5 @@
 """A provider that runs a workflow's shell commands: once, or `parallel` times side by side,
 followed by a job that lists what they produced."""
-from typing import List
 
 from dstack import Job, Provider, ResourceRequirements
 
@@ -15,7 +14,7 @@ class ShellProvider(Provider):
         self.parallel = data.get("parallel", 1)
         self.resources = ResourceRequirements.from_dict(data.get("resources", {}))
 
-    def create_jobs(self) -> List[Job]:
+    def create_jobs(self) -> list[Job]:
         parts = [Job(image=self.image, commands=self.commands, artifacts=self.artifacts,
                      resources=self.resources, environment={"PART_INDEX": str(i)})
                  for i in range(self.parallel)]
