@@ -1,29 +1,40 @@
 """How tasks move: released when what they wait for is done, enqueued, cancelled when that
 can no longer happen, and how a run's status follows from its tasks.
 
-Every change is made inside the caller's transaction; messages go to the outbox. The work per
-event is proportional to the task's direct dependents, never to the size of the run.
+Every status change goes through :meth:`TaskFlow.move` (tasks) or :meth:`TaskFlow.move_run`
+(runs), checked against the tables of :mod:`dstack.states`; ``move`` also keeps the counters the
+store reads instead of scanning (a run's unfinished and running tasks, the tasks queued in each
+queue). Every change is made inside the caller's transaction; messages go to the outbox. The work
+per event is proportional to the task's direct dependents, never to the size of the run.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
-from dstack.messages import (ArtifactRef, Endpoint, JobSpec, JobTask, ProviderRepo, ProviderSpec, ProviderTask,
-                             QueueOpened, Resources, RetryPolicy, StopTask, encode, from_dict)
-from dstack.names import DEFAULT_TASK_QUEUE, job_id as make_job_id, task_queue, worker_queue
-from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.messages import (
+    ArtifactRef,
+    Endpoint,
+    JobSpec,
+    JobTask,
+    ProviderTask,
+    QueueOpened,
+    Resources,
+    StopTask,
+    encode,
+)
+from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, TASK_ACTOR, task_queue, worker_queue
+from dstack.names import job_id as make_job_id
+from dstack.scheduler.model import JobState, Kind, RunRecord, Status, TaskRecord
 from dstack.scheduler.store import StateStore
+from dstack.states import IllegalTransition, check_run_move, check_task_move
 
-#: Dramatiq actor names, on the worker side.
-TASK_ACTOR = "run_task"
-CONTROL_ACTOR = "control"
 #: The longest wait before a retry, in seconds, however often the backoff has doubled.
 MAX_BACKOFF_S = 600.0
 
 
-def env_of(variables: Dict[str, Any]) -> Dict[str, str]:
+def env_of(variables: dict[str, Any]) -> dict[str, str]:
     """Variables as environment variables: upper-case names, text values."""
     return {name.upper(): str(value) for name, value in variables.items()}
 
@@ -39,10 +50,74 @@ class TaskFlow:
     def __init__(self, store: StateStore, worker_timeout: float) -> None:
         self.store = store
         self.worker_timeout = worker_timeout
-        self.changed: Dict[str, Dict[str, TaskRecord]] = {}
+        self.changed: dict[str, dict[str, TaskRecord]] = {}
+
+    # ------------------------------------------------------------------ the state machine
+
+    def create(self, task: TaskRecord) -> None:
+        """Record a new task (``submitted``): one more unfinished task in its run."""
+        check_task_move(None, task.status, f"task {task.run_name}/{task.task_id}")
+        self.store.add_task(task)
+        self.store.adjust_run_counters(task.run_name, unfinished=1)
+        self._changed(task)
+
+    def move(self, task: TaskRecord, status: Status) -> None:
+        """Change the status of ``task`` (and save what else changed in it): the one way a task moves.
+
+        The move is from the status as stored, which is the truth also for an outdated copy of the
+        record; to that same status it is no move, only a save. The run's counters of unfinished and
+        running tasks, and the count of tasks queued in the task's queue, follow the move.
+
+        Raises:
+            IllegalTransition: :data:`~dstack.states.TASK_MOVES` does not allow it (a bug).
+        """
+        stored = self.store.stored_status(task.run_name, task.task_id)
+        assert stored is not None, f"task {task.run_name}/{task.task_id} is not recorded"
+        before, queue = stored
+        if status is not before:
+            check_task_move(before, status, f"task {task.run_name}/{task.task_id}")
+        task.status = status
+        self.store.save_task(task)
+        unfinished = int(not status.finished) - int(not before.finished)
+        running = int(status is Status.RUNNING) - int(before is Status.RUNNING)
+        if unfinished or running:
+            self.store.adjust_run_counters(task.run_name, unfinished=unfinished, running=running)
+        if before is Status.QUEUED and (status is not Status.QUEUED or queue != task.queue):
+            self.store.adjust_queue(queue, -1)
+        if status is Status.QUEUED and not (before is Status.QUEUED and queue == task.queue):
+            self.store.adjust_queue(task.queue, +1)
+        self._changed(task)
 
     def save(self, task: TaskRecord) -> None:
+        """Save what changed in ``task`` other than its status (use :meth:`move` for that).
+
+        Raises:
+            IllegalTransition: its status differs from the stored one (a bug).
+        """
+        stored = self.store.stored_status(task.run_name, task.task_id)
+        if stored is None or stored[0] is not task.status:
+            raise IllegalTransition(f"task {task.run_name}/{task.task_id}: a status change must be a move")
         self.store.save_task(task)
+        self._changed(task)
+
+    def create_run(self, run: RunRecord) -> None:
+        """Record a new run (``queued``)."""
+        check_run_move(None, run.status, f"run {run.run_name}")
+        self.store.save_run(run)
+
+    def move_run(self, run: RunRecord, status: Status) -> None:
+        """Change the status of ``run`` (and save what else changed in it): the one way a run moves.
+
+        Raises:
+            IllegalTransition: :data:`~dstack.states.RUN_MOVES` does not allow it (a bug).
+        """
+        if status is not run.status:
+            check_run_move(run.status, status, f"run {run.run_name}")
+        run.status = status
+        self.store.save_run(run)
+        self.changed.setdefault(run.run_name, {})
+
+    def _changed(self, task: TaskRecord) -> None:
         self.changed.setdefault(task.run_name, {})[task.task_id] = task
 
     # ------------------------------------------------------------------ forward
@@ -59,8 +134,8 @@ class TaskFlow:
             if master is None or master.status is not Status.RUNNING:
                 return
         if task.kind is Kind.WORKFLOW:
-            task.status, task.finished_at = Status.DONE, time.time()
-            self.save(task)
+            task.finished_at = time.time()
+            self.move(task, Status.DONE)
             self.on_done(task)
         else:
             self.enqueue(task)
@@ -74,8 +149,8 @@ class TaskFlow:
 
     def end(self, task: TaskRecord, status: Status, reason: str, now: float) -> None:
         """``task`` ended with ``status``: record it, and move on what waited on it."""
-        task.status, task.reason, task.finished_at = status, reason, now
-        self.save(task)
+        task.reason, task.finished_at = reason, now
+        self.move(task, status)
         if status is Status.DONE:
             self.on_done(task)
         self.cancel_dependents(task)
@@ -94,72 +169,70 @@ class TaskFlow:
         if task.kind is Kind.PROVIDER:
             workflow = self.store.get_task(task.run_name, task.workflow)
             assert workflow is not None
-            inputs = self.inputs_of(workflow)
-            task.spec["inputs"] = [asdict(i) for i in inputs]
-            provider = task.spec.get("provider")
-            repo = task.spec.get("provider_repo")
+            state = task.provider_state
+            state.inputs = self.inputs_of(workflow)
             message: Any = ProviderTask(
                 run_name=task.run_name, task_id=task.task_id, attempt=task.attempt, workflow=task.workflow,
-                data=task.spec["data"], snapshot_id=run.snapshot_id,
-                provider=from_dict(ProviderSpec, provider) if provider else None,
-                provider_repo=from_dict(ProviderRepo, repo) if repo else None,
-                env=env_of(workflow.spec.get("variables", {})), inputs=inputs)
+                data=state.data, snapshot_id=run.snapshot_id, provider=state.provider,
+                provider_repo=state.provider_repo, env=env_of(workflow.workflow_state.variables),
+                inputs=list(state.inputs))
         else:
             master = None
             if task.master:
                 record = self.store.get_task(task.run_name, task.master)
                 assert record is not None and record.hostname is not None
                 master = Endpoint(hostname=record.hostname, ports=record.ports)
-            message = JobTask(run_name=task.run_name, attempt=task.attempt, job=from_dict(JobSpec, task.spec["job"]),
-                              snapshot_id=run.snapshot_id, master=master,
-                              inputs=[from_dict(ArtifactRef, i) for i in task.spec.get("inputs", [])],
+            message = JobTask(run_name=task.run_name, attempt=task.attempt, job=task.job_state.job,
+                              snapshot_id=run.snapshot_id, master=master, inputs=list(task.job_state.inputs),
                               secrets={name: value for name, value, _ in self.store.secrets()})
             needs = message.job.resources
         task.queue = task_queue(needs)
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:
             for report, _ in self.live_workers():  # they take from the queues they know of
                 self.send_to_worker(report["worker_id"], QueueOpened(task.queue, needs))
-        task.status, task.reason = Status.QUEUED, ""
-        self.save(task)
+        task.reason = ""
+        self.move(task, Status.QUEUED)
         self.store.add_outbox(task.queue, TASK_ACTOR, encode(message))
 
-    def live_workers(self) -> List[Tuple[Dict[str, Any], float]]:
+    def live_workers(self) -> list[tuple[dict[str, Any], float]]:
         """``(latest report, seen_at)`` of every worker heard from within the worker timeout."""
         since = time.time() - self.worker_timeout
         return [(report, seen_at) for report, seen_at in self.store.workers() if seen_at >= since]
 
-    def inputs_of(self, workflow: TaskRecord) -> List[ArtifactRef]:
+    def inputs_of(self, workflow: TaskRecord) -> list[ArtifactRef]:
         """The artifacts a workflow starts with: those of the workflows it depends on (in this
         run, all done by now) and of the tagged runs it names."""
-        refs = [from_dict(ArtifactRef, r) for r in workflow.spec.get("tag_inputs", [])]
-        for upstream in workflow.spec.get("depends_on", []):
+        state = workflow.workflow_state
+        refs = list(state.tag_inputs)
+        for upstream in state.depends_on:
             refs += [ArtifactRef(workflow.run_name, job.task_id)
-                     for job in self.store.jobs_of(workflow.run_name, upstream) if job.spec["job"]["artifacts"]]
+                     for job in self.store.jobs_of(workflow.run_name, upstream) if job.job_state.job.artifacts]
         return refs
 
-    def create_jobs(self, provider: TaskRecord, jobs: List[JobSpec]) -> None:
+    def create_jobs(self, provider: TaskRecord, jobs: list[JobSpec]) -> None:
         """Record a provider's jobs all together, and start those with nothing to wait for."""
         workflow = self.store.get_task(provider.run_name, provider.workflow)
         assert workflow is not None
         ids = {job.job_id: make_job_id(provider.workflow, i) for i, job in enumerate(jobs)}
-        variables = env_of(workflow.spec.get("variables", {}))
+        defaults = workflow.workflow_state
+        variables = env_of(defaults.variables)
         records = []
         for job in jobs:
             job.job_id = ids[job.job_id]
             job.depends_on = [ids[d] for d in job.depends_on]
             job.master = ids[job.master] if job.master else None
             job.env = {**variables, **job.env}
-            if job.retry is None and workflow.spec.get("retry"):
-                job.retry = from_dict(RetryPolicy, workflow.spec["retry"])
+            if job.retry is None and defaults.retry:
+                job.retry = defaults.retry
             if job.max_duration_s is None:
-                job.max_duration_s = workflow.spec.get("max_duration_s")
+                job.max_duration_s = defaults.max_duration_s
             records.append(TaskRecord(
                 run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
-                status=Status.SUBMITTED, spec={"job": asdict(job), "inputs": provider.spec.get("inputs", [])},
+                status=Status.SUBMITTED, spec=JobState(job=job, inputs=list(provider.provider_state.inputs)),
                 depends_on=job.depends_on, deps_left=len(job.depends_on), master=job.master,
                 submitted_at=time.time()))
         for record in records:
-            self.save(record)
+            self.create(record)
             self.store.add_dependency(record.run_name, record.task_id, workflow.task_id)
         for record in records:
             self.release_if_ready(record)
@@ -170,24 +243,25 @@ class TaskFlow:
         """If ``task``, a job of ``run`` that failed for ``reason``, may run again (it has retries
         left and the run is not being stopped), make it wait for its backoff (doubling with each
         retry) as its next attempt, and return True."""
-        policy = (task.spec.get("job") or {}).get("retry")
-        retries = task.spec.get("retries", 0)
-        if task.kind is not Kind.JOB or not policy or retries >= policy["limit"] or run.stop_requested:
+        if task.kind is not Kind.JOB or run.stop_requested:
             return False
-        delay = min(policy["backoff_s"] * 2 ** retries, MAX_BACKOFF_S)
-        task.spec["retries"], task.spec["retry_at"] = retries + 1, time.time() + delay
-        task.status, task.attempt = Status.RETRYING, task.attempt + 1
-        task.reason = f"{reason.splitlines()[0] if reason else 'failed'}; retry {retries + 1} of {policy['limit']} " \
+        state = task.job_state
+        policy, retries = state.job.retry, state.retries
+        if policy is None or retries >= policy.limit:
+            return False
+        delay = min(policy.backoff_s * 2 ** retries, MAX_BACKOFF_S)
+        task.new_attempt()
+        state.retries, state.retry_at = retries + 1, time.time() + delay
+        task.reason = f"{reason.splitlines()[0] if reason else 'failed'}; retry {retries + 1} of {policy.limit} " \
                       f"in {delay:g} s"
-        task.worker_id = task.hostname = task.started_at = task.finished_at = None
-        task.ports = []
-        self.save(task)
+        self.move(task, Status.RETRYING)
         return True
 
     def release_due_retries(self, now: float) -> None:
         """Start again the jobs whose backoff has passed."""
         for task in self.store.tasks_in_status(Status.RETRYING):
-            if task.spec["retry_at"] > now:
+            retry_at = task.job_state.retry_at
+            if retry_at is not None and retry_at > now:
                 continue
             master = self.store.get_task(task.run_name, task.master) if task.master else None
             if master is not None and master.status.finished:  # it would wait for it forever
@@ -197,8 +271,7 @@ class TaskFlow:
                 assert run is not None
                 self.update_run(run)
                 continue
-            task.status = Status.SUBMITTED
-            self.save(task)
+            self.move(task, Status.SUBMITTED)
             self.release_if_ready(task)
 
     # ------------------------------------------------------------------ backward
@@ -229,9 +302,8 @@ class TaskFlow:
                     reason = f"{what} {upstream.task_id} {upstream.status.value}"
                 else:
                     continue
-                dependent.status = Status.STOPPED if upstream.status is Status.STOPPED else Status.FAILED
                 dependent.reason, dependent.finished_at = reason, time.time()
-                self.save(dependent)
+                self.move(dependent, Status.STOPPED if upstream.status is Status.STOPPED else Status.FAILED)
                 pending.append(dependent)
 
     def update_run(self, run: RunRecord) -> None:
@@ -251,9 +323,7 @@ class TaskFlow:
                 status = Status.DONE
             run.finished_at = run.finished_at or time.time()
         if status is not run.status or not unfinished:
-            run.status = status
-            self.store.save_run(run)
-            self.changed.setdefault(run.run_name, {})
+            self.move_run(run, status)
 
     def send_to_worker(self, worker_id: str, message: Any) -> None:
         self.store.add_outbox(worker_queue(worker_id), CONTROL_ACTOR, encode(message))

@@ -3,24 +3,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict
+from typing import Any
 
-import dramatiq
-
-from dstack.broker import describe, make_broker
+from dstack.broker import DramatiqConnectionError, consumer, describe, enqueue, make_broker
 from dstack.errors import DstackError, MessageError
 from dstack.live import Publisher
-from dstack.messages import from_payload, pack, unpack
-from dstack.names import EVENTS_QUEUE, UPDATES_EXCHANGE
+from dstack.messages import from_payload, pack, plain, unpack
+from dstack.names import EVENT_ACTOR, EVENTS_QUEUE, UPDATES_EXCHANGE
 from dstack.rpc import RpcServer
-from dstack.settings import Settings
 from dstack.scheduler.service import Scheduler
 from dstack.scheduler.store import SqliteStateStore
+from dstack.settings import Settings
+from dstack.views import RunUpdate
 
 log = logging.getLogger(__name__)
 
-#: Dramatiq actor that receives worker events.
-EVENT_ACTOR = "handle_event"
 #: Seconds between two ticks (retries that are due, workers that stopped reporting).
 TICK_INTERVAL = 1.0
 
@@ -37,9 +34,8 @@ class SchedulerService:
                                    worker_timeout=settings.worker_timeout)
         self._lock = threading.Lock()
         self.rpc = RpcServer(settings.broker_url, self._locked(self.scheduler.handle_request))
-        dramatiq.actor(self._on_event, broker=self.broker, actor_name=EVENT_ACTOR, queue_name=EVENTS_QUEUE,
-                       max_retries=5, time_limit=60_000, throws=(MessageError,))
-        self.worker = dramatiq.Worker(self.broker, queues={EVENTS_QUEUE}, worker_threads=1)
+        self.worker = consumer(self.broker, self._on_event, queue_name=EVENTS_QUEUE, actor_name=EVENT_ACTOR,
+                               threads=1, max_retries=5, time_limit=60_000, throws=(MessageError,))
         self._stopping = threading.Event()
 
     def _locked(self, handler: Any) -> Any:
@@ -48,18 +44,16 @@ class SchedulerService:
                 return handler(message)
         return call
 
-    def _on_event(self, payload: Dict[str, Any]) -> None:
-        event = from_payload(payload)
+    def _on_event(self, payload: dict[str, Any]) -> None:
+        event: Any = from_payload(payload)
         with self._lock:
             self.scheduler.handle_event(event)
 
     def _send(self, queue: str, actor: str, payload: bytes) -> None:
-        self.broker.declare_queue(queue)
-        self.broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=(unpack(payload),),
-                                             kwargs={}, options={}))
+        enqueue(self.broker, queue, actor, unpack(payload))
 
-    def _notify(self, run_name: str, update: Dict[str, Any]) -> None:
-        self.publisher.publish(UPDATES_EXCHANGE, run_name, pack(update))
+    def _notify(self, run_name: str, update: RunUpdate) -> None:
+        self.publisher.publish(UPDATES_EXCHANGE, run_name, pack(plain(update)))
 
     def run(self) -> None:
         with self._lock:
@@ -72,7 +66,7 @@ class SchedulerService:
             try:
                 with self._lock:
                     self.scheduler.tick()
-            except (DstackError, dramatiq.errors.ConnectionError) as e:
+            except (DstackError, DramatiqConnectionError) as e:
                 log.warning("tick: %s (what it sends stays in the outbox)", e)
             except Exception:  # a bug: say so, keep ticking
                 log.exception("tick failed")

@@ -9,19 +9,56 @@ import logging
 import re
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Optional
 
 from dstack import defaults
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph, find_cycle
-from dstack.messages import (ArtifactRef, ClaimTask, DeleteSecret, GetRuns, GetSecrets, GetTags, GetWorkers,
-                             Inventory, Resources, RestartRun, SetSecret, StopRun, StopTask, SubmitRun, TagRun,
-                             TaskFinished, TaskStarted, UntagRun, WorkerLeaving, WorkerReport, WorkflowSpec, from_dict)
+from dstack.messages import (
+    ArtifactRef,
+    ClaimTask,
+    DeleteSecret,
+    GetRuns,
+    GetSecrets,
+    GetTags,
+    GetWorkers,
+    Inventory,
+    Resources,
+    RestartRun,
+    SetSecret,
+    StopRun,
+    StopTask,
+    SubmitRun,
+    TagRun,
+    TaskFinished,
+    TaskStarted,
+    UntagRun,
+    WorkerLeaving,
+    WorkerReport,
+    WorkflowSpec,
+    from_dict,
+)
 from dstack.names import is_valid_name, provider_task_id
 from dstack.placement import describe_needs, fits
 from dstack.scheduler.flow import TaskFlow
-from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
 from dstack.scheduler.store import StateStore
+from dstack.views import (
+    Acknowledged,
+    ClaimAnswer,
+    JobView,
+    OpenQueue,
+    ReportAnswer,
+    RunUpdate,
+    RunView,
+    SecretAnswer,
+    SecretView,
+    TagAnswer,
+    TagView,
+    TaskRef,
+    UntagAnswer,
+    WorkerView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +72,12 @@ class Scheduler:
     Args:
         store: the state.
         send: ``send(queue, actor, payload_bytes)`` publishes a message (from the outbox).
-        notify: ``notify(run_name, update)`` tells live followers about a change.
+        notify: ``notify(run_name, update)`` tells live followers about a change of a run.
         worker_timeout: seconds after its last report that a worker counts as gone.
     """
 
     def __init__(self, store: StateStore, send: Callable[[str, str, bytes], None],
-                 notify: Callable[[str, Dict[str, Any]], None],
+                 notify: Callable[[str, RunUpdate], None],
                  worker_timeout: float = defaults.WORKER_TIMEOUT) -> None:
         self._store = store
         self._send = send
@@ -51,8 +88,9 @@ class Scheduler:
     # ------------------------------------------------------------------ entry points
 
     def handle_request(self, request: Any) -> Any:
-        """Answer a request from the CLI or a worker (see :mod:`dstack.rpc`)."""
-        handlers: Dict[type, Callable[[Any], Any]] = {
+        """Answer a request from the CLI or a worker (see :mod:`dstack.rpc`) with its reply
+        (:data:`dstack.views.REPLY_TYPES`)."""
+        handlers: dict[type, Callable[[Any], Any]] = {
             SubmitRun: self.submit_run, GetRuns: self.get_runs, StopRun: self.stop_run,
             ClaimTask: self.claim_task, RestartRun: self.restart_run, TagRun: self.tag_run,
             UntagRun: self.untag_run, GetTags: self.get_tags, WorkerReport: self.worker_report,
@@ -65,7 +103,7 @@ class Scheduler:
 
     def handle_event(self, event: Any) -> None:
         """Apply an event from a worker."""
-        handlers: Dict[type, Callable[[Any], None]] = {TaskStarted: self.task_started,
+        handlers: dict[type, Callable[[Any], None]] = {TaskStarted: self.task_started,
                                                        TaskFinished: self.task_finished}
         handler = handlers.get(type(event))
         if handler is None:
@@ -89,8 +127,8 @@ class Scheduler:
             for run_name, tasks in self._flow.changed.items():
                 run = self._store.get_run(run_name)
                 if run is not None:
-                    jobs = self._explain_waits([t.view() for t in tasks.values() if t.kind is not Kind.WORKFLOW])
-                    updates.append((run_name, {"run": run.view([]), "jobs": jobs}))
+                    jobs = self._explain_waits([t.job_view() for t in tasks.values() if t.kind is not Kind.WORKFLOW])
+                    updates.append((run_name, RunUpdate(run=run.view([]), jobs=jobs)))
         self.flush_outbox()
         for run_name, update in updates:
             self._notify(run_name, update)
@@ -98,7 +136,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ runs
 
-    def submit_run(self, request: SubmitRun) -> Dict[str, Any]:
+    def submit_run(self, request: SubmitRun) -> RunView:
         names = [w.name for w in request.workflows]
         if not is_valid_name(request.run_name) or not all(is_valid_name(n) for n in names):
             raise RequestRejected(f"invalid run or workflow name: {request.run_name!r}, {names!r}")
@@ -120,7 +158,7 @@ class Scheduler:
             raise RequestRejected("dependency cycle between workflows: " + " -> ".join(cycle))
         run = RunRecord(run_name=request.run_name, workflow=request.workflow, status=Status.QUEUED,
                         submitted_at=request.submitted_at, snapshot_id=request.snapshot_id, project=request.project)
-        self._store.save_run(run)
+        self._flow.create_run(run)
         now = time.time()
         records = []
         for spec in request.workflows:
@@ -128,24 +166,22 @@ class Scheduler:
                 run_name=run.run_name, task_id=provider_task_id(spec.name), kind=Kind.PROVIDER, workflow=spec.name,
                 status=Status.SUBMITTED, submitted_at=now, depends_on=list(spec.depends_on),
                 deps_left=len(spec.depends_on),
-                spec={"provider": asdict(spec.provider) if spec.provider else None,
-                      "provider_repo": asdict(spec.provider_repo) if spec.provider_repo else None, "data": spec.data})
+                spec=ProviderState(data=spec.data, provider=spec.provider, provider_repo=spec.provider_repo))
             workflow = TaskRecord(
                 run_name=run.run_name, task_id=spec.name, kind=Kind.WORKFLOW, workflow=spec.name,
                 status=Status.SUBMITTED, submitted_at=now, depends_on=[provider.task_id], deps_left=1,
-                spec={"depends_on": spec.depends_on, "tagged": [asdict(t) for t in spec.tagged],
-                      "tag_inputs": [asdict(r) for r in tag_inputs[spec.name]], "variables": spec.variables,
-                      "retry": asdict(spec.retry) if spec.retry else None, "max_duration_s": spec.max_duration_s})
-            self._flow.save(workflow)
-            self._flow.save(provider)
+                spec=WorkflowState(depends_on=spec.depends_on, tagged=spec.tagged, tag_inputs=tag_inputs[spec.name],
+                                   variables=spec.variables, retry=spec.retry, max_duration_s=spec.max_duration_s))
+            self._flow.create(workflow)
+            self._flow.create(provider)
             records.append(provider)
         for provider in records:
             self._flow.release_if_ready(provider)
         return run.view(self._store.tasks_of(run.run_name))
 
-    def _tag_inputs(self, spec: WorkflowSpec) -> List[ArtifactRef]:
+    def _tag_inputs(self, spec: WorkflowSpec) -> list[ArtifactRef]:
         """The artifacts the ``WORKFLOW:TAG`` entries of a workflow name; refuses unknown tags."""
-        refs: List[ArtifactRef] = []
+        refs: list[ArtifactRef] = []
         for tagged in spec.tagged:
             run_name = self._store.get_tag(tagged.tag)
             if run_name is None:
@@ -158,27 +194,27 @@ class Scheduler:
                 raise RequestRejected(f"tag '{tagged.tag}' names run {run_name}, but workflow "
                                       f"'{tagged.workflow}' {state}")
             refs += [ArtifactRef(run_name, job.task_id) for job in self._store.jobs_of(run_name, tagged.workflow)
-                     if job.spec["job"]["artifacts"]]
+                     if job.job_state.job.artifacts]
         return refs
 
-    def get_runs(self, request: GetRuns) -> List[Dict[str, Any]]:
+    def get_runs(self, request: GetRuns) -> list[RunView]:
         runs = [self._run(request.run_name)] if request.run_name else self._store.list_runs(request.limit)
         views = [run.view(self._store.tasks_of(run.run_name)) for run in runs]
-        self._explain_waits([job for view in views for job in view["jobs"]])
+        self._explain_waits([job for view in views for job in view.jobs])
         return views
 
-    def _explain_waits(self, jobs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    def _explain_waits(self, jobs: list[JobView]) -> list[JobView]:
         """Give each queued job that fits no live worker a reason saying so, and what it asks for."""
-        queued = [job for job in jobs if job["status"] == Status.QUEUED.value and not job["reason"]]
+        queued = [job for job in jobs if job.status is Status.QUEUED and not job.reason]
         if queued:
             workers = [from_dict(Inventory, report["resources"]) for report, _ in self._flow.live_workers()]
             for job in queued:
-                needs = from_dict(Resources, job["resources"])
+                needs = job.needs
                 if not workers:
                     asks = describe_needs(needs) if needs != Resources() else ""
-                    job["reason"] = "waiting for a worker: none is live" + (f" (needs {asks})" if asks else "")
+                    job.reason = "waiting for a worker: none is live" + (f" (needs {asks})" if asks else "")
                 elif not any(fits(needs, inventory) is not None for inventory in workers):
-                    job["reason"] = f"waiting for capacity: no live worker has {describe_needs(needs)}"
+                    job.reason = f"waiting for capacity: no live worker has {describe_needs(needs)}"
         return jobs
 
     def _run(self, run_name: str) -> RunRecord:
@@ -187,7 +223,7 @@ class Scheduler:
             raise RequestRejected(f"no run named '{run_name}'")
         return run
 
-    def stop_run(self, request: StopRun) -> Dict[str, Any]:
+    def stop_run(self, request: StopRun) -> RunView:
         run = self._run(request.run_name)
         if not run.status.finished:
             run.stop_requested, run.abort = True, request.abort
@@ -197,7 +233,7 @@ class Scheduler:
             self._flow.update_run(run)
         return run.view(self._store.tasks_of(run.run_name))
 
-    def restart_run(self, request: RestartRun) -> Dict[str, Any]:
+    def restart_run(self, request: RestartRun) -> RunView:
         """Run the failed and stopped parts again; what is done stays done and keeps its artifacts."""
         run = self._run(request.run_name)
         if not run.status.finished:
@@ -224,28 +260,24 @@ class Scheduler:
                                           f"{upstream.status.value} and not part of this restart; restart "
                                           f"workflow {upstream.workflow} (or the whole run) instead")
         for task in chosen:
-            if task.kind is not Kind.WORKFLOW:
-                task.attempt += 1
-            task.status, task.exit_code, task.reason = Status.SUBMITTED, None, ""
-            task.spec.pop("retries", None)  # a restart gets its retries anew
-            task.worker_id = task.hostname = task.started_at = task.finished_at = None
-            task.ports = []
-        for task in chosen:
             task.deps_left = sum(1 for up, kind in self._store.upstream_of(run.run_name, task.task_id)
                                  if kind == "dep" and (up.task_id in chosen_ids or up.status is not Status.DONE))
-            self._flow.save(task)
-        run.status, run.reason, run.finished_at = Status.QUEUED, "", None
+            task.new_attempt()
+            if isinstance(task.spec, JobState):
+                task.spec.retries = 0  # a restart gets its retries anew
+            self._flow.move(task, Status.SUBMITTED)
+        run.reason, run.finished_at = "", None
         run.stop_requested = run.abort = False
-        self._store.save_run(run)
+        self._flow.move_run(run, Status.QUEUED)
         for task in chosen:
             self._flow.release_if_ready(task)
         self._flow.update_run(run)
         return run.view(self._store.tasks_of(run.run_name))
 
-    def _restartable(self, tasks: Dict[str, TaskRecord], workflow: Optional[str]) -> List[TaskRecord]:
+    def _restartable(self, tasks: dict[str, TaskRecord], workflow: Optional[str]) -> list[TaskRecord]:
         """The tasks that did not end done (of ``workflow`` and everything downstream of it, if set)."""
         if workflow is None:
-            scope: Set[str] = set(tasks)
+            scope: set[str] = set(tasks)
         else:
             scope, pending = set(), [t.task_id for t in tasks.values() if t.workflow == workflow]
             while pending:
@@ -256,24 +288,28 @@ class Scheduler:
                 pending += [d.task_id for d, _ in self._store.dependents_of(tasks[task_id].run_name, task_id)]
         return [t for t in tasks.values() if t.task_id in scope and t.status is not Status.DONE]
 
-    def claim_task(self, request: ClaimTask) -> Dict[str, Any]:
+    def claim_task(self, request: ClaimTask) -> ClaimAnswer:
         task = self._store.get_task(request.run_name, request.task_id)
         if task is None or task.attempt != request.attempt:
-            return {"granted": False, "reason": "no such task (attempt)"}
+            return ClaimAnswer(granted=False, reason="no such task (attempt)")
         if task.worker_id not in (None, request.worker_id):
-            return {"granted": False, "reason": f"claimed by worker {task.worker_id}"}
+            return ClaimAnswer(granted=False, reason=f"claimed by worker {task.worker_id}")
         if task.status not in (Status.QUEUED, Status.RUNNING) or (
                 task.status is Status.RUNNING and task.worker_id != request.worker_id):
-            return {"granted": False, "reason": f"the task is {task.status.value}"}
+            return ClaimAnswer(granted=False, reason=f"the task is {task.status.value}")
         task.worker_id = request.worker_id
         self._flow.save(task)
-        return {"granted": True, "reason": ""}
+        return ClaimAnswer(granted=True)
 
     def tick(self) -> None:
         """What time alone makes happen (called every second): retries whose backoff has passed
         start, and workers that stopped reporting are lost, with their tasks."""
         now = time.time()
-        self._apply(lambda: (self._flow.release_due_retries(now), self._lose_silent_workers(now)))
+
+        def change() -> None:
+            self._flow.release_due_retries(now)
+            self._lose_silent_workers(now)
+        self._apply(change)
 
     def _lose_silent_workers(self, now: float) -> None:
         """A worker silent for the worker timeout is gone: each task it held runs again (by its
@@ -299,7 +335,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ workers
 
-    def worker_report(self, report: WorkerReport) -> Dict[str, Any]:
+    def worker_report(self, report: WorkerReport) -> ReportAnswer:
         """Record a worker's report; answer with the task queues that hold tasks, and the tasks
         the worker holds that are not its own anymore (it was counted lost, or they ended): it
         stops them."""
@@ -309,60 +345,63 @@ class Scheduler:
             task = self._store.get_task(held.run_name, held.task_id)
             if (task is None or task.attempt != held.attempt or task.status.finished
                     or task.worker_id not in (None, report.worker_id)):
-                stale.append({"run_name": held.run_name, "task_id": held.task_id, "attempt": held.attempt})
-        return {"queues": [{"queue": queue, "needs": needs} for queue, needs in self._store.open_queues()],
-                "stop": stale}
+                stale.append(TaskRef(run_name=held.run_name, task_id=held.task_id, attempt=held.attempt))
+        queues = [OpenQueue(queue=queue, needs=from_dict(Resources, needs))
+                  for queue, needs in self._store.open_queues()]
+        return ReportAnswer(queues=queues, stop=stale)
 
-    def worker_leaving(self, request: WorkerLeaving) -> Dict[str, Any]:
+    def worker_leaving(self, request: WorkerLeaving) -> Acknowledged:
         self._store.delete_worker(request.worker_id)
-        return {}
+        return Acknowledged()
 
-    def get_workers(self, request: GetWorkers) -> List[Dict[str, Any]]:
+    def get_workers(self, request: GetWorkers) -> list[WorkerView]:
         """The live workers: their latest report, and when it came."""
-        return [{**report, "seen_at": seen_at} for report, seen_at in self._flow.live_workers()]
+        return [from_dict(WorkerView, {**report, "seen_at": seen_at})
+                for report, seen_at in self._flow.live_workers()]
 
     # ------------------------------------------------------------------ secrets
 
-    def set_secret(self, request: SetSecret) -> Dict[str, Any]:
+    def set_secret(self, request: SetSecret) -> SecretAnswer:
         """Keep a secret; jobs enqueued from now on get it. Nothing here ever repeats its value."""
         if not _SECRET_NAME.match(request.name):
             raise RequestRejected(f"secret name {request.name!r} must be an environment variable name: "
                                   "letters, digits and '_', not starting with a digit")
         self._store.set_secret(request.name, request.value, time.time())
-        return {"name": request.name}
+        return SecretAnswer(name=request.name)
 
-    def delete_secret(self, request: DeleteSecret) -> Dict[str, Any]:
+    def delete_secret(self, request: DeleteSecret) -> SecretAnswer:
         if not self._store.delete_secret(request.name):
             raise RequestRejected(f"no secret named '{request.name}'")
-        return {"name": request.name}
+        return SecretAnswer(name=request.name)
 
-    def get_secrets(self, request: GetSecrets) -> List[Dict[str, Any]]:
-        return [{"name": name, "updated_at": updated_at} for name, _, updated_at in self._store.secrets()]
+    def get_secrets(self, request: GetSecrets) -> list[SecretView]:
+        return [SecretView(name=name, updated_at=updated_at) for name, _, updated_at in self._store.secrets()]
 
     # ------------------------------------------------------------------ tags
 
-    def tag_run(self, request: TagRun) -> Dict[str, Any]:
+    def tag_run(self, request: TagRun) -> TagAnswer:
         if not _TAG.match(request.tag):
             raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
         run = self._run(request.run_name)
         current = self._store.get_tag(request.tag)
         if current not in (None, run.run_name):
-            raise RequestRejected(f"tag '{request.tag}' names run {current} already; `dstack untag {request.tag}` first")
+            raise RequestRejected(f"tag '{request.tag}' names run {current} already; "
+                                  f"`dstack untag {request.tag}` first")
         self._store.set_tag(request.tag, run.run_name, time.time())
-        return {"tag": request.tag, "run_name": run.run_name}
+        return TagAnswer(tag=request.tag, run_name=run.run_name)
 
-    def untag_run(self, request: UntagRun) -> Dict[str, Any]:
+    def untag_run(self, request: UntagRun) -> UntagAnswer:
         if not self._store.delete_tag(request.tag):
             raise RequestRejected(f"no tag named '{request.tag}'")
-        return {"tag": request.tag}
+        return UntagAnswer(tag=request.tag)
 
-    def get_tags(self, request: GetTags) -> List[Dict[str, Any]]:
+    def get_tags(self, request: GetTags) -> list[TagView]:
         tags = []
         for tag, run_name, created_at in self._store.list_tags():
             run = self._store.get_run(run_name)
             workflows = [t.task_id for t in self._store.tasks_of(run_name) if t.kind is Kind.WORKFLOW]
-            tags.append({"tag": tag, "run_name": run_name, "created_at": created_at,
-                         "status": run.status.value if run else "unknown", "workflows": workflows})
+            tags.append(TagView(tag=tag, run_name=run_name, created_at=created_at,
+                                status=run.status.value if run else "unknown", workflows=workflows))
         return tags
 
     # ------------------------------------------------------------------ events
@@ -377,15 +416,15 @@ class Scheduler:
             return
         if task.status is Status.RUNNING:
             return
-        task.status, task.started_at = Status.RUNNING, time.time()
+        task.started_at = time.time()
         task.worker_id, task.hostname, task.ports = event.worker_id, event.endpoint.hostname, event.endpoint.ports
         if event.provider_commit:
-            task.spec["provider_commit"] = event.provider_commit
+            task.spec.provider_commit = event.provider_commit
             workflow = self._store.get_task(task.run_name, task.workflow)
             if workflow is not None:
-                workflow.spec["provider_commit"] = event.provider_commit
+                workflow.spec.provider_commit = event.provider_commit
                 self._flow.save(workflow)
-        self._flow.save(task)
+        self._flow.move(task, Status.RUNNING)
         run = self._store.get_run(task.run_name)
         assert run is not None
         if run.stop_requested:
@@ -401,7 +440,7 @@ class Scheduler:
             return
         run = self._store.get_run(task.run_name)
         assert run is not None
-        status = Status(event.status)
+        status = event.status
         if task.kind is Kind.PROVIDER and status is Status.DONE:
             try:
                 jobs = check_job_graph(event.jobs or [])

@@ -3,6 +3,11 @@
 All changes happen inside :meth:`StateStore.transaction`; messages to send after a change
 are written to an outbox in the same transaction, so a crash never loses one (they are
 sent, maybe twice, and every handler is idempotent).
+
+A store keeps what it is given and holds no rules: the counters of a run's unfinished and
+running tasks, and of the tasks queued in each queue, are changed by the state machine
+(:meth:`dstack.scheduler.flow.TaskFlow.move`) through :meth:`StateStore.adjust_run_counters` and
+:meth:`StateStore.adjust_queue`.
 """
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Optional
 
 from dstack.errors import DstackError
-from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
+from dstack.messages import from_dict, plain
+from dstack.names import DEFAULT_TASK_QUEUE
+from dstack.scheduler.model import SPEC_TYPES, Kind, RunRecord, Status, TaskRecord
 
 
 class StateStore(abc.ABC):
@@ -28,7 +36,7 @@ class StateStore(abc.ABC):
     def get_run(self, run_name: str) -> Optional[RunRecord]: ...
 
     @abc.abstractmethod
-    def list_runs(self, limit: int) -> List[RunRecord]: ...
+    def list_runs(self, limit: int) -> list[RunRecord]: ...
 
     @abc.abstractmethod
     def save_run(self, run: RunRecord) -> None: ...
@@ -37,17 +45,26 @@ class StateStore(abc.ABC):
     def get_task(self, run_name: str, task_id: str) -> Optional[TaskRecord]: ...
 
     @abc.abstractmethod
-    def tasks_of(self, run_name: str) -> List[TaskRecord]: ...
+    def tasks_of(self, run_name: str) -> list[TaskRecord]: ...
 
     @abc.abstractmethod
-    def save_task(self, task: TaskRecord) -> None: ...
+    def add_task(self, task: TaskRecord) -> None:
+        """Record a new task, and the edges to what it waits on (``depends_on``, ``master``)."""
 
     @abc.abstractmethod
-    def dependents_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+    def save_task(self, task: TaskRecord) -> None:
+        """Keep the task as it is now (it exists)."""
+
+    @abc.abstractmethod
+    def stored_status(self, run_name: str, task_id: str) -> Optional[tuple[Status, str]]:
+        """``(status, queue)`` of the task as stored, ``None`` if there is no such task."""
+
+    @abc.abstractmethod
+    def dependents_of(self, run_name: str, task_id: str) -> list[tuple[TaskRecord, str]]:
         """``(task, kind)`` for every task waiting on ``task_id``; kind is ``dep`` or ``master``."""
 
     @abc.abstractmethod
-    def upstream_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+    def upstream_of(self, run_name: str, task_id: str) -> list[tuple[TaskRecord, str]]:
         """``(task, kind)`` for every task ``task_id`` waits on."""
 
     @abc.abstractmethod
@@ -59,7 +76,7 @@ class StateStore(abc.ABC):
         """One dependency of the task is done; returns how many are left."""
 
     @abc.abstractmethod
-    def jobs_of(self, run_name: str, workflow: str) -> List[TaskRecord]:
+    def jobs_of(self, run_name: str, workflow: str) -> list[TaskRecord]:
         """The jobs a workflow's provider created."""
 
     @abc.abstractmethod
@@ -73,37 +90,45 @@ class StateStore(abc.ABC):
     def delete_tag(self, tag: str) -> bool: ...
 
     @abc.abstractmethod
-    def list_tags(self) -> List[Tuple[str, str, float]]: ...
+    def list_tags(self) -> list[tuple[str, str, float]]: ...
 
     @abc.abstractmethod
-    def tasks_in_status(self, status: Status) -> List[TaskRecord]:
+    def tasks_in_status(self, status: Status) -> list[TaskRecord]:
         """Every task of every run in ``status``."""
 
     @abc.abstractmethod
-    def count_unfinished(self, run_name: str) -> Tuple[int, int]:
-        """``(unfinished tasks, running tasks)`` of a run."""
+    def count_unfinished(self, run_name: str) -> tuple[int, int]:
+        """``(unfinished tasks, running tasks)`` of a run: its counters."""
 
     @abc.abstractmethod
-    def add_queue(self, queue: str, needs: Dict[str, Any]) -> int:
+    def adjust_run_counters(self, run_name: str, *, unfinished: int = 0, running: int = 0) -> None:
+        """Add to the run's counters of unfinished and running tasks."""
+
+    @abc.abstractmethod
+    def adjust_queue(self, queue: str, queued: int) -> None:
+        """Add ``queued`` to the count of tasks queued in ``queue`` (made known by :meth:`add_queue`)."""
+
+    @abc.abstractmethod
+    def add_queue(self, queue: str, needs: dict[str, Any]) -> int:
         """Make ``queue`` (of tasks needing ``needs``) known; returns how many tasks are queued in it."""
 
     @abc.abstractmethod
-    def open_queues(self) -> List[Tuple[str, Dict[str, Any]]]:
+    def open_queues(self) -> list[tuple[str, dict[str, Any]]]:
         """``(queue, needs)`` of every task queue that holds queued tasks."""
 
     @abc.abstractmethod
-    def save_worker(self, worker_id: str, report: Dict[str, Any], seen_at: float) -> None:
+    def save_worker(self, worker_id: str, report: dict[str, Any], seen_at: float) -> None:
         """Keep a worker's latest report, received at ``seen_at``."""
 
     @abc.abstractmethod
     def delete_worker(self, worker_id: str) -> None: ...
 
     @abc.abstractmethod
-    def workers(self) -> List[Tuple[Dict[str, Any], float]]:
+    def workers(self) -> list[tuple[dict[str, Any], float]]:
         """``(latest report, seen_at)`` of every worker heard from and not gone, by worker id."""
 
     @abc.abstractmethod
-    def tasks_held_by(self, worker_id: str) -> List[TaskRecord]:
+    def tasks_held_by(self, worker_id: str) -> list[TaskRecord]:
         """The unfinished tasks a worker claimed."""
 
     @abc.abstractmethod
@@ -113,14 +138,14 @@ class StateStore(abc.ABC):
     def delete_secret(self, name: str) -> bool: ...
 
     @abc.abstractmethod
-    def secrets(self) -> List[Tuple[str, str, float]]:
+    def secrets(self) -> list[tuple[str, str, float]]:
         """``(name, value, updated_at)`` of every secret, by name."""
 
     @abc.abstractmethod
     def add_outbox(self, queue: str, actor: str, payload: bytes) -> None: ...
 
     @abc.abstractmethod
-    def outbox(self) -> List[Tuple[int, str, str, bytes]]: ...
+    def outbox(self) -> list[tuple[int, str, str, bytes]]: ...
 
     @abc.abstractmethod
     def remove_outbox(self, item_id: int) -> None: ...
@@ -129,7 +154,7 @@ class StateStore(abc.ABC):
 #: Version of the tables below; a database of another version is refused, not misread.
 SCHEMA_VERSION = 3
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     run_name TEXT PRIMARY KEY, workflow TEXT NOT NULL, status TEXT NOT NULL,
     submitted_at REAL NOT NULL, snapshot_id TEXT NOT NULL, project TEXT NOT NULL,
@@ -142,7 +167,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     status TEXT NOT NULL, spec TEXT NOT NULL, attempt INTEGER NOT NULL, depends_on TEXT NOT NULL,
     deps_left INTEGER NOT NULL, master TEXT, worker_id TEXT, hostname TEXT, ports TEXT NOT NULL,
     exit_code INTEGER, reason TEXT NOT NULL, submitted_at REAL NOT NULL, started_at REAL,
-    finished_at REAL, queue TEXT NOT NULL DEFAULT 'dstack.tasks.cpu', PRIMARY KEY (run_name, task_id));
+    finished_at REAL, queue TEXT NOT NULL DEFAULT '{DEFAULT_TASK_QUEUE}', PRIMARY KEY (run_name, task_id));
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
 CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks (worker_id);
 CREATE TABLE IF NOT EXISTS edges (
@@ -163,8 +188,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 #: Version 2 had one task queue, and no record of queues and workers.
 _FROM_VERSION_2 = "BEGIN;" + _SCHEMA + f"""
-ALTER TABLE tasks ADD COLUMN queue TEXT NOT NULL DEFAULT 'dstack.tasks.cpu';
-INSERT INTO queues SELECT 'dstack.tasks.cpu', '{{}}', count(*) FROM tasks WHERE status = 'queued';
+ALTER TABLE tasks ADD COLUMN queue TEXT NOT NULL DEFAULT '{DEFAULT_TASK_QUEUE}';
+INSERT INTO queues SELECT '{DEFAULT_TASK_QUEUE}', '{{}}', count(*) FROM tasks WHERE status = 'queued';
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
@@ -227,7 +252,7 @@ class SqliteStateStore(StateStore):
         row = self._db.execute("SELECT * FROM runs WHERE run_name = ?", (run_name,)).fetchone()
         return _run(row) if row else None
 
-    def list_runs(self, limit: int) -> List[RunRecord]:
+    def list_runs(self, limit: int) -> list[RunRecord]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY submitted_at DESC LIMIT ?", (limit,))
         return [_run(row) for row in rows]
 
@@ -243,47 +268,37 @@ class SqliteStateStore(StateStore):
                                (run_name, task_id)).fetchone()
         return _task(row) if row else None
 
-    def tasks_of(self, run_name: str) -> List[TaskRecord]:
+    def tasks_of(self, run_name: str) -> list[TaskRecord]:
         rows = self._db.execute("SELECT * FROM tasks WHERE run_name = ? ORDER BY rowid", (run_name,))
         return [_task(row) for row in rows]
 
+    def add_task(self, task: TaskRecord) -> None:
+        self.save_task(task)
+        edges = [(task.run_name, up, task.task_id, "dep") for up in task.depends_on]
+        if task.master:
+            edges.append((task.run_name, task.master, task.task_id, "master"))
+        self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)", edges)
+
     def save_task(self, task: TaskRecord) -> None:
-        row = self._db.execute("SELECT status, queue FROM tasks WHERE run_name = ? AND task_id = ?",
-                               (task.run_name, task.task_id)).fetchone()
-        new = row is None
-        values: List[Any] = []
+        values: list[Any] = []
         for column in _TASK_COLUMNS:
             value = getattr(task, column)
-            values.append(json.dumps(value) if column in _JSON_TASK_COLUMNS else
+            values.append(json.dumps(plain(value)) if column in _JSON_TASK_COLUMNS else
                           value.value if isinstance(value, (Status, Kind)) else value)
         self._db.execute(_upsert("tasks", _TASK_COLUMNS, ("run_name", "task_id")), values)
-        # the run's counters follow each change: reading them never scans the run's tasks
-        before = None if new else Status(row["status"])
-        unfinished = _counts(task.status, lambda s: not s.finished) - _counts(before, lambda s: not s.finished)
-        running = _counts(task.status, lambda s: s is Status.RUNNING) - _counts(before, lambda s: s is Status.RUNNING)
-        if unfinished or running:
-            self._db.execute("UPDATE runs SET unfinished = unfinished + ?, running = running + ? WHERE run_name = ?",
-                             (unfinished, running, task.run_name))
-        # and so do the queues' counters: listing the queues that hold tasks never scans tasks
-        was_queued = row is not None and row["status"] == Status.QUEUED.value
-        is_queued = task.status is Status.QUEUED
-        if was_queued and (not is_queued or row["queue"] != task.queue):
-            self._db.execute("UPDATE queues SET queued = queued - 1 WHERE queue = ?", (row["queue"],))
-        if is_queued and not (was_queued and row["queue"] == task.queue):
-            self._db.execute("UPDATE queues SET queued = queued + 1 WHERE queue = ?", (task.queue,))
-        if new:
-            edges = [(task.run_name, up, task.task_id, "dep") for up in task.depends_on]
-            if task.master:
-                edges.append((task.run_name, task.master, task.task_id, "master"))
-            self._db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, ?, ?)", edges)
 
-    def dependents_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+    def stored_status(self, run_name: str, task_id: str) -> Optional[tuple[Status, str]]:
+        row = self._db.execute("SELECT status, queue FROM tasks WHERE run_name = ? AND task_id = ?",
+                               (run_name, task_id)).fetchone()
+        return (Status(row["status"]), row["queue"]) if row else None
+
+    def dependents_of(self, run_name: str, task_id: str) -> list[tuple[TaskRecord, str]]:
         rows = self._db.execute(
             "SELECT t.*, e.kind AS edge FROM edges e JOIN tasks t ON t.run_name = e.run_name "
             "AND t.task_id = e.downstream WHERE e.run_name = ? AND e.upstream = ?", (run_name, task_id))
         return [(_task(row), row["edge"]) for row in rows]
 
-    def upstream_of(self, run_name: str, task_id: str) -> List[Tuple[TaskRecord, str]]:
+    def upstream_of(self, run_name: str, task_id: str) -> list[tuple[TaskRecord, str]]:
         rows = self._db.execute(
             "SELECT t.*, e.kind AS edge FROM edges e JOIN tasks t ON t.run_name = e.run_name "
             "AND t.task_id = e.upstream WHERE e.run_name = ? AND e.downstream = ?", (run_name, task_id))
@@ -301,7 +316,7 @@ class SqliteStateStore(StateStore):
                                (run_name, task_id)).fetchone()
         return int(row[0])
 
-    def jobs_of(self, run_name: str, workflow: str) -> List[TaskRecord]:
+    def jobs_of(self, run_name: str, workflow: str) -> list[TaskRecord]:
         rows = self._db.execute("SELECT * FROM tasks WHERE run_name = ? AND workflow = ? AND kind = 'job' "
                                 "ORDER BY rowid", (run_name, workflow))
         return [_task(row) for row in rows]
@@ -318,37 +333,44 @@ class SqliteStateStore(StateStore):
     def delete_tag(self, tag: str) -> bool:
         return self._db.execute("DELETE FROM tags WHERE tag = ?", (tag,)).rowcount > 0
 
-    def list_tags(self) -> List[Tuple[str, str, float]]:
+    def list_tags(self) -> list[tuple[str, str, float]]:
         return [tuple(row) for row in self._db.execute("SELECT tag, run_name, created_at FROM tags ORDER BY tag")]
 
-    def tasks_in_status(self, status: Status) -> List[TaskRecord]:
+    def tasks_in_status(self, status: Status) -> list[TaskRecord]:
         return [_task(row) for row in self._db.execute("SELECT * FROM tasks WHERE status = ?", (status.value,))]
 
-    def count_unfinished(self, run_name: str) -> Tuple[int, int]:
+    def count_unfinished(self, run_name: str) -> tuple[int, int]:
         row = self._db.execute("SELECT unfinished, running FROM runs WHERE run_name = ?", (run_name,)).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
+    def adjust_run_counters(self, run_name: str, *, unfinished: int = 0, running: int = 0) -> None:
+        self._db.execute("UPDATE runs SET unfinished = unfinished + ?, running = running + ? WHERE run_name = ?",
+                         (unfinished, running, run_name))
+
     # ------------------------------------------------------------------ queues and workers
 
-    def add_queue(self, queue: str, needs: Dict[str, Any]) -> int:
+    def add_queue(self, queue: str, needs: dict[str, Any]) -> int:
         self._db.execute("INSERT OR IGNORE INTO queues (queue, needs) VALUES (?, ?)", (queue, json.dumps(needs)))
         return int(self._db.execute("SELECT queued FROM queues WHERE queue = ?", (queue,)).fetchone()[0])
 
-    def open_queues(self) -> List[Tuple[str, Dict[str, Any]]]:
+    def adjust_queue(self, queue: str, queued: int) -> None:
+        self._db.execute("UPDATE queues SET queued = queued + ? WHERE queue = ?", (queued, queue))
+
+    def open_queues(self) -> list[tuple[str, dict[str, Any]]]:
         rows = self._db.execute("SELECT queue, needs FROM queues WHERE queued > 0 ORDER BY queue")
         return [(row[0], json.loads(row[1])) for row in rows]
 
-    def save_worker(self, worker_id: str, report: Dict[str, Any], seen_at: float) -> None:
+    def save_worker(self, worker_id: str, report: dict[str, Any], seen_at: float) -> None:
         self._db.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", (worker_id, json.dumps(report), seen_at))
 
     def delete_worker(self, worker_id: str) -> None:
         self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
-    def workers(self) -> List[Tuple[Dict[str, Any], float]]:
+    def workers(self) -> list[tuple[dict[str, Any], float]]:
         rows = self._db.execute("SELECT report, seen_at FROM workers ORDER BY worker_id")
         return [(json.loads(row[0]), row[1]) for row in rows]
 
-    def tasks_held_by(self, worker_id: str) -> List[TaskRecord]:
+    def tasks_held_by(self, worker_id: str) -> list[TaskRecord]:
         rows = self._db.execute("SELECT * FROM tasks WHERE worker_id = ? AND status IN (?, ?)",
                                 (worker_id, Status.QUEUED.value, Status.RUNNING.value))
         return [_task(row) for row in rows]
@@ -361,7 +383,7 @@ class SqliteStateStore(StateStore):
     def delete_secret(self, name: str) -> bool:
         return self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount > 0
 
-    def secrets(self) -> List[Tuple[str, str, float]]:
+    def secrets(self) -> list[tuple[str, str, float]]:
         return [tuple(row) for row in self._db.execute("SELECT name, value, updated_at FROM secrets ORDER BY name")]
 
     # ------------------------------------------------------------------ outbox
@@ -369,22 +391,18 @@ class SqliteStateStore(StateStore):
     def add_outbox(self, queue: str, actor: str, payload: bytes) -> None:
         self._db.execute("INSERT INTO outbox (queue, actor, payload) VALUES (?, ?, ?)", (queue, actor, payload))
 
-    def outbox(self) -> List[Tuple[int, str, str, bytes]]:
+    def outbox(self) -> list[tuple[int, str, str, bytes]]:
         return [tuple(row) for row in self._db.execute("SELECT id, queue, actor, payload FROM outbox ORDER BY id")]
 
     def remove_outbox(self, item_id: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
 
-def _upsert(table: str, columns: Tuple[str, ...], key: Tuple[str, ...]) -> str:
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
     """INSERT, or UPDATE in place (keeping the row's id, so listing order stays creation order)."""
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
-
-
-def _counts(status: Optional[Status], test: Callable[[Status], bool]) -> int:
-    return int(status is not None and test(status))
 
 
 def _run(row: sqlite3.Row) -> RunRecord:
@@ -402,4 +420,5 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         data[column] = json.loads(data[column])
     data["status"] = Status(data["status"])
     data["kind"] = Kind(data["kind"])
+    data["spec"] = from_dict(SPEC_TYPES[data["kind"]], data["spec"])  # rows of older versions load too
     return TaskRecord(**data)

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import click
 
@@ -14,12 +14,14 @@ from dstack.cli.context import Context, err, out, pass_context
 from dstack.cli.follow import LogPrinter, follow
 from dstack.cli.render import print_runs
 from dstack.errors import ConfigError
-from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec
+from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec, plain
 from dstack.names import new_run_name
 from dstack.planning import parse_overrides, plan_builtin_run, plan_run
 from dstack.project import find_root, load_project
 from dstack.rpc import RpcClient
 from dstack.snapshot import upload_snapshot
+from dstack.states import Status
+from dstack.views import RunView, TagView
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -27,7 +29,7 @@ from dstack.snapshot import upload_snapshot
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("-d", "--detach", is_flag=True, help="Return right after submitting; do not follow.")
 @pass_context
-def run(context: Context, workflow: str, args: Tuple[str, ...], detach: bool) -> None:
+def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool) -> None:
     """Run WORKFLOW of the project in the current folder (and the workflows it depends on), or a
     built-in provider with ARGS, and follow the run to the end.
 
@@ -52,7 +54,7 @@ def run(context: Context, workflow: str, args: Tuple[str, ...], detach: bool) ->
             _follow_to_end(context, rpc, run_name)
 
 
-def _plan(name: str, args: List[str]) -> Tuple[Path, List[WorkflowSpec], bool]:
+def _plan(name: str, args: list[str]) -> tuple[Path, list[WorkflowSpec], bool]:
     """What ``dstack run NAME ARGS`` submits: the project root, the workflows, and whether ARGS asked to
     detach. NAME is a workflow of the project in the current folder if it has one, else a built-in provider.
 
@@ -96,10 +98,10 @@ def _follow_to_end(context: Context, rpc: RpcClient, run_name: str) -> None:
         err.print(f"\nDetached; {run_name} goes on. Follow it with `dstack logs {run_name} -f`, "
                   f"stop it with `dstack stop {run_name}`.")
         sys.exit(130)
-    status = final["status"]
-    message = f"{run_name} {status}" + (f": {final['reason']}" if final.get("reason") else "")
-    err.print(f"[{'green' if status == 'done' else 'red'}]{message}[/]")
-    sys.exit(0 if status == "done" else 1)
+    done = final.status is Status.DONE
+    message = f"{run_name} {final.status.value}" + (f": {final.reason}" if final.reason else "")
+    err.print(f"[{'green' if done else 'red'}]{message}[/]")
+    sys.exit(0 if done else 1)
 
 
 @click.command()
@@ -115,9 +117,9 @@ def status(context: Context, run_name: Optional[str], as_json: bool, limit: int)
     (each with job_id, status, exit_code, reason, hostname, ports, ...).
     """
     with context.rpc() as rpc:
-        runs = rpc.call(GetRuns(run_name=run_name, limit=limit))
+        runs: list[RunView] = rpc.call(GetRuns(run_name=run_name, limit=limit))
     if as_json:
-        click.echo(json.dumps(runs, indent=2))
+        click.echo(json.dumps(plain(runs), indent=2))
     else:
         print_runs(out, runs, detailed=bool(run_name))
 
@@ -151,8 +153,8 @@ def logs(context: Context, run_name: str, job: Optional[str], live: bool) -> Non
 def stop(context: Context, run_name: str, abort: bool) -> None:
     """Stop RUN_NAME: running jobs get SIGTERM (SIGKILL after a grace period); queued jobs never start."""
     with context.rpc() as rpc:
-        view = rpc.call(StopRun(run_name=run_name, abort=abort))
-    out.print(f"{run_name}: stop requested (now {view['status']})")
+        view: RunView = rpc.call(StopRun(run_name=run_name, abort=abort))
+    out.print(f"{run_name}: stop requested (now {view.status.value})")
 
 
 @click.command()
@@ -182,11 +184,11 @@ def untag(context: Context, tag: str) -> None:
 def tags(context: Context, as_json: bool) -> None:
     """List tags with their runs and the workflows those runs hold."""
     with context.rpc() as rpc:
-        listing = rpc.call(GetTags())
+        listing: list[TagView] = rpc.call(GetTags())
     if as_json:
-        click.echo(json.dumps(listing, indent=2))
+        click.echo(json.dumps(plain(listing), indent=2))
         return
     if not listing:
         out.print("No tags yet. Tag a run with [bold]dstack tag RUN NAME[/].")
     for item in listing:
-        click.echo(f"{item['tag']}\t{item['run_name']}\t{item['status']}\t{', '.join(item['workflows'])}")
+        click.echo(f"{item.tag}\t{item.run_name}\t{item.status}\t{', '.join(item.workflows)}")

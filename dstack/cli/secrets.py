@@ -38,7 +38,7 @@ def secrets_list(context: Context) -> None:
     """The names of the secrets (never their values)."""
     with context.rpc() as rpc:
         for item in rpc.call(GetSecrets()):
-            click.echo(item["name"])
+            click.echo(item.name)
 
 
 @secrets.command("delete")

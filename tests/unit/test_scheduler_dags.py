@@ -5,25 +5,43 @@ workflows, tags, restarts, and the work one event costs. A real SqliteStateStore
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Optional
 
 import pytest
 
 from dstack.errors import RequestRejected
-from dstack.messages import (ArtifactRef, Endpoint, GetRuns, GetTags, JobSpec, JobTask, ProviderRepo,
-                             ProviderTask, RestartRun, StopRun, StopTask, SubmitRun, TagRef, TagRun, TaskFinished,
-                             TaskStarted, UntagRun, WorkflowSpec)
+from dstack.messages import (
+    ArtifactRef,
+    Endpoint,
+    GetRuns,
+    GetTags,
+    JobSpec,
+    JobTask,
+    ProviderRepo,
+    ProviderTask,
+    RestartRun,
+    StopRun,
+    StopTask,
+    SubmitRun,
+    TagRef,
+    TagRun,
+    TaskFinished,
+    TaskStarted,
+    UntagRun,
+    WorkflowSpec,
+)
 from dstack.names import worker_queue
 from dstack.scheduler.flow import CONTROL_ACTOR
 from dstack.scheduler.model import Kind, Status
-from test_scheduler_logic import PROVIDER, RUN, Harness, spec
+from tests.scheduler_harness import PROVIDER, RUN, Harness, spec
 
 VARIABLES = {"epochs": 3, "lr": 0.01}
 
 
 def wf(name: str, depends_on: Sequence[str] = (), tagged: Sequence[TagRef] = (),
-       variables: Optional[Dict[str, Any]] = None, **data: Any) -> WorkflowSpec:
+       variables: Optional[dict[str, Any]] = None, **data: Any) -> WorkflowSpec:
     return WorkflowSpec(name=name, data=data, provider=PROVIDER, depends_on=list(depends_on), tagged=list(tagged),
                         variables=dict(variables or {}))
 
@@ -31,7 +49,7 @@ def wf(name: str, depends_on: Sequence[str] = (), tagged: Sequence[TagRef] = (),
 class Dag(Harness):
     """The harness of test_scheduler_logic, with runs of several workflows and any attempt."""
 
-    def submit_dag(self, workflows: List[WorkflowSpec], target: Optional[str] = None, run: str = RUN,
+    def submit_dag(self, workflows: list[WorkflowSpec], target: Optional[str] = None, run: str = RUN,
                    snapshot: str = "snap-1") -> Any:
         return self.scheduler.handle_request(SubmitRun(
             run_name=run, workflow=target or workflows[-1].name, workflows=workflows, snapshot_id=snapshot,
@@ -43,23 +61,23 @@ class Dag(Harness):
         self.scheduler.handle_event(TaskStarted(run_name=run, task_id=task_id, attempt=attempt, worker_id=worker,
                                                 endpoint=Endpoint(hostname=hostname, ports=list(ports))))
 
-    def finish(self, task_id: str, status: str = "done", jobs: Optional[List[JobSpec]] = None,
+    def finish(self, task_id: str, status: str = "done", jobs: Optional[list[JobSpec]] = None,
                exit_code: Optional[int] = 0, reason: str = "", run: str = RUN, attempt: int = 1) -> None:
-        self.scheduler.handle_event(TaskFinished(run_name=run, task_id=task_id, attempt=attempt, status=status,
+        self.scheduler.handle_event(TaskFinished(run_name=run, task_id=task_id, attempt=attempt, status=Status(status),
                                                  exit_code=exit_code, reason=reason, jobs=jobs))
 
     def complete(self, task_id: str, run: str = RUN, attempt: int = 1, **finish: Any) -> None:
         self.start(task_id, run=run, attempt=attempt)
         self.finish(task_id, run=run, attempt=attempt, **finish)
 
-    def provide(self, workflow: str, jobs: List[JobSpec], run: str = RUN, attempt: int = 1) -> None:
+    def provide(self, workflow: str, jobs: list[JobSpec], run: str = RUN, attempt: int = 1) -> None:
         """Run the workflow's provider, which creates ``jobs``."""
         self.complete(f"{workflow}.provider", run=run, attempt=attempt, jobs=jobs)
 
-    def provider_tasks(self, since: int = 0) -> List[ProviderTask]:
+    def provider_tasks(self, since: int = 0) -> list[ProviderTask]:
         return [m for _, _, m in self.messages(since) if isinstance(m, ProviderTask)]
 
-    def enqueued(self, since: int = 0) -> List[str]:
+    def enqueued(self, since: int = 0) -> list[str]:
         """The ids of the tasks sent to the task queue since ``since``, in order."""
         found = []
         for _, _, message in self.messages(since):
@@ -69,7 +87,7 @@ class Dag(Harness):
                 found.append(message.job.job_id)
         return found
 
-    def statuses(self, run: str = RUN) -> Dict[str, Status]:
+    def statuses(self, run: str = RUN) -> dict[str, Status]:
         return {task_id: t.status for task_id, t in self.records(run).items()}
 
 
@@ -80,7 +98,7 @@ def h(tmp_path: Path) -> Iterator[Dag]:
     harness.store.close()
 
 
-def chain() -> List[WorkflowSpec]:
+def chain() -> list[WorkflowSpec]:
     return [wf("prepare", variables={"seed": 1}),
             wf("train", ["prepare"], variables=VARIABLES, script="train.py"),
             wf("evaluate", ["train"], variables={"threshold": 0.9})]
@@ -158,7 +176,7 @@ def test_jobs_of_a_downstream_workflow_carry_variables_and_inputs(h: Dag) -> Non
     assert x.job.job_id == "train.0"
     assert x.job.env == {"EPOCHS": "999", "LR": "0.01", "OTHER": "1"}  # the job's own value wins
     assert x.inputs == inputs
-    assert h.task("train.0").spec["job"]["env"] == x.job.env  # recorded as sent
+    assert h.task("train.0").job_state.job.env == x.job.env  # recorded as sent
     sent = len(h.sent)
     h.complete("train.0")
     (y,) = h.job_tasks(sent)
@@ -200,7 +218,7 @@ def test_provider_from_another_repository(h: Dag) -> None:
     assert provider.provider is None and provider.provider_repo == repo and provider.data == {"k": 1}
     h.claim("score.provider")
     h.scheduler.handle_event(TaskStarted(RUN, "score.provider", 1, "w1", Endpoint("h"), provider_commit="abc123"))
-    assert h.task("score").spec["provider_commit"] == "abc123"
+    assert h.task("score").spec.provider_commit == "abc123"
     (view,) = h.scheduler.handle_request(GetRuns(run_name=RUN))
     assert view["workflows"][0]["provider_commit"] == "abc123"
     assert view["jobs"][0]["provider_commit"] == "abc123"
@@ -209,7 +227,7 @@ def test_provider_from_another_repository(h: Dag) -> None:
 # ----------------------------------------------------------------------------- a diamond
 
 
-def diamond() -> List[WorkflowSpec]:
+def diamond() -> list[WorkflowSpec]:
     return [wf("a"), wf("b", ["a"]), wf("c", ["a"]), wf("d", ["b", "c"])]
 
 
@@ -249,7 +267,7 @@ def test_workflow_dependency_listed_twice_is_waited_for_once(h: Dag) -> None:
 # ----------------------------------------------------------------------------- failures
 
 
-def failing() -> List[WorkflowSpec]:
+def failing() -> list[WorkflowSpec]:
     return [wf("prepare"), wf("train", ["prepare"]), wf("other"), wf("report", ["train", "other"])]
 
 
@@ -337,7 +355,7 @@ def test_resubmission_of_a_dag_is_idempotent(h: Dag) -> None:
 def test_events_naming_a_workflow_record_are_ignored(h: Dag) -> None:
     h.submit_dag(chain())
     h.scheduler.handle_event(TaskStarted(RUN, "prepare", 1, "w1", Endpoint("h")))
-    h.scheduler.handle_event(TaskFinished(RUN, "prepare", 1, "done", exit_code=0))
+    h.scheduler.handle_event(TaskFinished(RUN, "prepare", 1, Status.DONE, exit_code=0))
     assert h.task("prepare").status is Status.SUBMITTED
     assert h.enqueued() == ["prepare.provider"]  # train's provider still waits for prepare's
 
@@ -359,7 +377,7 @@ def assert_nothing_recorded(h: Dag, run: str = RUN, sent: int = 0) -> None:
     ([wf("a"), wf("a")], "a", "each workflow once"),
     ([wf("a"), wf("bad name")], "a", "invalid run or workflow name"),
 ])
-def test_bad_submission_refused_with_nothing_recorded(h: Dag, workflows: List[WorkflowSpec], target: str,
+def test_bad_submission_refused_with_nothing_recorded(h: Dag, workflows: list[WorkflowSpec], target: str,
                                                       fragment: str) -> None:
     with pytest.raises(RequestRejected, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         h.submit_dag(workflows, target=target)
@@ -367,7 +385,7 @@ def test_bad_submission_refused_with_nothing_recorded(h: Dag, workflows: List[Wo
 
 
 @pytest.mark.parametrize("workflows", [[wf("a", ["b"]), wf("b", ["a"])], [wf("a", ["a"])]])
-def test_submission_with_a_cycle_refused(h: Dag, workflows: List[WorkflowSpec]) -> None:
+def test_submission_with_a_cycle_refused(h: Dag, workflows: list[WorkflowSpec]) -> None:
     with pytest.raises(RequestRejected, match="cycle"):
         h.submit_dag(workflows, target="a")
     assert_nothing_recorded(h)
@@ -703,10 +721,10 @@ def test_one_completion_costs_the_same_whatever_the_run_size(h: Dag) -> None:
     for job in middle:
         h.start(job)
 
-    statements: List[str] = []
+    statements: list[str] = []
     db: sqlite3.Connection = h.store._db
 
-    def measured(job: str) -> List[str]:
+    def measured(job: str) -> list[str]:
         statements.clear()
         db.set_trace_callback(statements.append)
         try:

@@ -6,20 +6,36 @@ Time is a fake clock, set into both scheduler modules.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Optional
 
 import pytest
 
 import dstack.scheduler.flow as flow_module
 import dstack.scheduler.service as service_module
-from dstack.messages import (Allocation, Endpoint, GetRuns, GpuInfo, Inventory, JobSpec, Resources,
-                             RestartRun, RetryPolicy, StopRun, StopTask, SubmitRun, TaskFinished,
-                             TaskStarted, WorkerReport, WorkflowSpec)
+from dstack.messages import (
+    Allocation,
+    Endpoint,
+    GetRuns,
+    GpuInfo,
+    Inventory,
+    JobSpec,
+    Resources,
+    RestartRun,
+    RetryPolicy,
+    StopRun,
+    StopTask,
+    SubmitRun,
+    TaskFinished,
+    TaskStarted,
+    WorkerReport,
+    WorkflowSpec,
+)
 from dstack.scheduler.flow import CONTROL_ACTOR, MAX_BACKOFF_S
 from dstack.scheduler.model import Status
-from tests.unit.test_scheduler_logic import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
+from tests.scheduler_harness import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
 
 T0 = 1_700_000_000.0
 TIMEOUT = 60.0
@@ -68,7 +84,7 @@ def submit(h: Harness, workflow_retry: Optional[RetryPolicy] = None, max_duratio
                                 max_duration_s=max_duration_s)]))
 
 
-def claim(h: Harness, task_id: str, worker: str = "w1", attempt: int = 1) -> Dict[str, Any]:
+def claim(h: Harness, task_id: str, worker: str = "w1", attempt: int = 1) -> dict[str, Any]:
     return h.claim(task_id, worker, attempt=attempt)
 
 
@@ -79,8 +95,8 @@ def start(h: Harness, task_id: str, worker: str = "w1", attempt: int = 1) -> Non
 
 
 def finish(h: Harness, task_id: str, status: str = "done", attempt: int = 1, reason: str = "",
-           exit_code: Optional[int] = 0, timed_out: bool = False, jobs: Optional[List[JobSpec]] = None) -> None:
-    h.scheduler.handle_event(TaskFinished(run_name=RUN, task_id=task_id, attempt=attempt, status=status,
+           exit_code: Optional[int] = 0, timed_out: bool = False, jobs: Optional[list[JobSpec]] = None) -> None:
+    h.scheduler.handle_event(TaskFinished(run_name=RUN, task_id=task_id, attempt=attempt, status=Status(status),
                                           exit_code=exit_code, reason=reason, jobs=jobs, timed_out=timed_out))
 
 
@@ -88,7 +104,7 @@ def fail(h: Harness, task_id: str, attempt: int = 1, reason: str = "exit code 3"
     finish(h, task_id, "failed", attempt=attempt, reason=reason, exit_code=3, **kwargs)
 
 
-def creates(h: Harness, jobs: List[JobSpec], workflow_retry: Optional[RetryPolicy] = None,
+def creates(h: Harness, jobs: list[JobSpec], workflow_retry: Optional[RetryPolicy] = None,
             max_duration_s: Optional[float] = None) -> None:
     """Submit, run the provider on w-provider, and have it create ``jobs``."""
     submit(h, workflow_retry, max_duration_s)
@@ -118,12 +134,12 @@ def silence(h: Harness, worker: str, seen_at: float) -> None:
         h.store.save_worker(worker, asdict(worker_report(worker)), seen_at)
 
 
-def worker_ids(h: Harness) -> List[str]:
+def worker_ids(h: Harness) -> list[str]:
     with h.store.transaction():
         return [report["worker_id"] for report, _ in h.store.workers()]
 
 
-def report(h: Harness, worker: str, in_use: Sequence[Allocation] = ()) -> Dict[str, Any]:
+def report(h: Harness, worker: str, in_use: Sequence[Allocation] = ()) -> dict[str, Any]:
     return h.scheduler.handle_request(worker_report(worker, in_use))
 
 
@@ -131,15 +147,15 @@ def held(task_id: str, attempt: int = 1) -> Allocation:
     return Allocation(RUN, task_id, attempt, Resources())
 
 
-def stop_entry(task_id: str, attempt: int = 1) -> Dict[str, Any]:
+def stop_entry(task_id: str, attempt: int = 1) -> dict[str, Any]:
     return {"run_name": RUN, "task_id": task_id, "attempt": attempt}
 
 
-def statuses(h: Harness) -> Dict[str, str]:
+def statuses(h: Harness) -> dict[str, str]:
     return {task_id: t.status.value for task_id, t in h.records().items()}
 
 
-def stop_tasks(h: Harness, since: int = 0) -> List[tuple]:
+def stop_tasks(h: Harness, since: int = 0) -> list[tuple]:
     return [(queue, message) for queue, actor, message in h.messages(since)
             if actor == CONTROL_ACTOR and isinstance(message, StopTask)]
 
@@ -157,7 +173,7 @@ def test_a_failed_job_with_a_retry_policy_waits_to_run_again(h: Harness, clock: 
     assert job.status is Status.RETRYING and job.attempt == 2
     assert job.reason == "exit code 3; retry 1 of 2 in 10 s"  # the first line of the reason only
     assert (job.worker_id, job.hostname, job.ports, job.started_at, job.finished_at) == (None, None, [], None, None)
-    assert job.spec["retries"] == 1 and job.spec["retry_at"] == clock.now + 10
+    assert job.job_state.retries == 1 and job.job_state.retry_at == clock.now + 10
     assert h.task("train.1").status is Status.SUBMITTED  # its dependents wait
     assert h.task(WF).status is Status.SUBMITTED
     assert h.run().status is Status.RUNNING and h.run().finished_at is None
@@ -179,7 +195,7 @@ def test_a_retry_is_released_once_its_backoff_has_passed(h: Harness, clock: Cloc
     creates(h, [spec("a", retry=retry(2, 10.0)), spec("b", depends_on=["a"])])
     start(h, "train.0")
     fail(h, "train.0")
-    retry_at = h.task("train.0").spec["retry_at"]
+    retry_at = h.task("train.0").job_state.retry_at
     assert retry_at == T0 + 10
 
     mark = tick_at(h, clock, retry_at - 0.5)
@@ -218,10 +234,10 @@ def test_the_backoff_doubles_up_to_its_cap(h: Harness, clock: Clock) -> None:
         fail(h, "train.0", attempt=attempt)
         job = h.task("train.0")
         assert job.status is Status.RETRYING and job.attempt == attempt + 1
-        delay = job.spec["retry_at"] - clock.now
+        delay = job.job_state.retry_at - clock.now
         delays.append(delay)
         assert job.reason == f"exit code 3; retry {attempt} of 6 in {delay:g} s"
-        tick_at(h, clock, job.spec["retry_at"])
+        tick_at(h, clock, job.job_state.retry_at)
         assert h.task("train.0").status is Status.QUEUED
     assert delays == [100.0, 200.0, 400.0, 600.0, 600.0, 600.0]
 
@@ -233,13 +249,13 @@ def test_the_limit_reached_the_job_fails_and_its_dependents_are_cancelled(h: Har
         start(h, "train.0", attempt=attempt)
         fail(h, "train.0", attempt=attempt)
         assert h.task("train.0").status is Status.RETRYING
-        tick_at(h, clock, h.task("train.0").spec["retry_at"])
+        tick_at(h, clock, h.task("train.0").job_state.retry_at)
     start(h, "train.0", attempt=3)
     fail(h, "train.0", attempt=3, reason="exit code 3")
     job = h.task("train.0")
     assert job.status is Status.FAILED and job.attempt == 3
     assert job.reason == "exit code 3" and job.exit_code == 3
-    assert job.spec["retries"] == 2
+    assert job.job_state.retries == 2
     dependent = h.task("train.1")
     assert dependent.status is Status.FAILED and dependent.reason == "dependency train.0 failed"
     assert h.task("train.2").status is Status.RUNNING  # an independent branch goes on
@@ -272,7 +288,7 @@ def test_a_job_past_its_max_duration_is_not_retried(h: Harness, clock: Clock) ->
     job = h.task("train.0")
     assert job.status is Status.FAILED and job.attempt == 1
     assert job.reason == "ran longer than its max_duration of 30 s; stopped"
-    assert "retries" not in job.spec
+    assert job.job_state.retries == 0  # none made since the restart
     assert h.task("train.1").status is Status.FAILED
     assert h.run().status is Status.FAILED
     mark = tick_at(h, clock, T0 + 3600)
@@ -333,10 +349,10 @@ def test_stale_events_of_the_old_attempt_are_ignored(h: Harness, clock: Clock) -
                                          endpoint=Endpoint(hostname="w1.local")))
     after = h.task("train.0")
     assert after == before  # still retrying, attempt 2, one retry counted
-    assert after.status is Status.RETRYING and after.spec["retries"] == 1
+    assert after.status is Status.RETRYING and after.job_state.retries == 1
     assert h.task("train.1").status is Status.SUBMITTED
 
-    tick_at(h, clock, after.spec["retry_at"])
+    tick_at(h, clock, after.job_state.retry_at)
     fail(h, "train.0", attempt=1)
     finish(h, "train.0", "done", attempt=1)
     assert h.task("train.0").status is Status.QUEUED and h.task("train.0").attempt == 2
@@ -384,8 +400,9 @@ def test_jobs_inherit_the_workflows_policy_unless_they_set_their_own(h: Harness)
     assert (jobs["train.1"].retry, jobs["train.1"].max_duration_s) == (retry(3, 1.0), 60.0)
     assert (jobs["train.2"].retry, jobs["train.2"].max_duration_s) == (retry(0), 60.0)  # "never" wins too
     assert (jobs["train.3"].retry, jobs["train.3"].max_duration_s) == (retry(1, 5.0), 5.0)
-    assert h.task("train.0").spec["job"]["retry"] == {"limit": 1, "backoff_s": 5.0}
-    assert h.task(WF).spec["retry"] == {"limit": 1, "backoff_s": 5.0} and h.task(WF).spec["max_duration_s"] == 60.0
+    assert asdict(h.task("train.0").job_state.job.retry) == {"limit": 1, "backoff_s": 5.0}
+    assert asdict(h.task(WF).workflow_state.retry) == {"limit": 1, "backoff_s": 5.0}
+    assert h.task(WF).workflow_state.max_duration_s == 60.0
 
     for n in range(3):
         start(h, f"train.{n}")
@@ -399,7 +416,7 @@ def test_without_a_workflow_policy_jobs_have_none(h: Harness) -> None:
     creates(h, [spec("a")])
     (task,) = h.job_tasks()
     assert task.job.retry is None and task.job.max_duration_s is None
-    assert h.task(WF).spec["retry"] is None and h.task(WF).spec["max_duration_s"] is None
+    assert h.task(WF).workflow_state.retry is None and h.task(WF).workflow_state.max_duration_s is None
 
 
 # ----------------------------------------------------------------------------- restart
@@ -418,7 +435,7 @@ def test_a_restart_gets_its_retries_anew(h: Harness, clock: Clock) -> None:
     h.scheduler.handle_request(RestartRun(run_name=RUN))
     job = h.task("train.0")
     assert job.status is Status.QUEUED and job.attempt == 3
-    assert "retries" not in job.spec
+    assert job.job_state.retries == 0  # none made since the restart
     assert [(t.task_id, t.attempt) for t in h.job_tasks(mark)] == [("train.0", 3)]
 
     start(h, "train.0", attempt=3)
@@ -426,7 +443,7 @@ def test_a_restart_gets_its_retries_anew(h: Harness, clock: Clock) -> None:
     job = h.task("train.0")
     assert job.status is Status.RETRYING and job.attempt == 4
     assert job.reason == "exit code 3; retry 1 of 1 in 10 s"  # the first backoff again, not doubled
-    assert job.spec["retry_at"] == clock.now + 10
+    assert job.job_state.retry_at == clock.now + 10
 
 
 # ----------------------------------------------------------------------------- lost workers
@@ -521,7 +538,7 @@ def test_a_lost_worker_that_comes_back_is_told_to_stop_the_old_attempt(h: Harnes
     assert answer["stop"] == [stop_entry("train.0"), stop_entry("train.1")]
     assert worker_ids(h)[-1] == "w1"  # live again
     fail(h, "train.0", attempt=1)  # and what it says of them is ignored
-    assert h.task("train.0").status is Status.RETRYING and h.task("train.0").spec["retries"] == 1
+    assert h.task("train.0").status is Status.RETRYING and h.task("train.0").job_state.retries == 1
 
 
 # ----------------------------------------------------------------------------- what a worker is told to stop

@@ -1,114 +1,37 @@
 """scheduler.service.Scheduler over a real SqliteStateStore: runs and tasks through their statuses.
 
 ``send`` and ``notify`` are recording fakes; what ``send`` received is decoded back into typed
-messages to assert on.
+messages to assert on. Replies and updates are asserted on in their plain form (what goes on the
+wire, and what ``dstack status --json`` prints), so that form is what these tests keep stable.
+Every status change checks the tables of dstack.states: an illegal move fails the test.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
 from dstack.errors import RequestRejected
-from dstack.messages import (ClaimTask, Endpoint, GetRuns, JobSpec, JobTask, ProviderSpec, ProviderTask, StopRun,
-                             StopTask, SubmitRun, TaskFinished, TaskStarted, WorkflowSpec, from_payload, unpack)
+from dstack.messages import (
+    AppSpec,
+    Endpoint,
+    GetRuns,
+    JobSpec,
+    ProviderTask,
+    StopRun,
+    StopTask,
+    SubmitRun,
+    TaskFinished,
+    TaskStarted,
+    WorkflowSpec,
+    plain,
+)
 from dstack.names import task_queue, worker_queue
-from dstack.scheduler.model import Kind, RunRecord, Status, TaskRecord
 from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
-from dstack.scheduler.service import Scheduler
+from dstack.scheduler.model import JobState, Kind, Status, TaskRecord
 from dstack.scheduler.store import SqliteStateStore
-
-PROVIDER = ProviderSpec(name="graph", image="python:3.11-slim", commands=["python3 providers/graph/main.py"])
-RUN = "witty-otter-1234"
-WF = "train"
-PROVIDER_TASK = "train.provider"
-
-
-def spec(job_id: str, depends_on: Sequence[str] = (), master: Optional[str] = None, **fields: Any) -> JobSpec:
-    fields.setdefault("commands", [f"echo {job_id}"])
-    return JobSpec(job_id=job_id, image="alpine", depends_on=list(depends_on), master=master, **fields)
-
-
-class Harness:
-    def __init__(self, path: Path) -> None:
-        self.store = SqliteStateStore(path)
-        self.sent: List[Tuple[str, str, bytes]] = []
-        self.notified: List[Tuple[str, Dict[str, Any]]] = []
-        self.fail_send = False
-        self.scheduler = Scheduler(self.store, self._send, lambda run, update: self.notified.append((run, update)))
-
-    def _send(self, queue: str, actor: str, payload: bytes) -> None:
-        if self.fail_send:
-            raise ConnectionError("broker down")
-        self.sent.append((queue, actor, payload))
-
-    # -------------------------------------------------------------- reading
-
-    def messages(self, since: int = 0) -> List[Tuple[str, str, Any]]:
-        return [(queue, actor, from_payload(unpack(payload))) for queue, actor, payload in self.sent[since:]]
-
-    def job_tasks(self, since: int = 0) -> List[JobTask]:
-        found = []
-        for queue, actor, message in self.messages(since):
-            if isinstance(message, JobTask):
-                assert (queue, actor) == (task_queue(), TASK_ACTOR)
-                found.append(message)
-        return found
-
-    def task(self, task_id: str, run: str = RUN) -> TaskRecord:
-        with self.store.transaction():
-            task = self.store.get_task(run, task_id)
-        assert task is not None, task_id
-        return task
-
-    def tasks(self, run: str = RUN) -> Dict[str, TaskRecord]:
-        """The run's providers and jobs, in creation order (not its workflow records)."""
-        return {task_id: t for task_id, t in self.records(run).items() if t.kind is not Kind.WORKFLOW}
-
-    def records(self, run: str = RUN) -> Dict[str, TaskRecord]:
-        """Every task record of the run, workflow records included."""
-        with self.store.transaction():
-            return {t.task_id: t for t in self.store.tasks_of(run)}
-
-    def run(self, run: str = RUN) -> RunRecord:
-        with self.store.transaction():
-            record = self.store.get_run(run)
-        assert record is not None
-        return record
-
-    def outbox(self) -> List[Tuple[int, str, str, bytes]]:
-        with self.store.transaction():
-            return self.store.outbox()
-
-    # -------------------------------------------------------------- acting
-
-    def submit(self, run: str = RUN, workflow: str = WF, snapshot: str = "snap-1") -> Any:
-        return self.scheduler.handle_request(SubmitRun(
-            run_name=run, workflow=workflow,
-            workflows=[WorkflowSpec(name=workflow, data={"jobs": 2}, provider=PROVIDER)],
-            snapshot_id=snapshot, submitted_at=1700000000.0, project="/p"))
-
-    def claim(self, task_id: str, worker: str = "w1", attempt: int = 1, run: str = RUN) -> Dict[str, Any]:
-        return self.scheduler.handle_request(ClaimTask(run_name=run, task_id=task_id, attempt=attempt,
-                                                       worker_id=worker))
-
-    def start(self, task_id: str, worker: str = "w1", hostname: str = "host-1", ports: Sequence[int] = (),
-              run: str = RUN) -> None:
-        assert self.claim(task_id, worker, run=run)["granted"]
-        self.scheduler.handle_event(TaskStarted(run_name=run, task_id=task_id, attempt=1, worker_id=worker,
-                                                endpoint=Endpoint(hostname=hostname, ports=list(ports))))
-
-    def finish(self, task_id: str, status: str = "done", jobs: Optional[List[JobSpec]] = None,
-               exit_code: Optional[int] = 0, reason: str = "", run: str = RUN) -> None:
-        self.scheduler.handle_event(TaskFinished(run_name=run, task_id=task_id, attempt=1, status=status,
-                                                 exit_code=exit_code, reason=reason, jobs=jobs))
-
-    def provider_creates(self, jobs: List[JobSpec]) -> None:
-        """Submit, run the provider, and have it create ``jobs``."""
-        self.submit()
-        self.start(PROVIDER_TASK, worker="w-provider")
-        self.finish(PROVIDER_TASK, jobs=jobs)
+from tests.scheduler_harness import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
 
 
 @pytest.fixture
@@ -126,7 +49,7 @@ def test_submit_records_queued_run_and_provider_task_in_outbox(h: Harness) -> No
                         workflows=[WorkflowSpec(name=WF, data={"epochs": 3}, provider=PROVIDER)],
                         snapshot_id="snap-1", submitted_at=1700000000.0, project="/home/me/p")
     with h.store.transaction():
-        view = h.scheduler.submit_run(request)
+        view = plain(h.scheduler.submit_run(request))
     assert view["run_name"] == RUN and view["status"] == "queued"
     assert [j["job_id"] for j in view["jobs"]] == [PROVIDER_TASK]
     assert [(w["name"], w["status"]) for w in view["workflows"]] == [(WF, "submitted")]
@@ -346,7 +269,7 @@ def test_duplicate_task_started_is_ignored(h: Harness) -> None:
 
 def test_event_for_another_attempt_is_ignored(h: Harness) -> None:
     h.provider_creates([spec("a")])
-    h.scheduler.handle_event(TaskFinished(RUN, "train.0", attempt=2, status="done"))
+    h.scheduler.handle_event(TaskFinished(RUN, "train.0", attempt=2, status=Status.DONE))
     assert h.task("train.0").status is Status.QUEUED
     h.scheduler.handle_event(TaskStarted(RUN, "train.0", 2, "w1", Endpoint("h")))
     assert h.task("train.0").status is Status.QUEUED
@@ -622,7 +545,7 @@ def test_provider_jobs_with_cycle_fail_provider(h: Harness) -> None:
     ([spec("a", ["ghost"])], "does not exist"),
     ([spec("a"), spec("a")], "two jobs"),
 ])
-def test_provider_jobs_refused(h: Harness, jobs: List[JobSpec], fragment: str) -> None:
+def test_provider_jobs_refused(h: Harness, jobs: list[JobSpec], fragment: str) -> None:
     h.submit()
     h.start(PROVIDER_TASK)
     h.finish(PROVIDER_TASK, jobs=jobs)
@@ -665,11 +588,12 @@ def test_state_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_app_has_a_url_only_while_its_job_runs() -> None:
-    from dstack.scheduler.model import Kind, Status, TaskRecord
+    from dstack.scheduler.model import Kind, Status
 
-    app = {"name": "lab", "port_index": 1, "url_path": "/lab", "url_query_params": {"token": "a b"}}
+    app = AppSpec(name="lab", port_index=1, url_path="/lab", url_query_params={"token": "a b"})
     task = TaskRecord(run_name="r", task_id="w.0", kind=Kind.JOB, workflow="w", status=Status.RUNNING,
-                      spec={"job": {"apps": [app]}}, hostname="gpu-7", ports=[6006, 8888])
-    assert task.view()["apps"] == [{"name": "lab", "url": "http://gpu-7:8888/lab?token=a+b"}]
+                      spec=JobState(job=JobSpec(job_id="w.0", image="alpine", commands=[], apps=[app])),
+                      hostname="gpu-7", ports=[6006, 8888])
+    assert plain(task.job_view())["apps"] == [{"name": "lab", "url": "http://gpu-7:8888/lab?token=a+b"}]
     task.status = Status.DONE
-    assert task.view()["apps"] == [{"name": "lab", "url": None}]
+    assert plain(task.job_view())["apps"] == [{"name": "lab", "url": None}]

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List
 
 import pytest
 
-from dstack.messages import (Allocation, GetRuns, GetWorkers, GpuInfo, Inventory, JobTask, QueueOpened, Resources,
-                             StopRun, WorkerLeaving, WorkerReport)
+from dstack.messages import (
+    Allocation,
+    GetRuns,
+    GetWorkers,
+    GpuInfo,
+    Inventory,
+    JobTask,
+    QueueOpened,
+    Resources,
+    StopRun,
+    WorkerLeaving,
+    WorkerReport,
+)
 from dstack.names import DEFAULT_TASK_QUEUE, worker_queue
 from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
 from dstack.scheduler.store import SqliteStateStore
-from tests.unit.test_scheduler_logic import PROVIDER_TASK, RUN, Harness, spec
+from tests.scheduler_harness import PROVIDER_TASK, RUN, Harness, spec
 
 A100 = Resources(gpu_count=1, gpu_name="A100")
 A100_QUEUE = "dstack.tasks.gpu1xa100"
@@ -27,7 +38,7 @@ def h(tmp_path: Path) -> Iterator[Harness]:
     harness.store.close()
 
 
-def report(h: Harness, worker_id: str, gpus: int = 0, in_use: List[Allocation] = ()) -> dict:
+def report(h: Harness, worker_id: str, gpus: int = 0, in_use: list[Allocation] = ()) -> dict:
     inventory = Inventory(cpu=8, memory_mib=32768,
                           gpus=[GpuInfo(id=str(i), name="NVIDIA A100-SXM4-40GB", memory_mib=40960)
                                 for i in range(gpus)])
@@ -36,7 +47,7 @@ def report(h: Harness, worker_id: str, gpus: int = 0, in_use: List[Allocation] =
                                                    started_at=1700000000.0))
 
 
-def pushed(h: Harness, since: int = 0) -> List[tuple]:
+def pushed(h: Harness, since: int = 0) -> list[tuple]:
     return [(queue, message) for queue, actor, message in h.messages(since)
             if actor == CONTROL_ACTOR and isinstance(message, QueueOpened)]
 
