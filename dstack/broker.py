@@ -1,23 +1,51 @@
-"""Connecting to RabbitMQ: the Dramatiq broker, plain pika connections, and their errors.
+"""Talking to RabbitMQ, all in one module: connections, the Dramatiq broker and its encoding,
+declaring queues with their dead-letter queues, publishing, and trying again after the broker
+went away.
 
-Every service builds its broker here, so queues, encoding and middleware are the same
-everywhere. Dramatiq's defaults are replaced on purpose: no handler here runs long, and
-retries are explicit per actor.
+The rest of dstack builds on these primitives. pika's and Dramatiq's connection errors are
+handled here only: they become :class:`~dstack.errors.BrokerUnavailable`, or are what
+:func:`retry` rides out (:data:`CONNECTION_ERRORS`).
 """
 from __future__ import annotations
 
+import logging
+import random
+import threading
+import time
 import urllib.parse
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import Retries, TimeLimit
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
 from dstack import defaults
-from dstack.errors import BrokerUnavailable
-from dstack.messages import MsgpackEncoder, to_payload
+from dstack.errors import BrokerUnavailable, MessageError
+from dstack.messages import pack, to_payload, unpack
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A blocking pika connection and one of its channels (one thread uses them).
+Connection = pika.BlockingConnection
+Channel = BlockingChannel
+
+#: pika's error for a connection or channel that broke (or was closed).
+AMQPError = pika.exceptions.AMQPError
+#: Dramatiq's error for a broker connection that failed or broke (``ConnectionError`` in older releases).
+DramatiqConnectionError: type[Exception] = (getattr(dramatiq.errors, "BrokerConnectionError", None)
+                                            or dramatiq.errors.ConnectionError)
+#: Errors that mean the broker went away (or was never there): what :func:`retry` tries again after.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    BrokerUnavailable, AMQPError, DramatiqConnectionError)
+
+
+# ----------------------------------------------------------------------------- connections
 
 
 def connection_parameters(url: str, *, heartbeat: int = 30) -> pika.URLParameters:
@@ -38,7 +66,7 @@ def describe(url: str) -> str:
     return f"amqp://{host}:{port}{parts.path or '/'}"
 
 
-def connect(url: str) -> pika.BlockingConnection:
+def connect(url: str) -> Connection:
     """A blocking pika connection to ``url``.
 
     Raises:
@@ -46,44 +74,218 @@ def connect(url: str) -> pika.BlockingConnection:
     """
     try:
         return pika.BlockingConnection(connection_parameters(url))
-    except (pika.exceptions.AMQPError, AMQPConnectorException) as e:
+    except (AMQPError, AMQPConnectorException) as e:
         raise BrokerUnavailable(
             f"cannot reach RabbitMQ at {describe(url)} ({type(e).__name__}{': ' + str(e) if str(e) else ''}); "
             "start it (`rabbitmq-server -detached`) or set DSTACK_BROKER_URL") from None
 
 
-def close_quietly(connection: pika.BlockingConnection) -> None:
+def close_quietly(connection: Optional[Connection]) -> None:
     """Close ``connection``; one the broker already dropped is closed enough."""
+    if connection is None:
+        return
     try:
         connection.close()
-    except pika.exceptions.AMQPError:
+    except AMQPError:
         pass
+
+
+def call_threadsafe(connection: Optional[Connection], callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the thread that uses ``connection``, at its next wait for data. Safe to
+    call from any thread; a connection that is gone ignores it."""
+    if connection is None:
+        return
+    try:
+        connection.add_callback_threadsafe(callback)
+    except AMQPError:
+        pass
+
+
+def publish(channel: Channel, exchange: str, routing_key: str, body: bytes, *,
+            correlation_id: Optional[str] = None, reply_to: Optional[str] = None,
+            expires_in: Optional[float] = None) -> None:
+    """Publish ``body`` as a transient message (no publisher confirm: for requests, replies and
+    live notifications, where the sender finds out otherwise). RabbitMQ drops it when nobody
+    consumed it within ``expires_in`` seconds."""
+    properties = pika.BasicProperties(
+        delivery_mode=1, correlation_id=correlation_id, reply_to=reply_to,
+        expiration=None if expires_in is None else str(int(expires_in * 1000)))
+    channel.basic_publish(exchange, routing_key, body, properties)
+
+
+class Delivery(NamedTuple):
+    """A message as :func:`consume` hands it over."""
+
+    tag: int
+    exchange: str
+    body: bytes
+    reply_to: Optional[str]
+    correlation_id: Optional[str]
+
+
+def consume(channel: Channel, queue_name: str, *, timeout: float, auto_ack: bool = False
+            ) -> Iterator[Optional[Delivery]]:
+    """The messages of ``queue_name``, and ``None`` after each ``timeout`` seconds without one.
+    Ends when RabbitMQ cancels the consumer; raises :data:`AMQPError` when the connection breaks."""
+    for method, properties, body in channel.consume(queue_name, auto_ack=auto_ack, inactivity_timeout=timeout):
+        if method is None or properties is None or body is None:
+            yield None
+        else:
+            yield Delivery(method.delivery_tag or 0, method.exchange or "", body, properties.reply_to,
+                           properties.correlation_id)
+
+
+# ----------------------------------------------------------------------------- Dramatiq
+
+
+class MsgpackEncoder(dramatiq.Encoder):
+    """Dramatiq encoder: Dramatiq's message envelope, msgpack-encoded, with a size limit."""
+
+    def encode(self, data: dramatiq.encoder.MessageData) -> bytes:
+        return pack(data)
+
+    def decode(self, data: bytes) -> dramatiq.encoder.MessageData:
+        try:
+            return unpack(data)
+        except MessageError as e:
+            raise dramatiq.DecodeError(str(e), data, e) from None
 
 
 def make_broker(url: str) -> RabbitmqBroker:
     """The Dramatiq broker every dstack service uses, also made the global one.
 
     Messages are msgpack-encoded, queues durable, messages persistent and publishes
-    confirmed by RabbitMQ.
+    confirmed by RabbitMQ. The only middleware is what the actors use: ``Retries``
+    (``max_retries``, ``throws``) and ``TimeLimit`` (``time_limit``). Dramatiq's other
+    defaults act on options no dstack actor or message sets (``max_age``,
+    ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), so they are left
+    out, and Dramatiq refuses an actor that asks for one. Nothing connects until first used.
     """
     dramatiq.set_encoder(MsgpackEncoder())
-    middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(),
-                  Retries(max_retries=3, min_backoff=1000, max_backoff=30_000)]
+    middleware = [TimeLimit(), Retries(max_retries=3, min_backoff=1000, max_backoff=30_000)]
     broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
     dramatiq.set_broker(broker)
     return broker
 
 
-def send(broker: RabbitmqBroker, queue_name: str, actor_name: str, message: Any) -> None:
+def consumer(broker: dramatiq.Broker, handler: Callable[[Any], None], *, queue_name: str, actor_name: str,
+             threads: int, **options: Any) -> dramatiq.Worker:
+    """Make ``handler`` the Dramatiq actor ``actor_name`` on ``queue_name`` (``options``: its
+    ``max_retries``, ``time_limit``, ``throws``) and return a Dramatiq worker with ``threads``
+    threads consuming that queue; it connects once started."""
+    dramatiq.actor(broker=broker, actor_name=actor_name, queue_name=queue_name, **options)(handler)
+    return dramatiq.Worker(broker, queues={queue_name}, worker_threads=threads)
+
+
+def declare_queue(broker: dramatiq.Broker, queue_name: str) -> None:
+    """Create ``queue_name`` on RabbitMQ now, durable, with the delay queue and the dead-letter
+    queue (``QUEUE.XQ``) Dramatiq gives it, so that a plain consumer finds the queue Dramatiq's
+    publishers expect. Another broker (Dramatiq's ``StubBroker`` in tests) declares it its way.
+
+    Raises:
+        BrokerUnavailable: RabbitMQ refused or dropped the connection.
+    """
+    try:
+        if isinstance(broker, RabbitmqBroker):
+            broker.declare_queue(queue_name, ensure=True)
+        else:
+            broker.declare_queue(queue_name)
+    except DramatiqConnectionError as e:
+        raise BrokerUnavailable(f"cannot declare queue {queue_name}: {e}") from None
+
+
+def enqueue(broker: dramatiq.Broker, queue_name: str, actor_name: str, payload: Any) -> None:
+    """Enqueue ``payload`` (plain data) for the Dramatiq actor ``actor_name`` on ``queue_name``;
+    returns once RabbitMQ confirmed it. Raises Dramatiq's connection error as it comes."""
+    broker.declare_queue(queue_name)
+    broker.enqueue(dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(payload,),
+                                    kwargs={}, options={}))
+
+
+def send(broker: dramatiq.Broker, queue_name: str, actor_name: str, message: Any) -> None:
     """Enqueue a typed ``message`` for the Dramatiq actor ``actor_name`` on ``queue_name``.
 
     Raises:
         BrokerUnavailable: RabbitMQ refused or dropped the connection.
     """
-    broker.declare_queue(queue_name)
     try:
-        broker.enqueue(dramatiq.Message(queue_name=queue_name, actor_name=actor_name,
-                                        args=(to_payload(message),), kwargs={}, options={}))
-    except dramatiq.errors.ConnectionError as e:
+        enqueue(broker, queue_name, actor_name, to_payload(message))
+    except DramatiqConnectionError as e:
         raise BrokerUnavailable(f"cannot publish to RabbitMQ: {e}") from None
 
+
+def task_payload(body: bytes) -> Any:
+    """The payload of the Dramatiq message ``body``, as it arrives on a queue a plain consumer
+    reads (see ``workers/intake.py``).
+
+    Raises:
+        MessageError: ``body`` is no Dramatiq message with a payload.
+    """
+    try:
+        return dramatiq.Message.decode(body).args[0]
+    except (dramatiq.DecodeError, IndexError) as e:
+        raise MessageError(f"not a task message: {e}") from None
+
+
+# ----------------------------------------------------------------------------- riding out outages
+
+
+class Backoff:
+    """The waits between tries: ``first`` seconds, doubled after each failure up to ``cap``.
+
+    Each wait is shortened by a random part of up to ``jitter`` (a fraction), so that the clients
+    that lost the broker together do not all come back at the same moment, and no wait is ever
+    longer than ``cap``. :meth:`reset` once connected, so that the next outage starts again from
+    ``first``.
+    """
+
+    def __init__(self, first: float = defaults.RECONNECT_FIRST_DELAY, cap: float = defaults.RECONNECT_MAX_DELAY,
+                 jitter: float = 0.25, *, rand: Callable[[], float] = random.random) -> None:
+        self.first, self.cap, self.jitter = first, cap, jitter
+        self._rand = rand
+        self._next = first
+
+    def next(self) -> float:
+        """The wait before the next try, in seconds; the one after will be longer, up to the cap."""
+        base = self._next
+        self._next = min(base * 2, self.cap)
+        return base * (1 - self.jitter * self._rand())
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+def retry(action: Callable[[], T], *, what: str, stopping: Optional[threading.Event] = None,
+          backoff: Optional[Backoff] = None, attempts: Optional[int] = None,
+          errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS,
+          before_retry: Optional[Callable[[BaseException], None]] = None,
+          level: int = logging.WARNING) -> Optional[T]:
+    """Call ``action`` until it returns, and return what it returned: the one reconnect loop.
+
+    ``action`` is typically a session (connect, then serve until told to stop) or one send.
+    When it raises one of ``errors`` (by default: the broker went away), the error is logged at
+    ``level`` saying ``what`` failed, the next wait of ``backoff`` passes, ``before_retry`` gets
+    the error (to make a new connection, say) and ``action`` is called again.
+
+    Returns ``None``, without calling ``action`` (again), once ``stopping`` is set; a wait ends
+    as soon as it is set. Any other error propagates, and so does the last one when ``attempts``
+    tries failed.
+    """
+    backoff = backoff or Backoff()
+    tries = 0
+    while stopping is None or not stopping.is_set():
+        try:
+            return action()
+        except errors as e:
+            tries += 1
+            if attempts is not None and tries >= attempts:
+                raise
+            delay = backoff.next()
+            log.log(level, "%s (%s); trying again in %.1f s", what, e, delay)
+            if stopping is None:
+                time.sleep(delay)
+            elif stopping.wait(delay):
+                return None
+            if before_retry is not None:
+                before_retry(e)
+    return None

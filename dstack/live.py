@@ -8,11 +8,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Optional, Tuple
+from typing import Optional
 
-import pika
-
-from dstack.broker import close_quietly, connect
+from dstack import defaults
+from dstack.broker import AMQPError, Backoff, Channel, Connection, close_quietly, connect, consume, publish, retry
 from dstack.errors import BrokerUnavailable
 from dstack.names import LOGS_EXCHANGE, UPDATES_EXCHANGE
 
@@ -22,21 +21,28 @@ log = logging.getLogger(__name__)
 BUFFER = 10_000
 
 
-def declare_exchanges(channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+def declare_exchanges(channel: Channel) -> None:
     for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
         channel.exchange_declare(exchange, exchange_type="topic", durable=True)
 
 
 class Publisher:
-    """Publishes notifications from any thread through one background connection."""
+    """Publishes notifications from any thread through one background connection, made when
+    the first notification is published (so building one connects to nothing)."""
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._queue: "queue.Queue[Optional[Tuple[str, str, bytes]]]" = queue.Queue(BUFFER)
-        self._thread = threading.Thread(target=self._run, name="live-publisher", daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[Optional[tuple[str, str, bytes]]] = queue.Queue(BUFFER)
+        self._pending: Optional[tuple[str, str, bytes]] = None
+        self._backoff = Backoff(cap=defaults.CONSUMER_RECONNECT_MAX_DELAY)
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
 
     def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="live-publisher", daemon=True)
+                self._thread.start()
         try:
             self._queue.put_nowait((exchange, routing_key, body))
         except queue.Full:
@@ -44,27 +50,33 @@ class Publisher:
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is buffered (waiting up to ``timeout`` seconds), then disconnect."""
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return  # nothing was ever published
         self._queue.put(None)
-        self._thread.join(timeout)
+        thread.join(timeout)
 
     def _run(self) -> None:
-        pending: Optional[Tuple[str, str, bytes]] = None
-        while True:
-            try:
-                connection = connect(self._url)
-                channel = connection.channel()
-                declare_exchanges(channel)
-                while True:
-                    item = pending or self._queue.get()
-                    if item is None:
-                        connection.close()
-                        return
-                    pending = item
-                    channel.basic_publish(item[0], item[1], item[2])
-                    pending = None
-            except (BrokerUnavailable, pika.exceptions.AMQPError) as e:
-                log.warning("live publisher lost the broker (%s); retrying", e)
-                threading.Event().wait(1.0)
+        retry(self._publish_all, what="live publisher lost the broker", backoff=self._backoff)
+
+    def _publish_all(self) -> None:
+        """Publish on one connection until :meth:`close`; what was taken but not sent when the
+        connection broke is sent first on the next one."""
+        connection = connect(self._url)
+        try:
+            channel = connection.channel()
+            declare_exchanges(channel)
+            self._backoff.reset()
+            while True:
+                item = self._pending or self._queue.get()
+                if item is None:
+                    return
+                self._pending = item
+                publish(channel, *item)
+                self._pending = None
+        finally:
+            close_quietly(connection)
 
 
 class Subscription:
@@ -76,14 +88,18 @@ class Subscription:
         self._connect()
 
     def _connect(self) -> None:
-        self._connection = connect(self._url)
-        self._channel = self._connection.channel()
-        declare_exchanges(self._channel)
-        self._queue = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
-            self._channel.queue_bind(self._queue, exchange, routing_key=self._run_name)
+        self._connection: Connection = connect(self._url)
+        try:
+            self._channel = self._connection.channel()
+            declare_exchanges(self._channel)
+            self._queue = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
+                self._channel.queue_bind(self._queue, exchange, routing_key=self._run_name)
+        except AMQPError:
+            close_quietly(self._connection)
+            raise
 
-    def get(self, timeout: float) -> Optional[Tuple[str, bytes]]:
+    def get(self, timeout: float) -> Optional[tuple[str, bytes]]:
         """The next ``(exchange, body)``, or ``None`` after ``timeout`` seconds.
 
         Raises:
@@ -91,18 +107,19 @@ class Subscription:
                 so the caller should re-read the durable state after :meth:`reconnect`.
         """
         try:
-            for method, _properties, body in self._channel.consume(self._queue, auto_ack=True,
-                                                                   inactivity_timeout=timeout):
-                if method is None:
+            for delivery in consume(self._channel, self._queue, timeout=timeout, auto_ack=True):
+                if delivery is None:
                     return None
-                return method.exchange, body
-        except pika.exceptions.AMQPError as e:
+                return delivery.exchange, delivery.body
+        except AMQPError as e:
             raise BrokerUnavailable(f"lost the broker while following: {e!r}") from None
         return None
 
     def reconnect(self) -> None:
+        """Subscribe again on a new connection, waiting for the broker as long as it takes."""
         self.close()
-        self._connect()
+        retry(self._connect, what="following lost the broker", backoff=Backoff(first=1.0, cap=2.0),
+              level=logging.DEBUG)
 
     def close(self) -> None:
         close_quietly(self._connection)

@@ -7,15 +7,17 @@ versions, unknown types and wrong shapes with :class:`~dstack.errors.MessageErro
 from __future__ import annotations
 
 import dataclasses
+import enum
+import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Optional, TypeVar
 
-import dramatiq
 import msgpack
 
 from dstack import defaults
 from dstack.errors import MessageError
+from dstack.states import Status
 
 T = TypeVar("T")
 
@@ -59,7 +61,7 @@ class Inventory:
 
     cpu: float
     memory_mib: int
-    gpus: List[GpuInfo] = field(default_factory=list)
+    gpus: list[GpuInfo] = field(default_factory=list)
 
 
 @dataclass
@@ -69,7 +71,7 @@ class ProviderSpec:
 
     name: str
     image: str
-    commands: List[str]
+    commands: list[str]
     #: one of dstack's built-in providers (``dstack/providers/``), run from the worker's own copy of them
     builtin: bool = False
 
@@ -91,6 +93,36 @@ class ArtifactRef:
 
 
 @dataclass
+class ArtifactFile:
+    """One stored artifact file: its path relative to the project root, and its size in bytes."""
+
+    path: str
+    size: int
+
+
+@dataclass
+class ArtifactManifest:
+    """The list of a job's stored artifacts, kept as JSON at ``runs/RUN/manifests/JOB.json``.
+
+    The worker stores it after every file, so a job without a manifest has no complete upload;
+    the inputs of later tasks and ``dstack artifacts`` are read from it.
+    """
+
+    job_id: str
+    #: the job's artifact folders
+    artifacts: list[str] = field(default_factory=list)
+    files: list[ArtifactFile] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ArtifactManifest:
+        """Raises: ValueError (not JSON) or MessageError (not a manifest)."""
+        return from_dict(cls, json.loads(data))
+
+
+@dataclass
 class TagRef:
     """``WORKFLOW:TAG`` in ``depends-on``: the artifacts of ``workflow`` in the run tagged ``tag``."""
 
@@ -106,12 +138,12 @@ class WorkflowSpec:
     """
 
     name: str
-    data: Dict[str, Any]
+    data: dict[str, Any]
     provider: Optional[ProviderSpec] = None
     provider_repo: Optional[ProviderRepo] = None
-    depends_on: List[str] = field(default_factory=list)
-    tagged: List[TagRef] = field(default_factory=list)
-    variables: Dict[str, Any] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)
+    tagged: list[TagRef] = field(default_factory=list)
+    variables: dict[str, Any] = field(default_factory=dict)
     #: what its jobs get unless they say otherwise
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
@@ -124,7 +156,7 @@ class AppSpec:
     name: str
     port_index: int = 0
     url_path: str = ""
-    url_query_params: Dict[str, str] = field(default_factory=dict)
+    url_query_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,17 +165,17 @@ class JobSpec:
 
     job_id: str
     image: str
-    commands: List[str]
+    commands: list[str]
     working_dir: str = ""
-    ports: List[int] = field(default_factory=list)
-    artifacts: List[str] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
     resources: Resources = field(default_factory=Resources)
-    depends_on: List[str] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
     master: Optional[str] = None
-    env: Dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
-    apps: List[AppSpec] = field(default_factory=list)
+    apps: list[AppSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -151,7 +183,7 @@ class Endpoint:
     """Where a running task can be reached: a host and its published ports, in the job's order."""
 
     hostname: str
-    ports: List[int] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -165,12 +197,12 @@ class ProviderTask:
     task_id: str
     attempt: int
     workflow: str
-    data: Dict[str, Any]
+    data: dict[str, Any]
     snapshot_id: str
     provider: Optional[ProviderSpec] = None
     provider_repo: Optional[ProviderRepo] = None
-    env: Dict[str, str] = field(default_factory=dict)
-    inputs: List[ArtifactRef] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    inputs: list[ArtifactRef] = field(default_factory=list)
 
 
 @dataclass
@@ -182,9 +214,9 @@ class JobTask:
     job: JobSpec
     snapshot_id: str
     master: Optional[Endpoint] = None
-    inputs: List[ArtifactRef] = field(default_factory=list)
+    inputs: list[ArtifactRef] = field(default_factory=list)
     #: environment variables whose values are never shown (``dstack secrets set``)
-    secrets: Dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_id(self) -> str:
@@ -228,17 +260,17 @@ class TaskStarted:
 class TaskFinished:
     """Worker -> scheduler: the task's container ended and its artifacts are uploaded.
 
-    ``status`` is ``done``, ``failed`` or ``stopped``. A provider task that is done carries
+    ``status`` is done, failed or stopped. A provider task that is done carries
     every job it created in ``jobs``: they are recorded all together or not at all.
     """
 
     run_name: str
     task_id: str
     attempt: int
-    status: str
+    status: Status
     exit_code: Optional[int] = None
     reason: str = ""
-    jobs: Optional[List[JobSpec]] = None
+    jobs: Optional[list[JobSpec]] = None
     #: it failed because it ran past its ``max_duration`` (and is not retried)
     timed_out: bool = False
 
@@ -253,7 +285,7 @@ class SubmitRun:
 
     run_name: str
     workflow: str
-    workflows: List[WorkflowSpec]
+    workflows: list[WorkflowSpec]
     snapshot_id: str
     submitted_at: float
     project: str = ""
@@ -341,7 +373,7 @@ class Allocation:
     task_id: str
     attempt: int
     needs: Resources
-    gpu_ids: List[str] = field(default_factory=list)
+    gpu_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -355,7 +387,7 @@ class WorkerReport:
     host: str
     resources: Inventory
     slots: int
-    in_use: List[Allocation]
+    in_use: list[Allocation]
     started_at: float
 
 
@@ -371,7 +403,7 @@ class GetWorkers:
     """CLI -> scheduler: the live workers, with what they have and what is in use."""
 
 
-MESSAGE_TYPES: Dict[str, type] = {
+MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
                 SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags,
@@ -382,15 +414,29 @@ MESSAGE_TYPES: Dict[str, type] = {
 # ----------------------------------------------------------------------------- codec
 
 
-def to_payload(message: Any) -> Dict[str, Any]:
+def to_payload(message: Any) -> dict[str, Any]:
     """The wire form of a message: its fields plus ``type`` and ``v``."""
-    payload = dataclasses.asdict(message)
+    payload = plain(message)
     payload["type"] = type(message).__name__
     payload["v"] = defaults.PROTOCOL_VERSION
     return payload
 
 
-def from_payload(payload: Any, expected: Optional[Type[T]] = None) -> T:
+def plain(value: Any) -> Any:
+    """Plain data (maps, lists, text, numbers) for a dataclass, an enum, or a list or map of them:
+    :func:`dataclasses.asdict`, with every enum as its value. :func:`from_dict` reverses it."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def from_payload(payload: Any, expected: Optional[type[T]] = None) -> T:
     """Rebuild the message a payload describes.
 
     Raises:
@@ -400,22 +446,22 @@ def from_payload(payload: Any, expected: Optional[Type[T]] = None) -> T:
         raise MessageError("a message must be a map")
     if payload.get("v") != defaults.PROTOCOL_VERSION:
         raise MessageError(f"message version {payload.get('v')!r} is not {defaults.PROTOCOL_VERSION}")
-    cls = MESSAGE_TYPES.get(payload.get("type"))  # type: ignore[arg-type]
+    cls = MESSAGE_TYPES.get(str(payload.get("type")))
     if cls is None:
         raise MessageError(f"unknown message type {payload.get('type')!r}")
     if expected is not None and cls is not expected:
         raise MessageError(f"expected a {expected.__name__}, got a {cls.__name__}")
     fields = {k: v for k, v in payload.items() if k not in ("type", "v")}
-    return _build(cls, fields, cls.__name__)  # type: ignore[no-any-return]
+    return _build(cls, fields, cls.__name__)
 
 
-def from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a dataclass (a message or a part of one) from :func:`dataclasses.asdict` output.
 
     Raises:
         MessageError: the shape is wrong.
     """
-    return _build(cls, data, cls.__name__)  # type: ignore[no-any-return]
+    return _build(cls, data, cls.__name__)
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:
@@ -427,17 +473,17 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         return _build(next(a for a in args if a is not type(None)), value, where)
-    if origin in (list, List):
+    if origin is list:
         if not isinstance(value, (list, tuple)):
             raise MessageError(f"{where}: expected a list")
         (item,) = typing.get_args(tp)
         return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
+    if origin is dict:
         if not isinstance(value, dict):
             raise MessageError(f"{where}: expected a map")
         _, val_tp = typing.get_args(tp)
         return {str(k): _build(val_tp, v, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise MessageError(f"{where}: expected a map")
         hints = typing.get_type_hints(tp)
@@ -449,6 +495,11 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
         except TypeError as e:
             raise MessageError(f"{where}: {e}") from None
+    if isinstance(tp, enum.EnumMeta):
+        try:
+            return tp(value)
+        except ValueError:
+            raise MessageError(f"{where}: {value!r} is not one of {[m.value for m in typing.cast(Any, tp)]}") from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(tp, type) and not isinstance(value, tp):
@@ -476,19 +527,6 @@ def encode(message: Any) -> bytes:
     return pack(to_payload(message))
 
 
-def decode(data: bytes, expected: Optional[Type[T]] = None) -> T:
+def decode(data: bytes, expected: Optional[type[T]] = None) -> T:
     """The message in ``data`` (see :func:`from_payload`)."""
     return from_payload(unpack(data), expected)
-
-
-class MsgpackEncoder(dramatiq.Encoder):
-    """Dramatiq encoder: Dramatiq's message envelope, msgpack-encoded, with a size limit."""
-
-    def encode(self, data: dramatiq.encoder.MessageData) -> bytes:
-        return pack(data)
-
-    def decode(self, data: bytes) -> dramatiq.encoder.MessageData:
-        try:
-            return unpack(data)  # type: ignore[no-any-return]
-        except MessageError as e:
-            raise dramatiq.DecodeError(str(e), data, e) from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-
 from typing import Optional
 
 from dstack.messages import Resources
@@ -19,6 +18,14 @@ RPC_QUEUE = "dstack.rpc"
 LOGS_EXCHANGE = "dstack.logs"
 #: Topic exchange of run and job status changes; routing key: the run name.
 UPDATES_EXCHANGE = "dstack.updates"
+#: RabbitMQ's pseudo-queue for direct reply-to: where a request's reply comes back.
+REPLY_TO_QUEUE = "amq.rabbitmq.reply-to"
+#: Dramatiq actor of the tasks on the task queues (workers read them with their own consumer).
+TASK_ACTOR = "run_task"
+#: Dramatiq actor of a worker's control queue (stop requests, opened queues).
+CONTROL_ACTOR = "control"
+#: Dramatiq actor of the scheduler that handles worker events, on :data:`EVENTS_QUEUE`.
+EVENT_ACTOR = "handle_event"
 #: Label put on every container dstack starts.
 CONTAINER_LABEL = "ai.dstack.task"
 #: Label naming the worker that started a container.
@@ -60,6 +67,11 @@ def task_queue(needs: Optional[Resources] = None) -> str:
 def worker_queue(worker_id: str) -> str:
     """The control queue of one worker (stop requests)."""
     return f"dstack.worker.{worker_id}"
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where Dramatiq's queue ``queue`` puts the messages nobody could handle (Dramatiq's naming)."""
+    return f"{queue}.XQ"
 
 
 def provider_task_id(workflow: str) -> str:

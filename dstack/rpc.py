@@ -12,18 +12,14 @@ import time
 import uuid
 from typing import Any, Callable
 
-import pika
-
 from dstack import defaults
-from dstack.broker import close_quietly, connect, describe
-from dstack.errors import (BrokerUnavailable, DstackError, MessageError, RequestRejected,
-                           SchedulerUnavailable)
-from dstack.messages import decode, encode, pack, unpack
-from dstack.names import RPC_QUEUE
+from dstack.broker import AMQPError, Backoff, close_quietly, connect, consume, describe, publish, retry
+from dstack.errors import BrokerUnavailable, DstackError, MessageError, RequestRejected, SchedulerUnavailable
+from dstack.messages import decode, encode, pack, plain, unpack
+from dstack.names import REPLY_TO_QUEUE, RPC_QUEUE
+from dstack.views import decode_reply
 
 log = logging.getLogger(__name__)
-
-_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class RpcClient:
@@ -46,9 +42,13 @@ class RpcClient:
     def _connect(self) -> None:
         self._connection = connect(self._url)
         self._channel = self._connection.channel()
-        self._channel.basic_consume(_REPLY_TO, self._on_reply, auto_ack=True)
+        self._channel.basic_consume(REPLY_TO_QUEUE, self._on_reply, auto_ack=True)
 
-    def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+    def _reconnect(self, error: BaseException) -> None:
+        close_quietly(self._connection)
+        self._connect()
+
+    def _on_reply(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._replies[properties.correlation_id] = body
 
     def call(self, request: Any) -> Any:
@@ -60,14 +60,12 @@ class RpcClient:
         """
         correlation_id = uuid.uuid4().hex
         try:
-            try:
-                self._send(request, correlation_id)
-            except pika.exceptions.AMQPError:
-                # the broker dropped a connection left idle (a long `dstack run` follows its run
-                # on another one); the request was not sent, so sending it on a new one is safe
-                close_quietly(self._connection)
-                self._connect()
-                self._send(request, correlation_id)
+            # the broker dropped a connection left idle (a long `dstack run` follows its run on
+            # another one), or broke it during an earlier call: the request was not sent, so
+            # sending it once more on a new connection is safe
+            retry(lambda: self._send(request, correlation_id), what="the request connection is gone",
+                  attempts=2, errors=(AMQPError,), backoff=Backoff(first=0.0), before_retry=self._reconnect,
+                  level=logging.DEBUG)
             deadline = time.monotonic() + self._timeout
             while correlation_id not in self._replies:
                 left = deadline - time.monotonic()
@@ -76,12 +74,12 @@ class RpcClient:
                         f"the scheduler did not answer within {self._timeout:.0f} s "
                         f"(broker {describe(self._url)}); is it running and healthy?")
                 self._connection.process_data_events(time_limit=min(left, 0.5))
-        except pika.exceptions.AMQPError as e:
+        except AMQPError as e:
             raise BrokerUnavailable(f"lost the connection to RabbitMQ at {describe(self._url)}: {e!r}") from None
         reply = unpack(self._replies.pop(correlation_id))
         if not reply.get("ok"):
             raise RequestRejected(reply.get("error") or "the scheduler refused the request")
-        return reply.get("result")
+        return decode_reply(request, reply.get("result"))  # the reply type of the request (dstack.views)
 
     def _send(self, request: Any, correlation_id: str) -> None:
         queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
@@ -89,16 +87,13 @@ class RpcClient:
             raise SchedulerUnavailable(
                 f"no scheduler is running on the broker at {describe(self._url)}; "
                 "start one with `dstack up` (single machine) or `dstack scheduler`")
-        self._channel.basic_publish(
-            exchange="", routing_key=RPC_QUEUE, body=encode(request),
-            properties=pika.BasicProperties(
-                reply_to=_REPLY_TO, correlation_id=correlation_id, delivery_mode=1,
-                expiration=str(int(self._timeout * 1000))))
+        publish(self._channel, "", RPC_QUEUE, encode(request), reply_to=REPLY_TO_QUEUE,
+                correlation_id=correlation_id, expires_in=self._timeout)
 
     def close(self) -> None:
         close_quietly(self._connection)
 
-    def __enter__(self) -> "RpcClient":
+    def __enter__(self) -> RpcClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,43 +112,41 @@ class RpcServer:
         self._url = url
         self._handler = handler
         self._stopping = threading.Event()
+        self._backoff = Backoff(cap=defaults.CONSUMER_RECONNECT_MAX_DELAY)
         self.ready = threading.Event()
 
     def stop(self) -> None:
         self._stopping.set()
 
     def serve_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._serve()
-            except (BrokerUnavailable, pika.exceptions.AMQPError) as e:
-                self.ready.clear()
-                log.warning("request server lost the broker (%s); reconnecting", e)
-                self._stopping.wait(1.0)
+        retry(self._serve, what="request server lost the broker", stopping=self._stopping, backoff=self._backoff)
 
     def _serve(self) -> None:
+        """One connection's worth of serving; returns once stopped."""
         connection = connect(self._url)
         try:
             channel = connection.channel()
             channel.queue_declare(RPC_QUEUE, durable=True)
             channel.basic_qos(prefetch_count=32)
+            self._backoff.reset()
             self.ready.set()
-            for method, properties, body in channel.consume(RPC_QUEUE, inactivity_timeout=0.5):
+            for delivery in consume(channel, RPC_QUEUE, timeout=0.5):
                 if self._stopping.is_set():
-                    break
-                if method is None:
+                    return
+                if delivery is None:
                     continue
-                reply = self._answer(body)
-                if properties.reply_to:
-                    channel.basic_publish("", properties.reply_to, pack(reply),
-                                          pika.BasicProperties(correlation_id=properties.correlation_id))
-                channel.basic_ack(method.delivery_tag)
+                reply = self._answer(delivery.body)
+                if delivery.reply_to:
+                    publish(channel, "", delivery.reply_to, pack(reply), correlation_id=delivery.correlation_id)
+                channel.basic_ack(delivery.tag)
+            raise BrokerUnavailable("RabbitMQ cancelled the request consumer")
         finally:
+            self.ready.clear()
             close_quietly(connection)
 
     def _answer(self, body: bytes) -> dict:
         try:
-            return {"ok": True, "result": self._handler(decode(body))}
+            return {"ok": True, "result": plain(self._handler(decode(body)))}
         except (RequestRejected, MessageError) as e:
             return {"ok": False, "error": str(e)}
         except DstackError as e:

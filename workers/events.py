@@ -6,44 +6,47 @@ thread instead; callers wait until RabbitMQ has confirmed theirs.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
-import time
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+import dramatiq
 
-from dstack.broker import send
-from dstack.errors import BrokerUnavailable
-from dstack.names import EVENTS_QUEUE
+from dstack.broker import retry, send
+from dstack.names import EVENT_ACTOR, EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
-#: The scheduler's actor that handles worker events.
-EVENT_ACTOR = "handle_event"
-#: Longest wait between two tries to send an event, in seconds.
-MAX_RETRY_DELAY = 10.0
-
 
 class EventSender:
-    """Sends events in order from one thread, retrying until RabbitMQ takes each one."""
+    """Sends events in order from one thread, retrying until RabbitMQ takes each one. The thread
+    starts with the first event (so building one connects to nothing)."""
 
-    def __init__(self, broker: RabbitmqBroker) -> None:
+    def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
-        self._queue: "queue.Queue[Optional[Tuple[Any, threading.Event]]]" = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
-        self._thread.start()
+        self._queue: queue.Queue[Optional[tuple[Any, threading.Event]]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
 
     def send(self, event: Any) -> None:
         """Send ``event``; returns once RabbitMQ has it (the broker may be restarting meanwhile)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
+                self._thread.start()
         sent = threading.Event()
         self._queue.put((event, sent))
         sent.wait()
 
     def close(self) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return  # nothing was ever sent
         self._queue.put(None)
-        self._thread.join(10)
+        thread.join(10)
 
     def _run(self) -> None:
         while True:
@@ -51,14 +54,6 @@ class EventSender:
             if item is None:
                 return
             event, sent = item
-            delay = 0.5
-            while True:
-                try:
-                    send(self._broker, EVENTS_QUEUE, EVENT_ACTOR, event)
-                    break
-                except BrokerUnavailable as e:
-                    log.warning("cannot send %s for %s yet (%s); retrying in %.1f s", type(event).__name__,
-                                event.task_id, e, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, MAX_RETRY_DELAY)
+            retry(functools.partial(send, self._broker, EVENTS_QUEUE, EVENT_ACTOR, event),
+                  what=f"cannot send {type(event).__name__} for {event.task_id} yet")
             sent.set()

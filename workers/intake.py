@@ -12,14 +12,22 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Set
-
-import dramatiq
-import pika
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.broker import close_quietly, connect
+from dstack.broker import (
+    CONNECTION_ERRORS,
+    Backoff,
+    Connection,
+    call_threadsafe,
+    close_quietly,
+    connect,
+    retry,
+    task_payload,
+)
 from dstack.errors import MessageError, ServiceUnavailable
+from dstack.names import dead_letter_queue
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +49,23 @@ class TaskIntake:
                  declare: Callable[[str], None], stopping: threading.Event) -> None:
         self._url, self._open_queues, self._take, self._declare = url, open_queues, take, declare
         self._stopping = stopping
-        self._connection: Optional[pika.BlockingConnection] = None
-        self._held_back: Set[str] = set()
+        self._connection: Optional[Connection] = None
+        # from the longest wait on: a scheduler that is away fails each try at once
+        wait = defaults.CONSUMER_RECONNECT_MAX_DELAY
+        self._backoff = Backoff(first=wait, cap=wait)
+        self._held_back: set[str] = set()
         self._error: Optional[BaseException] = None
 
     def wake(self) -> None:
         """Something changed (capacity was given back, a queue opened): look at the queues again.
         Safe to call from any thread."""
-        connection = self._connection
-        if connection is not None:
-            try:
-                connection.add_callback_threadsafe(self._held_back.clear)
-            except pika.exceptions.AMQPError:
-                pass  # closed: the next connection starts afresh anyway
+        call_threadsafe(self._connection, self._held_back.clear)  # gone: the next one starts afresh anyway
 
     def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._serve()
-            except (ServiceUnavailable, pika.exceptions.AMQPError) as e:
-                log.warning("cannot take tasks now (%s); retrying", e)  # the delivery went back to its queue
-                self._stopping.wait(1.0)
+        """Take tasks until ``stopping`` is set, on a new connection after the broker or the
+        scheduler went away (the delivery in hand went back to its queue)."""
+        retry(self._serve, what="cannot take tasks now", stopping=self._stopping, backoff=self._backoff,
+              errors=(ServiceUnavailable, *CONNECTION_ERRORS))
 
     def _serve(self) -> None:
         self._connection = connection = connect(self._url)
@@ -69,7 +73,8 @@ class TaskIntake:
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=1, global_qos=True)
-            consumers: Dict[str, str] = {}
+            self._backoff.reset()
+            consumers: dict[str, str] = {}
             while not self._stopping.is_set():
                 wanted = set(self._open_queues()) - self._held_back
                 for queue in set(consumers) - wanted:
@@ -87,10 +92,10 @@ class TaskIntake:
 
     def _on_delivery(self, queue: str, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         try:
-            took = self._take(dramatiq.Message.decode(body).args[0])
-        except (dramatiq.DecodeError, MessageError, AttributeError, IndexError, TypeError, KeyError) as e:
-            log.error("a task on %s is not one this worker can read (%s); it goes to the dead-letter queue %s.XQ",
-                      queue, e, queue)
+            took = self._take(task_payload(body))
+        except (MessageError, AttributeError, IndexError, TypeError, KeyError) as e:
+            log.error("a task on %s is not one this worker can read (%s); it goes to the dead-letter queue %s",
+                      queue, e, dead_letter_queue(queue))
             channel.basic_reject(method.delivery_tag, requeue=False)  # dead-lettered by the queue
             return
         except ServiceUnavailable as e:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 from dstack.errors import DstackError
 from dstack.messages import WorkerLeaving, WorkerReport
 from dstack.rpc import RpcClient
+from dstack.views import ReportAnswer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Reporter:
     """
 
     def __init__(self, url: str, report: Callable[[], WorkerReport],
-                 on_answer: Callable[[Dict[str, Any], float], None], interval: float,
+                 on_answer: Callable[[ReportAnswer, float], None], interval: float,
                  stopping: threading.Event) -> None:
         self._url, self._report, self._on_answer = url, report, on_answer
         self._interval, self._stopping = interval, stopping
@@ -67,14 +68,13 @@ class Reporter:
         if self._rpc is not None:
             self._rpc.close()
 
-    def _call(self, request: Any) -> Optional[Dict[str, Any]]:
+    def _call(self, request: Any) -> Optional[Any]:
+        """The scheduler's answer, or ``None``; the next report is the next try (the client makes
+        a new connection by itself when the broker dropped its own)."""
         try:
             if self._rpc is None:
                 self._rpc = RpcClient(self._url)
-            return self._rpc.call(request)  # type: ignore[no-any-return]
+            return self._rpc.call(request)
         except DstackError as e:
             log.warning("cannot report to the scheduler (%s); trying again later", e)
-            if self._rpc is not None:
-                self._rpc.close()
-                self._rpc = None
             return None

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 from rich.console import Console
 
@@ -11,12 +12,13 @@ from dstack.cli.render import endpoint
 from dstack.errors import BrokerUnavailable
 from dstack.live import Subscription
 from dstack.logs import LogChunk, merged_lines, stored_chunks
-from dstack.messages import GetRuns, unpack
+from dstack.messages import GetRuns, from_dict, unpack
 from dstack.names import LOGS_EXCHANGE
 from dstack.rpc import RpcClient
+from dstack.states import FINISHED, Status
 from dstack.storage import Storage
+from dstack.views import JobView, RunUpdate, RunView
 
-FINISHED = ("done", "failed", "stopped")
 #: Seconds between two reads of the run's status while following, besides live updates.
 REFRESH_INTERVAL = 10.0
 
@@ -28,7 +30,7 @@ class LogPrinter:
         self._storage = storage
         self._run_name = run_name
         self._job = job
-        self.seen: Dict[str, int] = {}  # task -> chunks printed
+        self.seen: dict[str, int] = {}  # task -> chunks printed
 
     def catch_up(self) -> None:
         """Print what storage holds that was not printed yet."""
@@ -60,33 +62,33 @@ class LogPrinter:
 
 
 def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *, job: Optional[str] = None,
-           show_status: bool = True, err: Optional[Console] = None) -> Dict[str, Any]:
+           show_status: bool = True, err: Optional[Console] = None) -> RunView:
     """Print logs (and status changes) of ``run_name`` until it ends; return the final run view."""
     err = err or Console(stderr=True)
     subscription = Subscription(broker_url, run_name)
     printer = LogPrinter(storage, run_name, job)
-    statuses: Dict[str, str] = {}
+    statuses: dict[str, str] = {}
     try:
         run = _refresh(rpc, run_name, statuses, err if show_status else None)
         printer.catch_up()
         next_refresh = time.monotonic() + REFRESH_INTERVAL
-        while run["status"] not in FINISHED:
+        while run.status not in FINISHED:
             try:
                 item = subscription.get(timeout=1.0)
             except BrokerUnavailable:
-                _reconnect(subscription)
+                subscription.reconnect()  # waits for the broker
                 item, next_refresh = None, 0.0
             if item is not None:
                 exchange, body = item
                 if exchange == LOGS_EXCHANGE:
                     printer.live(LogChunk.decode(body))
                 else:
-                    update = unpack(body)
-                    _show_changes(update["jobs"], statuses, err if show_status else None)
-                    run["status"] = update["run"]["status"]
+                    update = from_dict(RunUpdate, unpack(body))
+                    _show_changes(update.jobs, statuses, err if show_status else None)
+                    run.status = update.run.status
             # also while notifications keep coming: a missed one is caught up, and the request
             # connection stays in use
-            if run["status"] in FINISHED or time.monotonic() >= next_refresh:
+            if run.status in FINISHED or time.monotonic() >= next_refresh:
                 run = _refresh(rpc, run_name, statuses, err if show_status else None)
                 next_refresh = time.monotonic() + REFRESH_INTERVAL
         printer.catch_up()  # the last chunks are stored before the end is announced
@@ -95,37 +97,28 @@ def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *, 
         subscription.close()
 
 
-def _reconnect(subscription: Subscription) -> None:
-    while True:
-        try:
-            subscription.reconnect()
-            return
-        except BrokerUnavailable:
-            time.sleep(1.0)
-
-
-def _refresh(rpc: RpcClient, run_name: str, statuses: Dict[str, str], err: Optional[Console]) -> Dict[str, Any]:
-    run = rpc.call(GetRuns(run_name=run_name))[0]
-    _show_changes(run["jobs"], statuses, err)
+def _refresh(rpc: RpcClient, run_name: str, statuses: dict[str, str], err: Optional[Console]) -> RunView:
+    run: RunView = rpc.call(GetRuns(run_name=run_name))[0]
+    _show_changes(run.jobs, statuses, err)
     return run
 
 
-def _show_changes(jobs: Any, statuses: Dict[str, str], err: Optional[Console]) -> None:
+def _show_changes(jobs: list[JobView], statuses: dict[str, str], err: Optional[Console]) -> None:
     for job in jobs:
-        seen = f"{job['status']}: {job.get('reason') or ''}"  # a queued job can start or stop waiting
-        if statuses.get(job["job_id"]) == seen:
+        seen = f"{job.status.value}: {job.reason or ''}"  # a queued job can start or stop waiting
+        if statuses.get(job.job_id) == seen:
             continue
-        statuses[job["job_id"]] = seen
+        statuses[job.job_id] = seen
         if err is None:
             continue
         detail = ""
-        if job["status"] == "queued" and job.get("reason"):
-            detail = f": {job['reason']}"
-        if job["status"] in ("done", "failed") and job.get("exit_code") is not None:
-            detail = f" (exit code {job['exit_code']})"
-        if job.get("reason") and job["status"] in ("failed", "stopped"):
-            detail += f": {job['reason']}"
+        if job.status is Status.QUEUED and job.reason:
+            detail = f": {job.reason}"
+        if job.status in (Status.DONE, Status.FAILED) and job.exit_code is not None:
+            detail = f" (exit code {job.exit_code})"
+        if job.reason and job.status in (Status.FAILED, Status.STOPPED):
+            detail += f": {job.reason}"
         where = endpoint(job)
         if where:
             detail = " at " + where
-        err.print(f"[dim]{job['job_id']} {job['status']}{detail}[/]", highlight=False)
+        err.print(f"[dim]{job.job_id} {job.status.value}{detail}[/]", highlight=False)

@@ -7,17 +7,20 @@ import sys
 from pathlib import Path
 
 import docker
+import pytest
 
-from tests.conftest import _storage_env
+from tests.harness import storage_env
 from tests.projects import graph_workflow_project
 from tests.s3server import MotoServer
 from tests.services import Cluster, FileServer, PrivateRabbitMQ, wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def test_everything_reconnects_after_a_broker_restart(tmp_path: Path, files: FileServer, s3: MotoServer,
                                                       docker_engine: docker.DockerClient) -> None:
     broker = PrivateRabbitMQ()
-    cluster = Cluster(tmp_path / "cluster", broker.url, _storage_env(s3, "dstack-broker-restart"))
+    cluster = Cluster(tmp_path / "cluster", broker.url, storage_env(s3, "dstack-broker-restart"))
     cluster.env["DSTACK_HEARTBEAT_INTERVAL"] = "1"
     try:
         cluster.start_scheduler()

@@ -8,13 +8,50 @@ import msgpack
 import pytest
 
 from dstack import defaults
+from dstack.broker import MsgpackEncoder
 from dstack.errors import MessageError
-from dstack.messages import (MESSAGE_TYPES, Allocation, ArtifactRef, ClaimTask, DeleteSecret, Endpoint, GetRuns,
-                             GetSecrets, GetTags, GetWorkers, GpuInfo, Inventory, JobSpec, JobTask, MsgpackEncoder,
-                             ProviderRepo, ProviderSpec, ProviderTask, QueueOpened, Resources, RestartRun, SetSecret,
-                             StopRun, StopTask, SubmitRun, TagRef, TagRun, TaskFinished, TaskStarted, UntagRun,
-                             WorkerLeaving, WorkerReport, WorkflowSpec, decode, encode, from_dict, from_payload, pack,
-                             to_payload, unpack)
+from dstack.messages import (
+    MESSAGE_TYPES,
+    Allocation,
+    ArtifactRef,
+    ClaimTask,
+    DeleteSecret,
+    Endpoint,
+    GetRuns,
+    GetSecrets,
+    GetTags,
+    GetWorkers,
+    GpuInfo,
+    Inventory,
+    JobSpec,
+    JobTask,
+    ProviderRepo,
+    ProviderSpec,
+    ProviderTask,
+    QueueOpened,
+    Resources,
+    RestartRun,
+    SetSecret,
+    StopRun,
+    StopTask,
+    SubmitRun,
+    TagRef,
+    TagRun,
+    TaskFinished,
+    TaskStarted,
+    UntagRun,
+    WorkerLeaving,
+    WorkerReport,
+    WorkflowSpec,
+    decode,
+    encode,
+    from_dict,
+    from_payload,
+    pack,
+    to_payload,
+    unpack,
+)
+from dstack.states import Status
 
 PROVIDER = ProviderSpec(name="curl", image="python:3.11-slim", commands=["python provider.py"])
 
@@ -39,9 +76,9 @@ SAMPLES = [
     StopTask(run_name="r1", task_id="train.0", attempt=1, abort=True),
     TaskStarted(run_name="r1", task_id="train.0", attempt=1, worker_id="w1",
                 endpoint=Endpoint(hostname="10.0.0.5", ports=[8080])),
-    TaskFinished(run_name="r1", task_id="train.provider", attempt=1, status="done", exit_code=0,
+    TaskFinished(run_name="r1", task_id="train.provider", attempt=1, status=Status.DONE, exit_code=0,
                  jobs=[full_job("a"), JobSpec(job_id="b", image="alpine", commands=["echo hi"])]),
-    TaskFinished(run_name="r1", task_id="train.0", attempt=1, status="failed", exit_code=137, reason="OOM"),
+    TaskFinished(run_name="r1", task_id="train.0", attempt=1, status=Status.FAILED, exit_code=137, reason="OOM"),
     SubmitRun(run_name="r1", workflow="train", snapshot_id="s1", submitted_at=1700000000.25, project="/home/me/proj",
               workflows=[WorkflowSpec(name="prepare", data={}, provider_repo=ProviderRepo(url="file:///r", name="p")),
                          WorkflowSpec(name="train", data={"x": 1}, provider=PROVIDER, depends_on=["prepare"],
@@ -299,3 +336,28 @@ def test_msgpack_encoder_decode_oversize(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_a_secret_value_is_never_in_its_repr() -> None:
     assert "hf_abc" not in repr(SetSecret(name="HF_TOKEN", value="hf_abc"))
+
+
+# ----------------------------------------------------------------------------- enums
+
+
+def test_a_status_goes_on_the_wire_as_its_value_and_comes_back_as_a_status() -> None:
+    message = TaskFinished(run_name="r", task_id="t", attempt=1, status=Status.STOPPED)
+    payload = to_payload(message)
+    assert payload["status"] == "stopped" and type(payload["status"]) is str
+    decoded = decode(encode(message))
+    assert decoded.status is Status.STOPPED
+
+
+def test_a_status_sent_as_text_by_an_older_worker_decodes() -> None:
+    payload = to_payload(TaskFinished(run_name="r", task_id="t", attempt=1, status=Status.DONE))
+    payload["status"] = "failed"
+    assert from_payload(payload).status is Status.FAILED
+
+
+@pytest.mark.parametrize("value", ["finished", "DONE", 3, None])
+def test_an_unknown_status_is_a_message_error(value: object) -> None:
+    payload = to_payload(TaskFinished(run_name="r", task_id="t", attempt=1, status=Status.DONE))
+    payload["status"] = value
+    with pytest.raises(MessageError, match="TaskFinished.status: .* is not one of"):
+        from_payload(payload)
