@@ -9,10 +9,12 @@ import codecs
 import heapq
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Optional
 
 from dstack import defaults
+from dstack.errors import MessageError
 from dstack.messages import pack, unpack
 from dstack.names import LOGS_EXCHANGE, log_chunk_key, log_prefix
 from dstack.storage import Storage
@@ -21,19 +23,32 @@ from dstack.storage.retry import with_retries
 
 @dataclass(frozen=True)
 class LogChunk:
-    """Consecutive lines of one task; ``number`` orders the chunks of a task from 0."""
+    """Consecutive lines of one task; ``number`` orders the chunks of a task from 0.
+
+    The same bytes are stored (``runs/RUN/logs/TASK/NNNNNNNNNN.msgpack``) and published live on
+    the ``dstack.logs`` exchange: a msgpack map ``{"task": TASK, "chunk": NUMBER, "lines":
+    [[UNIX_TIME, TEXT], ...]}``, written by :meth:`encode` and read by :meth:`decode` only.
+    """
 
     task_id: str
     number: int
-    lines: List[Tuple[float, str]]
+    #: ``(unix time, text)`` per line, the text without its line break
+    lines: list[tuple[float, str]]
 
     def encode(self) -> bytes:
         return pack({"task": self.task_id, "chunk": self.number, "lines": self.lines})
 
     @classmethod
-    def decode(cls, data: bytes) -> "LogChunk":
+    def decode(cls, data: bytes) -> LogChunk:
+        """Raises: MessageError: ``data`` is no log chunk."""
         raw = unpack(data)
-        return cls(raw["task"], raw["chunk"], [(float(t), str(s)) for t, s in raw["lines"]])
+        try:
+            task_id, number = raw["task"], raw["chunk"]
+            if not isinstance(task_id, str) or not isinstance(number, int):
+                raise TypeError("task must be a string and chunk a number")
+            return cls(task_id, number, [(float(t), str(s)) for t, s in raw["lines"]])
+        except (KeyError, TypeError, ValueError) as e:
+            raise MessageError(f"not a log chunk: {e!r}") from None
 
 
 class LogWriter:
@@ -52,7 +67,7 @@ class LogWriter:
         self._announce = announce
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
-        self._lines: List[Tuple[float, str]] = []
+        self._lines: list[tuple[float, str]] = []
         self._bytes = 0
         # numbering goes on after chunks stored earlier (e.g. by a worker that died)
         self._next_chunk = sum(1 for _ in storage.list(log_prefix(run_name, task_id)))
@@ -102,11 +117,11 @@ class LogWriter:
             self.add_lines([tail])
         with_retries(self.flush, f"storing the logs of {self._task_id}")
 
-    def tail(self, count: int) -> List[str]:
+    def tail(self, count: int) -> list[str]:
         """The last ``count`` lines written (from storage and buffer), for failure reasons."""
         with self._lock:
             buffered = [text for _, text in self._lines]
-        lines: List[str] = []
+        lines: list[str] = []
         for number in range(max(0, self._next_chunk - 3), self._next_chunk):
             lines += [text for _, text in LogChunk.decode(self._storage.get_bytes(
                 log_chunk_key(self._run_name, self._task_id, number))).lines]
@@ -114,13 +129,13 @@ class LogWriter:
 
 
 def stored_chunks(storage: Storage, run_name: str, task_id: str = "",
-                  skip: Optional[Dict[str, int]] = None) -> Dict[str, Iterator[LogChunk]]:
+                  skip: Optional[dict[str, int]] = None) -> dict[str, Iterator[LogChunk]]:
     """The stored chunks of a run (or of one task): per task, a lazy iterator in chunk order.
 
     ``skip`` maps a task to the number of its chunks already seen; those are not read again.
     """
     skip = skip or {}
-    keys: Dict[str, List[str]] = {}
+    keys: dict[str, list[str]] = {}
     for info in storage.list(log_prefix(run_name, task_id)):
         task, name = info.key.rsplit("/", 2)[-2:]
         if int(name.split(".")[0]) >= skip.get(task, 0):
@@ -129,13 +144,13 @@ def stored_chunks(storage: Storage, run_name: str, task_id: str = "",
             for task, task_keys in keys.items()}
 
 
-def merged_lines(streams: Dict[str, Iterator[LogChunk]]) -> Iterator[Tuple[float, str, str]]:
+def merged_lines(streams: dict[str, Iterator[LogChunk]]) -> Iterator[tuple[float, str, str]]:
     """``(time, task_id, line)`` across tasks in time order, each task's lines in their order.
 
     Reads lazily: memory holds about one chunk per task, whatever the size of the logs.
     """
 
-    def lines_of(chunks: Iterator[LogChunk]) -> Iterator[Tuple[float, str, str]]:
+    def lines_of(chunks: Iterator[LogChunk]) -> Iterator[tuple[float, str, str]]:
         for chunk in chunks:
             for ts, text in chunk.lines:
                 yield ts, chunk.task_id, text

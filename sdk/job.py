@@ -33,7 +33,7 @@ class Job:
     def __init__(self, image: str, commands: List[str], ports: Optional[List[int]] = None,
                  working_dir: Optional[str] = None, artifacts: Optional[List[str]] = None,
                  resources: Optional[ResourceRequirements] = None,
-                 depends_on: Optional[List["Job"]] = None, master: Optional["Job"] = None,
+                 depends_on: Optional[List[Job]] = None, master: Optional[Job] = None,
                  environment: Optional[Dict[str, str]] = None, retry: Optional[Retry] = None,
                  max_duration: Union[str, int, float, None] = None, apps: Optional[List[App]] = None) -> None:
         if not isinstance(image, str) or not image:
@@ -66,28 +66,33 @@ class Job:
 
 
 def jobs_to_dicts(jobs: List[Job]) -> List[Dict[str, Any]]:
-    """The wire form of a provider's jobs; references become indexes into the list.
+    """The jobs as ``jobs.json`` holds them: each in the wire form of ``dstack.messages.JobSpec``
+    (the same field names and nesting), read by the worker with ``from_dict(JobSpec, ...)``.
+
+    A job's id is its index in ``jobs`` (``"0"``, ``"1"``, ...); ``depends_on`` and ``master``
+    name jobs by that id.
 
     Raises:
         ValueError: a job's ``depends_on`` or ``master`` names a job that is not in ``jobs``.
     """
-    index = {id(job): i for i, job in enumerate(jobs)}
+    index = {id(job): str(i) for i, job in enumerate(jobs)}
 
-    def ref(job: Job, of: int, what: str) -> int:
+    def ref(job: Job, of: int, what: str) -> str:
         if id(job) not in index:
             raise ValueError(f"job {of} ({jobs[of]!r}): its {what} names a job that create_jobs() did not return")
         return index[id(job)]
 
     return [{
+        "job_id": str(i),
         "image": job.image,
         "commands": job.commands,
-        "ports": job.ports,
         "working_dir": job.working_dir,
+        "ports": job.ports,
         "artifacts": job.artifacts,
         "resources": job.resources.to_dict(),
         "depends_on": [ref(dep, i, "depends_on") for dep in job.depends_on],
         "master": ref(job.master, i, "master") if job.master is not None else None,
-        "environment": job.environment,
+        "env": job.environment,
         "retry": job.retry.to_dict() if job.retry else None,
         "max_duration_s": job.max_duration_s,
         "apps": [app.to_dict() for app in job.apps],

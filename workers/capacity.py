@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
 from dstack.messages import Allocation, Inventory, Resources
 from dstack.placement import fits
@@ -25,7 +25,7 @@ class Capacity:
         self.inventory = inventory
         self.slots = slots
         self._on_release = on_release
-        self._held: Dict[str, Allocation] = {}
+        self._held: dict[str, Allocation] = {}
         self._lock = threading.Lock()
 
     def free(self) -> Inventory:
@@ -68,7 +68,7 @@ class Capacity:
         if released:
             self._on_release()
 
-    def held(self) -> List[Allocation]:
+    def held(self) -> list[Allocation]:
         """What each task holds, in the order they took it."""
         with self._lock:
             return list(self._held.values())

@@ -2,28 +2,48 @@
 
 Long jobs never hold a broker delivery: the delivery is acknowledged once the container
 runs, and a thread per task follows it to the end.
+
+:class:`Execution` is the life cycle every task shares (its folder, saving and loading it,
+starting and following its container, logs, stopping, the end it reports); what differs is
+in :class:`ProviderExecution` (the provider's container, the jobs it writes to ``jobs.json``
+or the reason in ``error.json``) and :class:`JobExecution` (ports, GPUs, secrets, the memory
+limit, ``max_duration``, artifacts). :meth:`Execution.for_task` and :meth:`Execution.load`
+pick the class for a task.
 """
 from __future__ import annotations
 
-import functools
+import abc
 import json
 import logging
 import shutil
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.errors import DstackError, ObjectNotFound, StorageError
+from dstack.errors import DstackError, MessageError
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
-from dstack.messages import (Allocation, AppSpec, Endpoint, JobSpec, JobTask, ProviderTask, Resources, RetryPolicy,
-                             TaskFinished, TaskStarted, decode, encode)
-from dstack.names import CONTAINER_LABEL, WORKER_LABEL, artifact_key, artifacts_manifest_key, container_name
+from dstack.messages import (
+    Allocation,
+    Endpoint,
+    JobSpec,
+    JobTask,
+    ProviderTask,
+    Resources,
+    TaskFinished,
+    TaskStarted,
+    decode,
+    encode,
+    from_dict,
+)
+from dstack.names import CONTAINER_LABEL, WORKER_LABEL, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
+from dstack.states import Status
 from dstack.storage import Storage
-from dstack.storage.retry import with_retries
+from dstack.workers.artifacts import fetch_inputs, upload_artifacts
 from dstack.workers.ports import PortPool
 from dstack.workers.provider_repos import ProviderRepos
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
@@ -55,15 +75,15 @@ class WorkerContext:
     provider_repos: ProviderRepos
     ports: PortPool
     #: environment variables and mounts every container gets (``DSTACK_CONTAINER_ENV``, ``..._MOUNTS``)
-    container_env: Dict[str, str] = field(default_factory=dict)
-    container_mounts: List[Tuple[str, str, bool]] = field(default_factory=list)
+    container_env: dict[str, str] = field(default_factory=dict)
+    container_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 @dataclass
-class Execution:
-    """A task this worker has started (or is starting)."""
+class Execution(abc.ABC):
+    """A task this worker has started (or is starting). Build one with :meth:`for_task`."""
 
-    task: Any  # ProviderTask | JobTask
+    task: Any  # ProviderTask | JobTask, as the subclass says
     context: WorkerContext
     #: what the task holds on this worker (none for a task found after a restart)
     allocation: Optional[Allocation] = None
@@ -73,7 +93,20 @@ class Execution:
     stop_failure: str = ""
     timed_out: bool = False
     #: the job's ports, those it asked any port for (0) chosen by this worker
-    ports: List[int] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def for_task(task: Any, context: WorkerContext) -> Execution:
+        """The execution of ``task``: a :class:`ProviderExecution` or a :class:`JobExecution`.
+
+        Raises:
+            MessageError: ``task`` is no task.
+        """
+        if isinstance(task, JobTask):
+            return JobExecution(task=task, context=context)
+        if isinstance(task, ProviderTask):
+            return ProviderExecution(task=task, context=context)
+        raise MessageError(f"a {type(task).__name__} is no task")
 
     @property
     def key(self) -> str:
@@ -87,6 +120,16 @@ class Execution:
     def workdir(self) -> Path:
         return self.folder / "work"
 
+    @property
+    def needs(self) -> Resources:
+        """What the task holds on the worker while it runs."""
+        return Resources()
+
+    @property
+    def max_duration_s(self) -> Optional[float]:
+        """How long the task may run; ``None``: no limit."""
+        return None
+
     # -------------------------------------------------------------- save, load
 
     def save(self) -> None:
@@ -94,9 +137,10 @@ class Execution:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / TASK_FILE).write_bytes(encode(self.task))
 
-    @classmethod
-    def load(cls, path: Path, context: WorkerContext) -> "Execution":
-        return cls(task=decode(path.read_bytes()), context=context)
+    @staticmethod
+    def load(path: Path, context: WorkerContext) -> Execution:
+        """The execution of the task saved at ``path`` (see :meth:`save`)."""
+        return Execution.for_task(decode(path.read_bytes()), context)
 
     # -------------------------------------------------------------- start
 
@@ -111,60 +155,162 @@ class Execution:
             shutil.rmtree(scratch, ignore_errors=True)
             materialize_snapshot(self.context.storage, self.task.snapshot_id, scratch,
                                  cache=self.context.home / "blobs")
-            self._fetch_inputs(scratch)
+            fetch_inputs(self.context.storage, self.task.inputs, scratch)
             scratch.rename(self.workdir)
-        commit = None
-        if isinstance(self.task, ProviderTask):
-            spec, commit = self._provider_spec()
-        else:
-            spec = self._job_spec()
+        spec, commit = self._container_spec()
         self.container = self.context.runtime.start(spec)
         endpoint = Endpoint(hostname=self.context.hostname, ports=self.container.published_ports(self.ports))
         self.context.send_event(TaskStarted(run_name=self.task.run_name, task_id=self.task.task_id,
                                             attempt=self.task.attempt, worker_id=self.context.worker_id,
                                             endpoint=endpoint, provider_commit=commit))
 
-    def _fetch_inputs(self, workdir: Path) -> None:
-        """Put the artifacts of the workflows this one depends on at their paths in ``workdir``."""
-        storage = self.context.storage
-        for ref in self.task.inputs:
-            try:
-                manifest = json.loads(storage.get_bytes(artifacts_manifest_key(ref.run_name, ref.job_id)))
-            except ObjectNotFound:
-                raise StorageError(f"the artifacts of {ref.job_id} of run {ref.run_name} are not stored "
-                                   f"in {storage.url}") from None
-            for entry in manifest["files"]:
-                storage.get_file(artifact_key(ref.run_name, ref.job_id, entry["path"]),
-                                 safe_join(workdir, entry["path"]))
+    @abc.abstractmethod
+    def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
+        """The task's container, and the commit of the provider's repository when it comes from another one."""
+
+    def _hidden(self) -> Iterable[str]:
+        """Values never shown in the task's logs."""
+        return ()
 
     @property
     def _container_name(self) -> str:
         return container_name(self.task.run_name, self.task.task_id, self.task.attempt)
 
     def _log_writer(self) -> LogWriter:
-        secrets = self.task.secrets.values() if isinstance(self.task, JobTask) else ()
         return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce,
-                         hide=secrets)
+                         hide=self._hidden())
 
-    def _base_env(self) -> Dict[str, str]:
+    def _base_env(self) -> dict[str, str]:
         return {**self.context.container_env, "RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id,
                 "JOB_ATTEMPT": str(self.task.attempt),
                 "PYTHONUNBUFFERED": "1", "JOB_HOSTNAME": self.context.hostname}
 
-    def _mounts(self) -> List[Tuple[str, str, bool]]:
+    def _mounts(self) -> list[tuple[str, str, bool]]:
         """The task's project folder, and what the worker mounts into every container."""
         return [(str(self.workdir), defaults.CONTAINER_WORKDIR, False), *self.context.container_mounts]
 
-    def _labels(self) -> Dict[str, str]:
+    def _labels(self) -> dict[str, str]:
         return {CONTAINER_LABEL: self.key, WORKER_LABEL: self.context.worker_id}
 
-    def _provider_spec(self) -> Tuple[ContainerSpec, Optional[str]]:
-        """The provider's container, and the commit of its repository when it comes from another one.
+    # -------------------------------------------------------------- follow to the end
 
-        A provider of another repository runs in a read-only checkout of it, with the project at
-        ``/workflow`` (``DSTACK_PROJECT_DIR``); a provider of the project runs in the project.
-        """
-        task: ProviderTask = self.task
+    def follow(self) -> None:
+        """Ship the logs until the container exits, then upload artifacts and report the end."""
+        assert self.container is not None
+        writer = self._log_writer()
+        flusher = _Ticker(writer.flush_if_due)
+        limit = self.max_duration_s
+        deadline = threading.Timer(limit, self._time_up) if limit else None
+        if deadline is not None:
+            deadline.daemon = True
+            deadline.start()
+        try:
+            for data in self.container.logs():
+                writer.feed(data)
+            exit_info = self.container.wait()
+        finally:
+            flusher.stop()
+            if deadline is not None:
+                deadline.cancel()
+        finished = self._outcome(exit_info, writer)
+        if not self.abort:
+            artifacts_failure = self._upload_artifacts()
+            if artifacts_failure and finished.status == Status.DONE:
+                finished.status, finished.reason = Status.FAILED, artifacts_failure
+        if finished.reason and finished.status != Status.DONE:
+            writer.add_lines([f"dstack: {self.task.task_id} {finished.status.value}: {finished.reason}"])
+        writer.close()
+        self.context.send_event(finished)
+        self.container.remove()
+        self._clean_up()
+
+    def abandon(self, reason: str) -> None:
+        """Report the task failed for ``reason`` (it did not start, or its end was not seen),
+        remove its container if there is one, and clean up."""
+        writer = self._log_writer()
+        writer.add_lines([f"dstack: {self.task.task_id} failed: {reason}"])
+        writer.close()
+        self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
+                                             attempt=self.task.attempt, status=Status.FAILED, reason=reason))
+        if self.container is not None:
+            self.container.remove()
+        self._clean_up()
+
+    def _clean_up(self) -> None:
+        self.context.ports.give_back(self.ports)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
+        """How the task ended: stopped, past its time limit, out of memory, failed, or done."""
+        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
+                                attempt=self.task.attempt, status=Status.DONE, exit_code=exit_info.exit_code)
+        if self.stop_requested:
+            finished.status, finished.reason = (Status.FAILED, self.stop_failure) if self.stop_failure else (
+                Status.STOPPED, "stopped by request")
+        elif self.timed_out:
+            finished.status, finished.timed_out = Status.FAILED, True
+            finished.reason = f"ran longer than its max_duration of {self.max_duration_s:g} s; stopped"
+        elif exit_info.oom_killed:
+            limit = self._memory_limit_mib()
+            finished.status = Status.FAILED
+            finished.reason = f"out of memory (the limit is {limit} MiB)" if limit else "out of memory"
+        elif exit_info.exit_code != 0:
+            finished.status = Status.FAILED
+            finished.reason = self._error_reason() or (
+                f"exit code {exit_info.exit_code}; last lines:\n" + "\n".join(writer.tail(TAIL_LINES)))
+        else:
+            self._succeeded(finished)
+        return finished
+
+    def _memory_limit_mib(self) -> Optional[int]:
+        """The container's memory limit, named when it runs out of memory."""
+        return None
+
+    def _error_reason(self) -> Optional[str]:
+        """The reason the task gave for failing, if it gave one (else its last lines are quoted)."""
+        return None
+
+    def _succeeded(self, finished: TaskFinished) -> None:
+        """Complete ``finished`` of a container that exited with 0 (it may turn it into a failure)."""
+        return None
+
+    def _upload_artifacts(self) -> Optional[str]:
+        """Store what the task leaves; returns the reason of a failure, or ``None``."""
+        return None
+
+    # -------------------------------------------------------------- stop
+
+    def _time_up(self) -> None:
+        log.info("task %s ran past its max_duration; stopping it", self.key)
+        self.timed_out = True
+        if self.container is not None:
+            self.container.stop(defaults.STOP_GRACE_PERIOD)
+
+    def stop(self, abort: bool, failure: str = "") -> None:
+        """Stop the container: SIGTERM, then SIGKILL after the grace period. The task ends
+        stopped, or failed for ``failure`` when it is given (then its retry policy applies)."""
+        self.stop_requested, self.abort = True, self.abort or abort
+        self.stop_failure = self.stop_failure or failure
+        if self.container is not None:
+            self.container.stop(defaults.STOP_GRACE_PERIOD)
+
+
+@dataclass
+class ProviderExecution(Execution):
+    """A workflow's provider: it runs with the SDK mounted and writes the workflow's jobs to
+    ``jobs.json`` (or why it cannot to ``error.json``) in its ``io`` folder."""
+
+    task: ProviderTask
+
+    @property
+    def io(self) -> Path:
+        """The folder the provider reads the workflow from and writes its result to."""
+        return self.folder / "io"
+
+    def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
+        """A provider of another repository runs in a read-only checkout of it, with the project at
+        ``/workflow`` (``DSTACK_PROJECT_DIR``); a provider of the project runs in the project."""
+        task = self.task
         inside = defaults.CONTAINER_DSTACK_DIR
         mounts = self._mounts()
         working_dir, commit, provider = defaults.CONTAINER_WORKDIR, None, task.provider
@@ -173,11 +319,10 @@ class Execution:
             working_dir = f"{inside}/provider"
             mounts.append((str(checkout), working_dir, True))
         assert provider is not None
-        io = self.folder / "io"
-        io.mkdir(parents=True, exist_ok=True)
-        (io / "workflow.json").write_text(json.dumps(
+        self.io.mkdir(parents=True, exist_ok=True)
+        (self.io / "workflow.json").write_text(json.dumps(
             {"name": task.workflow, "provider": provider.name, "run_name": task.run_name, "data": task.data}))
-        mounts += [(str(io), f"{inside}/io", False), (str(self.context.sdk_bundle), f"{inside}/sdk", True)]
+        mounts += [(str(self.io), f"{inside}/io", False), (str(self.context.sdk_bundle), f"{inside}/sdk", True)]
         env = {**self._base_env(), "WORKFLOW_NAME": task.workflow, "DSTACK_PROJECT_DIR": defaults.CONTAINER_WORKDIR,
                "DSTACK_WORKFLOW_FILE": f"{inside}/io/workflow.json", "DSTACK_PROVIDER_OUTPUT": f"{inside}/io",
                "PYTHONUSERBASE": f"{inside}/sdk", **task.env}
@@ -187,8 +332,54 @@ class Execution:
             labels=self._labels())
         return spec, commit
 
-    def _job_spec(self) -> ContainerSpec:
-        task: JobTask = self.task
+    def _error_reason(self) -> Optional[str]:
+        path = self.io / "error.json"
+        if path.exists():
+            return str(json.loads(path.read_text()).get("reason", ""))
+        return None
+
+    def _succeeded(self, finished: TaskFinished) -> None:
+        try:
+            finished.jobs = self._jobs()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            finished.status, finished.reason = Status.FAILED, str(e)
+
+    def _jobs(self) -> list[JobSpec]:
+        """The jobs the provider created: ``jobs.json`` holds them in the wire form of
+        :class:`~dstack.messages.JobSpec`, as the SDK's ``jobs_to_dicts`` writes them.
+
+        Raises:
+            ValueError: there is no ``jobs.json``, or its jobs are malformed or do not form a valid graph.
+        """
+        path = self.io / "jobs.json"
+        if not path.exists():
+            raise ValueError("the provider exited without creating jobs (does it call provider.start()?)")
+        try:
+            jobs = [from_dict(JobSpec, raw) for raw in json.loads(path.read_text())["jobs"]]
+        except MessageError as e:
+            raise ValueError(f"the provider's jobs.json is malformed: {e}") from None
+        return check_job_graph(jobs)
+
+
+@dataclass
+class JobExecution(Execution):
+    """One job: its ports, GPUs, secrets, resource limits, time limit and artifacts."""
+
+    task: JobTask
+
+    @property
+    def needs(self) -> Resources:
+        return self.task.job.resources
+
+    @property
+    def max_duration_s(self) -> Optional[float]:
+        return self.task.job.max_duration_s
+
+    def _hidden(self) -> Iterable[str]:
+        return self.task.secrets.values()
+
+    def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
+        task = self.task
         job = task.job
         for artifact in job.artifacts:  # they exist before the commands start
             safe_join(self.workdir, artifact).mkdir(parents=True, exist_ok=True)
@@ -209,142 +400,26 @@ class Execution:
         if gpu_ids or self.context.has_gpus:  # "void": the NVIDIA runtime shows the job no GPU
             env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids) or "void"
         resources = job.resources
-        return ContainerSpec(
+        spec = ContainerSpec(
             name=self._container_name, image=job.image,
             script=" && ".join(job.commands), env=env, working_dir=workdir,
             mounts=self._mounts(), labels=self._labels(), ports=self.ports, cpu=resources.cpu,
             memory_mib=resources.memory_mib, shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids)
+        return spec, None
 
-    # -------------------------------------------------------------- follow to the end
-
-    def follow(self) -> None:
-        """Ship the logs until the container exits, then upload artifacts and report the end."""
-        assert self.container is not None
-        writer = self._log_writer()
-        flusher = _Ticker(writer.flush_if_due)
-        limit = self.task.job.max_duration_s if isinstance(self.task, JobTask) else None
-        deadline = threading.Timer(limit, self._time_up) if limit else None
-        if deadline is not None:
-            deadline.daemon = True
-            deadline.start()
-        try:
-            for data in self.container.logs():
-                writer.feed(data)
-            exit_info = self.container.wait()
-        finally:
-            flusher.stop()
-            if deadline is not None:
-                deadline.cancel()
-        finished = self._outcome(exit_info, writer)
-        if not self.abort:
-            artifacts_failure = self._upload_artifacts()
-            if artifacts_failure and finished.status == "done":
-                finished.status, finished.reason = "failed", artifacts_failure
-        if finished.reason and finished.status != "done":
-            writer.add_lines([f"dstack: {self.task.task_id} {finished.status}: {finished.reason}"])
-        writer.close()
-        self.context.send_event(finished)
-        self.container.remove()
-        self._clean_up()
-
-    def abandon(self, reason: str) -> None:
-        """Report the task failed for ``reason`` (it did not start, or its end was not seen),
-        remove its container if there is one, and clean up."""
-        writer = self._log_writer()
-        writer.add_lines([f"dstack: {self.task.task_id} failed: {reason}"])
-        writer.close()
-        self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
-                                             attempt=self.task.attempt, status="failed", reason=reason))
-        if self.container is not None:
-            self.container.remove()
-        self._clean_up()
-
-    def _clean_up(self) -> None:
-        self.context.ports.give_back(self.ports)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
-        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
-                                attempt=self.task.attempt, status="done", exit_code=exit_info.exit_code)
-        if self.stop_requested:
-            finished.status, finished.reason = ("failed", self.stop_failure) if self.stop_failure else (
-                "stopped", "stopped by request")
-        elif self.timed_out:
-            finished.status, finished.timed_out = "failed", True
-            finished.reason = f"ran longer than its max_duration of {self.task.job.max_duration_s:g} s; stopped"
-        elif exit_info.oom_killed:
-            limit = self.task.job.resources.memory_mib if isinstance(self.task, JobTask) else None
-            finished.status = "failed"
-            finished.reason = f"out of memory (the limit is {limit} MiB)" if limit else "out of memory"
-        elif exit_info.exit_code != 0:
-            finished.status = "failed"
-            finished.reason = self._error_file() or (
-                f"exit code {exit_info.exit_code}; last lines:\n" + "\n".join(writer.tail(TAIL_LINES)))
-        elif isinstance(self.task, ProviderTask):
-            try:
-                finished.jobs = self._provider_jobs()
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                finished.status, finished.reason = "failed", str(e)
-        return finished
-
-    def _error_file(self) -> Optional[str]:
-        path = self.folder / "io" / "error.json"
-        if isinstance(self.task, ProviderTask) and path.exists():
-            return str(json.loads(path.read_text()).get("reason", ""))
-        return None
-
-    def _provider_jobs(self) -> List[JobSpec]:
-        path = self.folder / "io" / "jobs.json"
-        if not path.exists():
-            raise ValueError("the provider exited without creating jobs (does it call provider.start()?)")
-        raw_jobs = json.loads(path.read_text())["jobs"]
-        jobs = [JobSpec(
-            job_id=str(i), image=raw["image"], commands=list(raw["commands"]), working_dir=raw["working_dir"],
-            ports=list(raw["ports"]), artifacts=list(raw["artifacts"]), resources=Resources(**raw["resources"]),
-            depends_on=[str(d) for d in raw["depends_on"]],
-            master=None if raw["master"] is None else str(raw["master"]), env=dict(raw["environment"]),
-            retry=RetryPolicy(**raw["retry"]) if raw.get("retry") else None, max_duration_s=raw.get("max_duration_s"),
-            apps=[AppSpec(**app) for app in raw.get("apps", [])],
-        ) for i, raw in enumerate(raw_jobs)]
-        return check_job_graph(jobs)
+    def _memory_limit_mib(self) -> Optional[int]:
+        return self.task.job.resources.memory_mib
 
     def _upload_artifacts(self) -> Optional[str]:
-        """Upload the job's artifact folders, file by file, streaming; then the manifest.
-
-        Returns the reason of a failure, or ``None``.
-        """
-        if not isinstance(self.task, JobTask) or not self.task.job.artifacts:
+        """Upload the job's artifact folders, file by file, streaming; then the manifest."""
+        if not self.task.job.artifacts:
             return None
-        run_name, job_id = self.task.run_name, self.task.task_id
-        files = []
         try:
-            for artifact in self.task.job.artifacts:
-                folder = safe_join(self.workdir, artifact)
-                for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
-                    relative = path.relative_to(self.workdir).as_posix()
-                    key = artifact_key(run_name, job_id, relative)
-                    with_retries(functools.partial(self.context.storage.put_file, key, path), f"uploading {relative}")
-                    files.append({"path": relative, "size": path.stat().st_size})
-            manifest = json.dumps({"job_id": job_id, "artifacts": self.task.job.artifacts, "files": files}).encode()
-            manifest_key = artifacts_manifest_key(run_name, job_id)  # last: the upload is complete
-            with_retries(lambda: self.context.storage.put_bytes(manifest_key, manifest), "storing the manifest")
+            upload_artifacts(self.context.storage, self.task.run_name, self.task.task_id, self.task.job.artifacts,
+                             self.workdir)
         except (DstackError, OSError) as e:
             return f"uploading artifacts failed: {e}"
         return None
-
-    def _time_up(self) -> None:
-        log.info("task %s ran past its max_duration; stopping it", self.key)
-        self.timed_out = True
-        if self.container is not None:
-            self.container.stop(defaults.STOP_GRACE_PERIOD)
-
-    def stop(self, abort: bool, failure: str = "") -> None:
-        """Stop the container: SIGTERM, then SIGKILL after the grace period. The task ends
-        stopped, or failed for ``failure`` when it is given (then its retry policy applies)."""
-        self.stop_requested, self.abort = True, self.abort or abort
-        self.stop_failure = self.stop_failure or failure
-        if self.container is not None:
-            self.container.stop(defaults.STOP_GRACE_PERIOD)
 
 
 class _Ticker:

@@ -5,9 +5,9 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Tuple
-
+from typing import Any, Callable, Optional
 
 from dstack.errors import ConfigError
 from dstack.messages import GpuInfo, Inventory
@@ -27,7 +27,7 @@ _MEMINFO = Path("/proc/meminfo")
 _GPU_FORMS = "a number of GPUs (gpu: 2) or gpu: {count: 2, name: A100, memory: 40GB}"
 
 
-def parse_nvidia_smi(output: str) -> List[GpuInfo]:
+def parse_nvidia_smi(output: str) -> list[GpuInfo]:
     """GPUs in the output of NVIDIA_SMI (index, name, memory.total in MiB). Raises ValueError on a line it
     cannot read, quoting it."""
     gpus = []
@@ -42,7 +42,7 @@ def parse_nvidia_smi(output: str) -> List[GpuInfo]:
     return gpus
 
 
-def detect_gpus(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> List[GpuInfo]:
+def detect_gpus(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> list[GpuInfo]:
     """GPUs the NVIDIA driver reports; [] when nvidia-smi is not installed. A driver that is installed but fails
     (non-zero exit, a timeout, output it cannot read) logs a warning with its message and returns []."""
     try:
@@ -91,8 +91,8 @@ def detect_memory_mib() -> int:
 
 
 def worker_inventory(declared: Optional[Mapping[str, Any]] = None, *, source: str = "DSTACK_WORKER_RESOURCES",
-                     gpus: Optional[List[GpuInfo]] = None, cpus: Optional[float] = None,
-                     memory_mib: Optional[int] = None) -> Tuple[Inventory, bool]:
+                     gpus: Optional[list[GpuInfo]] = None, cpus: Optional[float] = None,
+                     memory_mib: Optional[int] = None) -> tuple[Inventory, bool]:
     """What the worker offers, and whether its GPUs are real devices (to pass to containers through the NVIDIA
     runtime; False when it offers none).
 
@@ -124,7 +124,7 @@ def worker_inventory(declared: Optional[Mapping[str, Any]] = None, *, source: st
     return inventory, devices
 
 
-def _declared_gpus(value: Any, detected: Optional[List[GpuInfo]], field: str) -> Tuple[List[GpuInfo], bool]:
+def _declared_gpus(value: Any, detected: Optional[list[GpuInfo]], field: str) -> tuple[list[GpuInfo], bool]:
     """The GPUs offered under ``gpu: value``, and whether they are detected devices."""
     if _is_whole(value) and value >= 0:
         if value == 0:
@@ -168,7 +168,7 @@ def _size(value: Any, what: str, field: str) -> int:
     return mib
 
 
-def _cgroup_folders(controller: str) -> List[Path]:
+def _cgroup_folders(controller: str) -> list[Path]:
     """The cgroup folders whose limits apply to this process: its v2 group and its v1 ``controller`` group, each
     with its ancestors (a folder the mount does not show is skipped)."""
     folders = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Iterable, List, Set
+from collections.abc import Iterable
 
 
 class PortPool:
@@ -14,11 +14,11 @@ class PortPool:
     """
 
     def __init__(self) -> None:
-        self._taken: Set[int] = set()
+        self._taken: set[int] = set()
         self._lock = threading.Lock()
 
-    def take(self, count: int) -> List[int]:
-        ports: List[int] = []
+    def take(self, count: int) -> list[int]:
+        ports: list[int] = []
         with self._lock:
             while len(ports) < count:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -7,11 +7,10 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import List, Tuple
 
 from dstack.errors import ConfigError, DstackError
-from dstack.messages import ProviderRepo, ProviderSpec
 from dstack.located_yaml import check_against_schema, load_yaml
+from dstack.messages import ProviderRepo, ProviderSpec
 
 #: Seconds a git command may take.
 GIT_TIMEOUT = 120
@@ -31,7 +30,7 @@ class ProviderRepos:
         self._cache = cache
         self._lock = threading.Lock()
 
-    def resolve(self, repo: ProviderRepo) -> Tuple[Path, str, ProviderSpec]:
+    def resolve(self, repo: ProviderRepo) -> tuple[Path, str, ProviderSpec]:
         """The checkout, its commit, and the provider named ``repo.name`` in it.
 
         Raises:
@@ -67,7 +66,7 @@ class ProviderRepos:
             check_against_schema(document, "providers", f"{repo.url}: .dstack/providers.yaml")
         except ConfigError as e:
             raise ProviderRepoError(str(e)) from None
-        names: List[str] = [p["name"] for p in document["providers"]]
+        names: list[str] = [p["name"] for p in document["providers"]]
         for raw in document["providers"]:
             if raw["name"] == repo.name:
                 return ProviderSpec(name=raw["name"], image=raw["image"], commands=list(raw["commands"]))

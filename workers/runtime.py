@@ -4,11 +4,13 @@ from __future__ import annotations
 import abc
 import logging
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Optional
 
 import docker
 import docker.errors
+import docker.models.containers
 import docker.types
 import requests
 
@@ -26,17 +28,17 @@ class ContainerSpec:
     image: str
     #: shell commands; empty: the image's own command (ENTRYPOINT and CMD)
     script: str
-    env: Dict[str, str]
+    env: dict[str, str]
     working_dir: str
     #: ``(host path, container path, read_only)``
-    mounts: List[Tuple[str, str, bool]]
-    labels: Dict[str, str]
-    ports: List[int] = field(default_factory=list)
+    mounts: list[tuple[str, str, bool]]
+    labels: dict[str, str]
+    ports: list[int] = field(default_factory=list)
     cpu: Optional[float] = None
     memory_mib: Optional[int] = None
     shm_size_mib: Optional[int] = None
     #: the GPUs the container gets (device ids)
-    gpu_ids: List[str] = field(default_factory=list)
+    gpu_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,10 @@ class Container(abc.ABC):
     """A started container."""
 
     name: str
-    labels: Dict[str, str]
+    labels: dict[str, str]
 
     @abc.abstractmethod
-    def published_ports(self, ports: List[int]) -> List[int]:
+    def published_ports(self, ports: list[int]) -> list[int]:
         """The host ports the container's ``ports`` are reachable on, in the same order."""
 
     @abc.abstractmethod
@@ -84,7 +86,7 @@ class ContainerRuntime(abc.ABC):
         """
 
     @abc.abstractmethod
-    def managed(self) -> List[Container]:
+    def managed(self) -> list[Container]:
         """Every container dstack started on this machine, running or not."""
 
 
@@ -106,15 +108,15 @@ exit $code
 
 
 class DockerContainer(Container):
-    def __init__(self, container: "docker.models.containers.Container", network: str,
+    def __init__(self, container: docker.models.containers.Container, network: str,
                  lifeline: Optional[object] = None) -> None:
         self._container = container
         self._network = network
         self._lifeline = lifeline  # the container's standard input: open while this worker lives
-        self.name = container.name
+        self.name = container.name or ""  # the engine names every container; the stubs allow None
         self.labels = dict(container.labels or {})
 
-    def published_ports(self, ports: List[int]) -> List[int]:
+    def published_ports(self, ports: list[int]) -> list[int]:
         if self._network == "host" or not ports:
             return list(ports)
         self._container.reload()
@@ -176,7 +178,7 @@ class DockerRuntime(ContainerRuntime):
 
     def start(self, spec: ContainerSpec) -> Container:
         script = spec.script or self._image_command(spec.image)
-        options = dict(
+        options: dict[str, Any] = dict(
             # the image's own ENTRYPOINT is replaced too: it would otherwise be handed the lifeline as arguments
             image=spec.image, entrypoint=["/bin/sh", "-c", LIFELINE_SCRIPT, "dstack"], command=[script], name=spec.name,
             environment=spec.env, working_dir=spec.working_dir, labels=spec.labels,
@@ -222,7 +224,7 @@ class DockerRuntime(ContainerRuntime):
                                           "give the job commands")
         return shlex.join(argv)
 
-    def managed(self) -> List[Container]:
+    def managed(self) -> list[Container]:
         found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL})
         return [DockerContainer(c, self.network) for c in found]
 

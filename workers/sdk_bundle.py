@@ -13,9 +13,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import dstack.sdk
 import yaml
 
+import dstack.sdk
 from dstack import providers
 
 #: Python versions whose user site folder points at the bundle.

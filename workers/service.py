@@ -5,31 +5,39 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from dstack import defaults
-from dstack.broker import make_broker
-from dstack.errors import BrokerUnavailable, ConfigError, DstackError, MessageError
+from dstack.broker import consumer, declare_queue, make_broker
+from dstack.errors import ConfigError, DstackError, MessageError
 from dstack.live import Publisher
-from dstack.messages import (ClaimTask, JobTask, ProviderTask, QueueOpened, Resources, StopTask, WorkerReport,
-                             from_dict, from_payload)
-from dstack.names import DEFAULT_TASK_QUEUE, WORKER_LABEL, worker_queue
+from dstack.messages import (
+    Allocation,
+    ClaimTask,
+    Inventory,
+    QueueOpened,
+    Resources,
+    StopTask,
+    WorkerReport,
+    from_payload,
+)
+from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, WORKER_LABEL, worker_queue
 from dstack.placement import describe_inventory
 from dstack.rpc import RpcClient
 from dstack.settings import Settings
-from dstack.storage import open_storage
+from dstack.storage import Storage, open_storage
+from dstack.views import ClaimAnswer, ReportAnswer
 from dstack.workers.capacity import Capacity
-from dstack.workers.execution import TASK_FILE, Execution, WorkerContext
 from dstack.workers.events import EventSender
+from dstack.workers.execution import TASK_FILE, Execution, WorkerContext
 from dstack.workers.intake import TaskIntake
 from dstack.workers.inventory import worker_inventory
 from dstack.workers.ports import PortPool
 from dstack.workers.provider_repos import ProviderRepos
 from dstack.workers.reporter import Reporter
-from dstack.workers.runtime import DockerRuntime
+from dstack.workers.runtime import ContainerRuntime, DockerRuntime
 from dstack.workers.sdk_bundle import build_sdk_bundle
 
 log = logging.getLogger(__name__)
@@ -43,21 +51,19 @@ class Worker:
     the task is claimed and saved, so no delivery stays open for the life of a job.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, runtime: ContainerRuntime, broker: dramatiq.Broker, storage: Storage,
+                 inventory: Inventory) -> None:
+        """A worker that runs its tasks' containers on ``runtime``, takes tasks and sends events
+        through ``broker`` (``RabbitmqBroker``; Dramatiq's ``StubBroker`` in tests), keeps logs and
+        artifacts in ``storage`` and offers ``inventory``. Nothing is connected to before :meth:`run`.
+        :meth:`from_settings` builds the real ones."""
         self.settings = settings
-        for host, _, _ in settings.container_mounts:
-            if not Path(host).exists():
-                raise ConfigError(f"{host} does not exist on this machine; create it or remove its mount",
-                                  field="DSTACK_CONTAINER_MOUNTS")
+        _check_mounts(settings)
         self.home = settings.home / "workers" / settings.worker_id
-        inventory, gpu_devices = worker_inventory(settings.worker_resources, source="worker_resources")
-        if inventory.gpus and not gpu_devices:
-            log.warning("the GPUs this worker declares are not all reported by nvidia-smi: its jobs are "
-                        "told their GPUs (NVIDIA_VISIBLE_DEVICES) but given no device")
         self.capacity = Capacity(inventory, settings.worker_slots, on_release=self._capacity_changed)
-        self.broker: RabbitmqBroker = make_broker(settings.broker_url)
-        self.storage = open_storage(settings.storage_url)
-        self.runtime = DockerRuntime(settings.network, gpu_devices=gpu_devices)
+        self.broker = broker
+        self.storage = storage
+        self.runtime = runtime
         self.publisher = Publisher(settings.broker_url)
         self.events = EventSender(self.broker)
         self.context = WorkerContext(
@@ -67,22 +73,40 @@ class Worker:
             send_event=self.events.send,
             announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"), ports=PortPool(),
             container_env=settings.container_env, container_mounts=settings.container_mounts)
-        self._executions: Dict[str, Execution] = {}
-        self._early_stops: Dict[str, bool] = {}
+        self._executions: dict[str, Execution] = {}
+        self._early_stops: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # take no more tasks
         self._gone = threading.Event()  # every task ended: stop reporting
         self._rpc: Optional[RpcClient] = None
         self._started_at = time.time()
         #: the task queues this worker knows of, with what their tasks need, and when it learnt of each
-        self._queues: Dict[str, Tuple[Resources, float]] = {DEFAULT_TASK_QUEUE: (Resources(), float("inf"))}
+        self._queues: dict[str, tuple[Resources, float]] = {DEFAULT_TASK_QUEUE: (Resources(), float("inf"))}
         self._intake = TaskIntake(settings.broker_url, self._open_queues, self._take, self._declare, self._stopping)
         self._reporter = Reporter(settings.broker_url, self._report, self._on_answer,
                                   settings.heartbeat_interval, self._gone)
-        self._control = dramatiq.Worker(self.broker, queues={worker_queue(settings.worker_id)}, worker_threads=2)
-        dramatiq.actor(self._on_control, broker=self.broker, actor_name="control",
-                       queue_name=worker_queue(settings.worker_id), max_retries=3, time_limit=60_000,
-                       throws=(MessageError,))
+        self._control = consumer(self.broker, self._on_control, queue_name=worker_queue(settings.worker_id),
+                                 actor_name=CONTROL_ACTOR, threads=2, max_retries=3, time_limit=60_000,
+                                 throws=(MessageError,))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Worker:
+        """The worker ``settings`` describe: Docker (reached now), RabbitMQ, the storage, and what the
+        machine has (or what ``worker_resources`` declares).
+
+        Raises:
+            ConfigError: a setting is wrong.
+            RuntimeErrorInContainer: the Docker engine cannot be reached.
+        """
+        _check_mounts(settings)
+        inventory, gpu_devices = worker_inventory(settings.worker_resources, source="worker_resources")
+        if inventory.gpus and not gpu_devices:
+            log.warning("the GPUs this worker declares are not all reported by nvidia-smi: its jobs are "
+                        "told their GPUs (NVIDIA_VISIBLE_DEVICES) but given no device")
+        broker = make_broker(settings.broker_url)
+        storage = open_storage(settings.storage_url)
+        runtime = DockerRuntime(settings.network, gpu_devices=gpu_devices)
+        return cls(settings, runtime=runtime, broker=broker, storage=storage, inventory=inventory)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -148,31 +172,28 @@ class Worker:
 
     # -------------------------------------------------------------- intake
 
-    def _open_queues(self) -> List[str]:
+    def _open_queues(self) -> list[str]:
         """The known task queues whose tasks fit what is free now."""
         with self._lock:
             queues = list(self._queues.items())
         return [queue for queue, (needs, _) in queues if self.capacity.can_take(needs)]
 
     def _declare(self, queue: str) -> None:
-        try:
-            self.broker.declare_queue(queue, ensure=True)
-        except dramatiq.errors.ConnectionError as e:
-            raise BrokerUnavailable(f"cannot declare task queue {queue}: {e}") from None
+        declare_queue(self.broker, queue)  # with its dead-letter queue, as Dramatiq's publishers expect
 
-    def _on_answer(self, answer: Dict[str, Any], asked_at: float) -> None:
+    def _on_answer(self, answer: ReportAnswer, asked_at: float) -> None:
         """The scheduler's answer to a report sent at ``asked_at``: the queues that hold tasks (forget
         the others, unless learnt of since), and the tasks to stop (they are not this worker's anymore)."""
         with self._lock:
             known = {queue: entry for queue, entry in self._queues.items() if entry[1] > asked_at}
-            known.update({q["queue"]: (from_dict(Resources, q["needs"]), asked_at) for q in answer["queues"]})
+            known.update({q.queue: (q.needs, asked_at) for q in answer.queues})
             known[DEFAULT_TASK_QUEUE] = self._queues[DEFAULT_TASK_QUEUE]
             self._queues = known
         self._intake.wake()
-        for stale in answer.get("stop", []):
-            log.warning("task %s/%s/%s is no longer this worker's; stopping it", stale["run_name"],
-                        stale["task_id"], stale["attempt"])
-            self._stop(StopTask(stale["run_name"], stale["task_id"], stale["attempt"], abort=True))
+        for stale in answer.stop:
+            log.warning("task %s/%s/%s is no longer this worker's; stopping it", stale.run_name,
+                        stale.task_id, stale.attempt)
+            self._stop(StopTask(stale.run_name, stale.task_id, stale.attempt, abort=True))
 
     def _capacity_changed(self) -> None:
         self._intake.wake()
@@ -186,15 +207,12 @@ class Worker:
     def _take(self, payload: Any) -> bool:
         """Claim a task, hold what it needs and start it in its own thread. Returns False to put
         the task back on its queue: it does not fit what is free now."""
-        task = from_payload(payload)
-        if not isinstance(task, (JobTask, ProviderTask)):
-            raise MessageError(f"a {type(task).__name__} is no task")
-        execution = Execution(task=task, context=self.context)
+        task: Any = from_payload(payload)
+        execution = Execution.for_task(task, self.context)  # refuses what is no task
         with self._lock:
             if execution.key in self._executions:
                 return True  # a redelivery of a task running here
-        needs = task.job.resources if isinstance(task, JobTask) else Resources()
-        allocation = self.capacity.reserve(task.run_name, task.task_id, task.attempt, needs)
+        allocation = self.capacity.reserve(task.run_name, task.task_id, task.attempt, execution.needs)
         if allocation is None:
             return False
         try:
@@ -202,10 +220,15 @@ class Worker:
         except DstackError:
             self.capacity.release(allocation)
             raise
-        if not grant.get("granted"):
-            log.info("not starting %s: %s", execution.key, grant.get("reason"))
+        if not grant.granted:
+            log.info("not starting %s: %s", execution.key, grant.reason)
             self.capacity.release(allocation)
             return True
+        self._launch(execution, allocation)
+        return True
+
+    def _launch(self, execution: Execution, allocation: Allocation) -> None:
+        """Start a claimed task in its own thread, holding ``allocation`` until it ends."""
         execution.allocation = allocation
         execution.save()
         with self._lock:
@@ -214,7 +237,6 @@ class Worker:
                 execution.stop_requested, execution.abort = True, self._early_stops[execution.key]
         threading.Thread(target=self._run, args=(execution,), name=execution.key, daemon=True).start()
         self._reporter.changed()
-        return True
 
     def _run(self, execution: Execution) -> None:
         try:
@@ -237,7 +259,7 @@ class Worker:
             if execution.allocation is not None:
                 self.capacity.release(execution.allocation)
 
-    def _claim(self, task: Any) -> Dict[str, Any]:
+    def _claim(self, task: Any) -> ClaimAnswer:
         if self._rpc is None:
             self._rpc = RpcClient(self.settings.broker_url)
         try:
@@ -251,7 +273,7 @@ class Worker:
     # -------------------------------------------------------------- control
 
     def _on_control(self, payload: Any) -> None:
-        message = from_payload(payload)
+        message: Any = from_payload(payload)
         if isinstance(message, QueueOpened):
             with self._lock:
                 self._queues[message.queue] = (message.needs, time.monotonic())
@@ -270,3 +292,10 @@ class Worker:
                 return
         execution.stop(request.abort)
 
+
+def _check_mounts(settings: Settings) -> None:
+    """Every host folder the worker mounts into containers exists."""
+    for host, _, _ in settings.container_mounts:
+        if not Path(host).exists():
+            raise ConfigError(f"{host} does not exist on this machine; create it or remove its mount",
+                              field="DSTACK_CONTAINER_MOUNTS")

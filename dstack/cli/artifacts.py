@@ -1,13 +1,13 @@
 """``dstack artifacts``: list and download the artifacts of a run, straight from storage."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from dstack.cli.context import Context, err, pass_context
 from dstack.errors import DstackError
+from dstack.messages import ArtifactManifest
 from dstack.names import artifact_key, manifests_prefix
 from dstack.snapshot import safe_join
 from dstack.storage import Storage
@@ -25,8 +25,8 @@ def artifacts_list(context: Context, run_name: str) -> None:
     """List the artifact files of RUN_NAME: job, path, size."""
     manifests = _manifests(context.storage, run_name)
     for manifest in manifests:
-        for entry in manifest["files"]:
-            click.echo(f"{manifest['job_id']}\t{entry['path']}\t{entry['size']}")
+        for entry in manifest.files:
+            click.echo(f"{manifest.job_id}\t{entry.path}\t{entry.size}")
 
 
 @artifacts.command("download")
@@ -38,16 +38,17 @@ def artifacts_download(context: Context, run_name: str, output: Path) -> None:
     """Download the artifacts of RUN_NAME into OUTPUT/JOB_ID/PATH (streaming)."""
     count = 0
     for manifest in _manifests(context.storage, run_name):
-        folder = safe_join(output.resolve(), manifest["job_id"])
-        for entry in manifest["files"]:
-            context.storage.get_file(artifact_key(run_name, manifest["job_id"], entry["path"]),
-                                     safe_join(folder, entry["path"]))
+        folder = safe_join(output.resolve(), manifest.job_id)
+        for entry in manifest.files:
+            context.storage.get_file(artifact_key(run_name, manifest.job_id, entry.path),
+                                     safe_join(folder, entry.path))
             count += 1
     err.print(f"{count} file(s) downloaded into {output}")
 
 
-def _manifests(storage: Storage, run_name: str) -> list:
-    manifests = [json.loads(storage.get_bytes(info.key)) for info in storage.list(manifests_prefix(run_name))]
+def _manifests(storage: Storage, run_name: str) -> list[ArtifactManifest]:
+    manifests = [ArtifactManifest.from_json(storage.get_bytes(info.key))
+                 for info in storage.list(manifests_prefix(run_name))]
     if not manifests:
         raise DstackError(f"no artifacts stored for run '{run_name}' in {storage.url}")
     return manifests

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import click
 
 from dstack.cli.context import Context, out, pass_context
 from dstack.cli.render import print_workers
-from dstack.messages import GetWorkers
+from dstack.messages import GetWorkers, plain
 
 
 def _serve(service: Any) -> None:
@@ -50,7 +50,7 @@ def worker(context: Context, slots: Optional[int], resources: Optional[str]) -> 
         settings = with_overrides(settings, worker_slots=slots)
     if resources is not None:
         settings = with_overrides(settings, worker_resources=yaml_mapping(resources, "--resources"))
-    _serve(Worker(settings))
+    _serve(Worker.from_settings(settings))
 
 
 @click.command()
@@ -61,7 +61,7 @@ def workers(context: Context, as_json: bool) -> None:
     with context.rpc() as rpc:
         found = rpc.call(GetWorkers())
     if as_json:
-        out.print_json(json.dumps(found))
+        out.print_json(json.dumps(plain(found)))
     else:
         print_workers(out, found)
 
@@ -71,7 +71,10 @@ def workers(context: Context, as_json: bool) -> None:
 def up(context: Context) -> None:
     """Run a scheduler and one worker on this machine, in the foreground, until Ctrl-C."""
     children = [subprocess.Popen([sys.executable, "-m", "dstack.cli.main", name]) for name in ("scheduler", "worker")]
-    stop_all: Callable[..., None] = lambda *_: [c.send_signal(signal.SIGTERM) for c in children if c.poll() is None]
+    def stop_all(*_: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
     while all(c.poll() is None for c in children):

@@ -6,8 +6,12 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.projects import graph_workflow_project
 from tests.services import Cluster, FileServer, wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_scheduler_killed_mid_run_picks_up_where_it_was(fleet: Cluster, tmp_path: Path, files: FileServer) -> None:

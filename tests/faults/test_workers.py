@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import docker
+import pytest
 
 from dstack.names import container_name
-from tests.faults.conftest import WORKER_TIMEOUT
+from tests.harness import WORKER_TIMEOUT
 from tests.projects import graph_workflow_project
 from tests.services import Cluster, FileServer, queue_consumers, wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def job_of(run: dict, job_id: str = "w.0") -> dict:

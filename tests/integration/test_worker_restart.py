@@ -5,9 +5,12 @@ import signal
 from pathlib import Path
 
 import docker
+import pytest
 
 from tests.projects import graph_project
 from tests.services import Cluster, FileServer, wait_for, write_project
+
+pytestmark = pytest.mark.integration
 
 
 def test_restarted_worker_reports_lost_tasks_and_removes_their_containers(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -19,7 +19,7 @@ from dstack.planning import plan_builtin_run
 RESOURCES = {"cpu": 2, "memory": "4GB", "gpu": {"count": 2, "name": "A100"}, "shm_size": "1GB"}
 
 
-def create_jobs(name: str, data: Dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> List[Dict]:
+def create_jobs(name: str, data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     workflow = tmp_path / "workflow.json"
     workflow.write_text(json.dumps({"name": "w", "provider": name, "run_name": "r", "data": data}))
@@ -45,7 +45,7 @@ def test_common_parameters_apply_to_every_job(tmp_path: Path, monkeypatch: pytes
     for name, own in cases.items():
         for job in create_jobs(name, {**own, **common}, tmp_path / name, monkeypatch):
             assert job["commands"][0] == "apt-get install -y sox", name
-            assert job["environment"] == {"A": "1", "FLAG": "true"}, name
+            assert job["env"] == {"A": "1", "FLAG": "true"}, name
             assert job["working_dir"] == "src" and job["artifacts"] == ["out"], name
             assert job["resources"]["memory_mib"] == 4096 and job["resources"]["gpu_count"] == 2, name
 
@@ -69,7 +69,7 @@ def test_docker_and_bash_ports_are_any_free_port(tmp_path: Path, monkeypatch: py
 def test_torchrun_master_and_followers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = create_jobs("torchrun", {"file": "train.py", "args": "--epochs 2", "nodes": 3,
                                     "resources": {"gpu": 4}}, tmp_path, monkeypatch)
-    assert [job["master"] for job in jobs] == [None, 0, 0]
+    assert [job["master"] for job in jobs] == [None, "0", "0"]
     assert jobs[0]["ports"] == [0] and jobs[1]["ports"] == []
     assert jobs[0]["commands"][-1] == ('torchrun --nnodes=3 --node_rank=0 --nproc_per_node=4 '
                                        '--master_addr="$JOB_HOSTNAME" --master_port="$JOB_PORT_0" train.py --epochs 2')
@@ -111,7 +111,7 @@ def test_a_bad_parameter_fails_in_the_container_too(tmp_path: Path, monkeypatch:
     (["curl", "http://x/a", "-o", "d/a"], {"url": "http://x/a", "output": "d/a"}),
     (["tensorboard", "runs"], {"logdir": "runs"}),
 ])
-def test_command_lines(argv: List[str], data: Dict[str, Any]) -> None:
+def test_command_lines(argv: list[str], data: dict[str, Any]) -> None:
     [workflow] = plan_builtin_run(argv[0], argv[1:])
     assert workflow.name == argv[0] and workflow.provider is not None and workflow.provider.builtin
     assert workflow.data == data
@@ -136,7 +136,7 @@ def test_the_working_dir_of_the_command_line_is_the_current_folder() -> None:
     (["docker", "--before-run", "apt-get update", "nginx"], "parameter 'commands': 'commands' is required here"),
     (["curl", "http://x"], "the following arguments are required: -o/--output"),
 ])
-def test_bad_command_lines_name_the_problem(argv: List[str], message: str) -> None:
+def test_bad_command_lines_name_the_problem(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         plan_builtin_run(argv[0], argv[1:])
     assert message in str(info.value)

@@ -1,18 +1,20 @@
 """The provider SDK: Job, ResourceRequirements, GPU, sizes, jobs_to_dicts, and Provider end to end."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
 import dstack
-from dstack.sdk import GPU, Job, Provider, ResourceRequirements, Workflow
+from dstack.messages import AppSpec, JobSpec, Resources, RetryPolicy, from_dict
+from dstack.sdk import GPU, App, Job, Provider, ResourceRequirements, Retry, Workflow
 from dstack.sdk.job import jobs_to_dicts
 from dstack.sdk.provider import INVALID_EXIT_CODE, OUTPUT_DIR_ENV
 from dstack.sdk.resources import parse_size_mib
@@ -118,7 +120,8 @@ def test_from_dict() -> None:
     assert ResourceRequirements.from_dict({}).to_dict()["gpu_count"] == 0
     with pytest.raises(ValueError, match=r"^resources.gpu: unknown key\(s\) cnt; the keys are count, name, memory$"):
         ResourceRequirements.from_dict({"gpu": {"cnt": 1}})
-    with pytest.raises(ValueError, match=r"^resources: unknown key\(s\) gpus; the keys are cpu, memory, gpu, shm_size$"):
+    with pytest.raises(ValueError,
+                       match=r"^resources: unknown key\(s\) gpus; the keys are cpu, memory, gpu, shm_size$"):
         ResourceRequirements.from_dict({"gpus": 1})
     with pytest.raises(ValueError, match=r"^jobs\[0\].resources: memory must be a size like '16GB'"):
         ResourceRequirements.from_dict({"memory": "lots"}, where="jobs[0].resources")
@@ -169,11 +172,12 @@ def test_jobs_to_dicts_references_are_indexes() -> None:
                  environment={"RANK": "1"})
     final = Job("alpine", ["report"], depends_on=[worker, prepare])
     dicts = jobs_to_dicts([prepare, master, worker, final])
-    assert [d["depends_on"] for d in dicts] == [[], [], [0], [2, 0]]
-    assert [d["master"] for d in dicts] == [None, None, 1, None]
-    assert dicts[2] == {"image": "pytorch", "commands": ["train"], "ports": [], "working_dir": "src",
-                        "artifacts": [], "resources": ResourceRequirements().to_dict(), "depends_on": [0],
-                        "master": 1, "environment": {"RANK": "1"}, "retry": None, "max_duration_s": None,
+    assert [d["job_id"] for d in dicts] == ["0", "1", "2", "3"]
+    assert [d["depends_on"] for d in dicts] == [[], [], ["0"], ["2", "0"]]
+    assert [d["master"] for d in dicts] == [None, None, "1", None]
+    assert dicts[2] == {"job_id": "2", "image": "pytorch", "commands": ["train"], "ports": [], "working_dir": "src",
+                        "artifacts": [], "resources": ResourceRequirements().to_dict(), "depends_on": ["0"],
+                        "master": "1", "env": {"RANK": "1"}, "retry": None, "max_duration_s": None,
                         "apps": []}
     assert dicts[1]["resources"]["gpu_count"] == 1
     assert dicts[0]["artifacts"] == ["data"]
@@ -200,6 +204,52 @@ def test_jobs_to_dicts_unknown_master() -> None:
 
 def test_jobs_to_dicts_empty() -> None:
     assert jobs_to_dicts([]) == []
+
+
+# ----------------------------------------------------------------------------- jobs.json is JobSpec's wire form
+
+
+def full_job() -> Any:
+    """Three jobs, the last with every field set to something other than its default."""
+    upstream, master = Job("alpine", ["prep"]), Job("alpine", ["serve"], ports=[29500])
+    job = Job(image="pytorch:2", commands=["pip install -r r.txt", "python train.py"], ports=[0, 6006],
+              working_dir="src", artifacts=["out", "ckpt"],
+              resources=ResourceRequirements(cpu=1.5, memory="2GB", gpu=GPU(2, name="A100", memory="40GB"),
+                                             shm_size="1GB"),
+              depends_on=[upstream], master=master, environment={"A": "1", "B": "two"}, retry=Retry(4, "1m"),
+              max_duration="2h", apps=[App("board", port_index=1, url_path="/lab", url_query_params={"t": "x"})])
+    return [upstream, master, job]
+
+
+def test_every_job_field_reaches_the_worker_as_a_jobspec() -> None:
+    """The worker reads jobs.json with the generic decoder: what the SDK writes is JobSpec's wire form."""
+    wire = jobs_to_dicts(full_job())[2]
+    spec = from_dict(JobSpec, json.loads(json.dumps(wire)))  # through JSON, as jobs.json
+    assert spec == JobSpec(
+        job_id="2", image="pytorch:2", commands=["pip install -r r.txt", "python train.py"], working_dir="src",
+        ports=[0, 6006], artifacts=["out", "ckpt"],
+        resources=Resources(cpu=1.5, memory_mib=2048, shm_size_mib=1024, gpu_count=2, gpu_name="A100",
+                            gpu_memory_mib=40960),
+        depends_on=["0"], master="1", env={"A": "1", "B": "two"}, retry=RetryPolicy(limit=4, backoff_s=60.0),
+        max_duration_s=7200.0, apps=[AppSpec(name="board", port_index=1, url_path="/lab", url_query_params={"t": "x"})])
+    # every field was set to something else than its default, so none can be dropped unnoticed
+    for part, default in ((spec, JobSpec(job_id="", image="", commands=[])), (spec.resources, Resources()),
+                          (spec.retry, RetryPolicy()), (spec.apps[0], AppSpec(name=""))):
+        for f in dataclasses.fields(part):  # type: ignore[arg-type]
+            assert getattr(part, f.name) != getattr(default, f.name), f"{type(part).__name__}.{f.name}"
+
+
+def test_the_sdk_writes_every_field_of_jobspec() -> None:
+    """Fails when JobSpec (or a part of it) gains a field that the SDK does not write."""
+    wire = jobs_to_dicts(full_job())[2]
+
+    def names(cls: Any) -> set:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    assert set(wire) == names(JobSpec)
+    assert set(wire["resources"]) == names(Resources)
+    assert set(wire["retry"]) == names(RetryPolicy)
+    assert set(wire["apps"][0]) == names(AppSpec)
 
 
 # ----------------------------------------------------------------------------- Provider, in process
@@ -279,7 +329,7 @@ def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return out
 
 
-def set_workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: Dict[str, Any]) -> None:
+def set_workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: dict[str, Any]) -> None:
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps({"name": "download", "provider": "two-step", "run_name": "witty-otter-1234",
                                 "data": data}))
@@ -308,15 +358,16 @@ def test_provider_end_to_end(provider_module: ModuleType, output_dir: Path, tmp_
     assert sorted(p.name for p in output_dir.iterdir()) == ["jobs.json"]  # no temporary file left, no error
     jobs = json.loads((output_dir / "jobs.json").read_text())["jobs"]
     assert len(jobs) == 2
-    assert jobs[0] == {"image": "curlimages/curl", "commands": ["curl -o data/f https://example.com/a.csv"],
+    assert jobs[0] == {"job_id": "0", "image": "curlimages/curl",
+                       "commands": ["curl -o data/f https://example.com/a.csv"],
                        "ports": [], "working_dir": "", "artifacts": ["data"],
                        "resources": ResourceRequirements().to_dict(), "depends_on": [], "master": None,
-                       "environment": {}, "retry": None, "max_duration_s": None, "apps": []}
-    assert jobs[1]["depends_on"] == [0]
+                       "env": {}, "retry": None, "max_duration_s": None, "apps": []}
+    assert jobs[1]["depends_on"] == ["0"]
     assert jobs[1]["ports"] == [6006]
     assert jobs[1]["resources"] == {"cpu": 2.0, "memory_mib": 2048, "shm_size_mib": None, "gpu_count": 1,
                                     "gpu_name": "A100", "gpu_memory_mib": None}
-    assert jobs[1]["environment"] == {"RUN": "witty-otter-1234"}
+    assert jobs[1]["env"] == {"RUN": "witty-otter-1234"}
     assert "created 2 job(s)" in capsys.readouterr().out
 
 
