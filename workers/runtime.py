@@ -148,6 +148,9 @@ class DockerContainer(Container):
             self._container.remove(force=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: its removal is in progress already (e.g. by a clean-up)
+                raise
         if self._lifeline is not None:
             self._lifeline.close()  # type: ignore[attr-defined]
 

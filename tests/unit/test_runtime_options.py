@@ -262,3 +262,31 @@ def test_no_commands_and_no_image_command(configs: dict[str, Any], message: str)
     runtime._client.images.configs.update(configs)  # type: ignore[attr-defined]
     with pytest.raises(DstackError, match=message):
         runtime.start(spec(image="app:1", script=""))
+
+
+# ----------------------------------------------------------------------------- removal
+
+
+class _Refusing:
+    """A container whose removal fails with ``error``."""
+
+    name = "dstack-run-job-0-1"
+    labels: dict[str, str] = {}
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def remove(self, force: bool) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [docker.errors.NotFound("gone"),
+                                   docker.errors.APIError("conflict", response=SimpleNamespace(status_code=409))])
+def test_removing_a_container_that_is_gone_or_going_is_no_error(error: Exception) -> None:
+    DockerContainer(_Refusing(error), network="host").remove()  # type: ignore[arg-type]
+
+
+def test_other_failures_to_remove_a_container_are_raised() -> None:
+    error = docker.errors.APIError("engine broke", response=SimpleNamespace(status_code=500))
+    with pytest.raises(docker.errors.APIError):
+        DockerContainer(_Refusing(error), network="host").remove()  # type: ignore[arg-type]
