@@ -18,7 +18,7 @@ from dstack import defaults, providers
 from dstack.errors import ConfigError
 from dstack.located_yaml import field_path, schema_problem
 from dstack.messages import ProviderSpec
-from dstack.providers.common import ArgumentError, BuiltinProvider
+from dstack.providers.common import ArgumentError, BuiltinProvider, ParameterError, aliases, current_parameters
 from dstack.sdk.schemas import load_schema
 
 #: Where the built-in providers are in a provider's container: in the SDK bundle (``workers/sdk_bundle.py``).
@@ -57,22 +57,35 @@ def parameter_problem(name: str, data: dict[str, Any]) -> Optional[ConfigError]:
     """What is wrong with ``data`` as the parameters of built-in provider ``name``, or ``None``.
 
     The error's field is the parameter's path (``resources.memory``); its message says what is
-    wrong and what the parameter is.
+    wrong and what the parameter is. Older names of parameters (``script`` for ``file``) are
+    accepted as the provider's container accepts them; one given twice, differently, is a problem.
     """
-    parameters = list(schema(name)["properties"])
+    older = aliases(schema(name))
+    parameters = [key for key in schema(name)["properties"] if key not in older]
     for key in data:
-        if key not in parameters:
+        if key not in parameters and key not in older:
             close = difflib.get_close_matches(key, parameters, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             return ConfigError(f"provider {name} has no parameter '{key}'; {hint}its parameters are "
                                f"{', '.join(parameters)}", field=key)
     found = schema_problem(data, schema(name))
     if found is None:
+        try:
+            current_parameters(schema(name), data)
+        except ParameterError as e:
+            return ConfigError(e.message, field=e.field)
         return None
     path, message = found
     described, description = _description(schema(name), path)
     return ConfigError(message + (f" ({described}: {description})" if description else ""),
                        field=field_path(path) or None)
+
+
+def parameter_notes(name: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the CLI tells about how the parameters ``data`` of built-in provider ``name`` were read, as
+    ``(parameter, note)``: ``("version", "3.1 read as 3.10; quote it: '3.10'")``. ``data`` has no
+    :func:`parameter_problem`."""
+    return current_parameters(schema(name), data)[1]
 
 
 def parameters_from_args(name: str, args: Sequence[str]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ class DstackError(Exception):
     """Root of every error dstack raises on purpose."""
 
 
-class ConfigError(DstackError):
-    """A project or configuration file is wrong.
+class _Located(Exception):
+    """A message about a place in a project or configuration file.
 
     Args:
         message: what is wrong and what to do about it.
@@ -37,6 +37,16 @@ class ConfigError(DstackError):
         if self.field:
             where = f"{where} ({self.field})" if where else self.field
         return f"{where}: {self.message}" if where else self.message
+
+
+class ConfigError(_Located, DstackError):
+    """A project or configuration file is wrong (see :class:`_Located` for the arguments)."""
+
+
+class ConfigWarning(_Located, UserWarning):
+    """A project file was read in a way its author may not expect (YAML's ``3.10`` is 3.1, taken as
+    3.10); the run goes on. Issued with :func:`warnings.warn`; the CLI prints it as a ``warning:``
+    line. Its arguments are :class:`ConfigError`'s, and it is written the same way."""
 
 
 class ServiceUnavailable(DstackError):

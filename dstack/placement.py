@@ -61,6 +61,11 @@ def _size(mib: float) -> str:
     return f"{gib:.3g}GB" if gib >= 1 else f"{int(mib)}MB"
 
 
+def asks_for_anything(needs: Resources) -> bool:
+    """Whether ``needs`` asks for something a worker counts (GPUs, CPUs, memory)."""
+    return bool(needs.gpu_count or needs.cpu or needs.memory_mib)
+
+
 def describe_needs(needs: Resources) -> str:
     """``2xA100 (40GB each), 4 CPUs, 16GB memory``; ``nothing in particular`` for no needs."""
     parts = []
@@ -71,7 +76,7 @@ def describe_needs(needs: Resources) -> str:
         parts.append(f"{needs.cpu:g} CPU{'s' if needs.cpu != 1 else ''}")
     if needs.memory_mib:
         parts.append(f"{_size(needs.memory_mib)} memory")
-    return ", ".join(parts) or "nothing in particular"
+    return ", ".join(parts) if asks_for_anything(needs) else "nothing in particular"
 
 
 def describe_inventory(inventory: Inventory) -> str:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dstack.messages import Allocation, Resources
-from dstack.placement import describe_inventory, describe_needs
+from dstack.placement import asks_for_anything, describe_inventory, describe_needs
 from dstack.states import Status
 from dstack.views import JobView, RunView, WorkerView
 
@@ -108,6 +108,6 @@ def print_workers(console: Console, workers: list[WorkerView]) -> None:
 def _holding(allocation: Allocation) -> str:
     """``witty-otter-1234/train.0: 2xA100, 4 CPUs (GPU 0,1)``."""
     needs: Resources = allocation.needs
-    held = "" if not (needs.gpu_count or needs.cpu or needs.memory_mib) else f": {describe_needs(needs)}"
+    held = f": {describe_needs(needs)}" if asks_for_anything(needs) else ""
     gpus = f" (GPU {','.join(allocation.gpu_ids)})" if allocation.gpu_ids else ""
     return f"{allocation.run_name}/{allocation.task_id}{held}{gpus}"

@@ -8,13 +8,82 @@ came from.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import sys
+from functools import cached_property
 from typing import Any, NoReturn, Optional, Union
 
 from dstack import Job, Provider, ResourceRequirements
+from dstack.sdk.resources import current_resources
+from dstack.sdk.schemas import load_schema
 
 #: The Python version of jobs whose workflow names none.
 DEFAULT_PYTHON_VERSION = "3.11"
+#: The annotation of a parameter that is an older name of another: ``script: {x-alias-of: file, ...}``.
+ALIAS_OF = "x-alias-of"
+
+
+class ParameterError(ValueError):
+    """The parameters say something two ways that disagree; ``field`` is the one to look at."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def aliases(schema: dict[str, Any]) -> dict[str, str]:
+    """The older names of a provider's parameters and the parameter each stands for (``{"script": "file"}``),
+    from the ``x-alias-of`` annotations of its schema."""
+    return {key: prop[ALIAS_OF] for key, prop in (schema.get("properties") or {}).items()
+            if isinstance(prop, dict) and isinstance(prop.get(ALIAS_OF), str)}
+
+
+def current_parameters(schema: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``data`` (parameters that fit ``schema``) in today's spelling, and notes about how it was read.
+
+    Older names become the parameter they stand for (``python_script`` -> ``file``); a Python
+    ``version`` written as a YAML number becomes text (``3.9`` -> ``"3.9"``, and YAML's ``3.1``, an
+    unquoted ``3.10``, -> ``"3.10"`` with a note, since no Python 3.1 image exists); ``resources`` in
+    early dstack's ``MODEL/gpu: N`` becomes ``gpu: {count: N, name: MODEL}``. Each note is
+    ``(parameter as written, what was done)``.
+
+    Raises:
+        ParameterError: a parameter is given by two names with different values, or the GPUs twice.
+    """
+    renamed = aliases(schema)
+    current: dict[str, Any] = {}
+    written: dict[str, str] = {}  # current name -> the name it was written with
+    notes: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = renamed.get(key, key)
+        if name == "version":
+            value, note = python_version(value)
+            if note:
+                notes.append((key, note))
+        if name in current and current[name] != value:
+            first = written[name]
+            raise ParameterError(key, f"'{first}' and '{key}' both give the {name} ({current[name]!r} and "
+                                      f"{value!r}); keep one: '{name}'")
+        current.setdefault(name, value)
+        written.setdefault(name, key)
+    if "resources" in current:
+        try:
+            current["resources"] = current_resources(current["resources"])
+        except ValueError as e:
+            raise ParameterError("resources", str(e).partition(": ")[2]) from None
+    return current, notes
+
+
+def python_version(value: Any) -> tuple[Any, Optional[str]]:
+    """A Python version as text, and a note when it was not read as written: YAML reads ``3.9`` as a
+    number (taken as ``"3.9"``) and an unquoted ``3.10`` as 3.1 (taken as ``"3.10"``, with a note)."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return value, None
+    if value == 3.1:
+        return "3.10", "3.1 read as 3.10; quote it: '3.10'"
+    return repr(value), None
 
 
 def python_image(version: Optional[str]) -> str:
@@ -30,6 +99,12 @@ def script_command(program: list[str], args: Union[str, list[Any], None]) -> str
     if isinstance(args, str):
         return " ".join([shlex.join(program)] + ([args] if args.strip() else []))
     return shlex.join(program + [_text(a) for a in args])
+
+
+def job_ports(ports: Union[int, list[int], None]) -> list[int]:
+    """The ``ports`` of a :class:`dstack.Job` from a ``ports`` parameter: a count asks for any free ports
+    (``2`` -> ``[0, 0]``), a list names them (``[8080]``)."""
+    return list(ports) if isinstance(ports, list) else [0] * (ports or 0)
 
 
 def pip_install(requirements: Optional[str]) -> list[str]:
@@ -57,7 +132,14 @@ class _Parser(argparse.ArgumentParser):
 
 class BuiltinProvider(Provider):
     """A provider with the common parameters: ``environment``, ``working_dir``, ``artifacts``,
-    ``before_run`` and ``resources``."""
+    ``before_run`` and ``resources``.
+
+    The workflow is checked against the provider's schema as written (older names included);
+    :attr:`data` and :attr:`resources` are its parameters in today's spelling
+    (:func:`current_parameters`), as the CLI read them before submitting. They are read when
+    first used, in :meth:`create_jobs`, so that a parameter given twice fails the provider with a
+    message (:meth:`dstack.Provider.start` reports a ``ValueError`` of ``create_jobs``).
+    """
 
     #: the provider's name, as in ``provider: NAME`` and ``dstack run NAME``
     name = ""
@@ -66,8 +148,25 @@ class BuiltinProvider(Provider):
 
     def __init__(self) -> None:
         super().__init__(schema="schema.yaml")
-        self.data: dict[str, Any] = self.workflow.data
-        self.resources = ResourceRequirements.from_dict(self.data.get("resources", {}))
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The workflow's parameters in today's spelling.
+
+        Raises:
+            ParameterError: a parameter is given twice, differently.
+        """
+        return current_parameters(self.schema(), self.workflow.data)[0]
+
+    @cached_property
+    def resources(self) -> ResourceRequirements:
+        return ResourceRequirements.from_dict(self.data.get("resources", {}))
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        """The provider's schema (``schema.yaml`` beside its module), self-contained."""
+        module = sys.modules[cls.__module__]
+        return load_schema(os.path.join(os.path.dirname(os.path.abspath(str(module.__file__))), "schema.yaml"))
 
     def job(self, image: str, commands: list[str], **options: Any) -> Job:
         """A job running ``commands`` in ``image``, after ``before_run``, with the common parameters;

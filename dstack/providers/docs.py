@@ -21,7 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from dstack import builtin_providers, providers
-from dstack.providers.common import BuiltinProvider
+from dstack.providers.common import ALIAS_OF, BuiltinProvider
 from dstack.sdk.schemas import load_document, resolve_pointer
 
 #: Where the pages go: ``docs/providers`` of the repository that holds the ``providers`` package.
@@ -163,12 +163,25 @@ def type_name(node: dict[str, Any], root: Optional[dict[str, Any]] = None) -> st
 
 
 def _rows(node: dict[str, Any], root: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, bool, str, str]]:
-    required = set(node.get("required") or [])
+    required = _required(node)
     for key, prop in (node.get("properties") or {}).items():
         prop = _resolve(prop, root)
         yield prefix + key, key in required, type_name(prop, root), _description(prop)
         for form in _object_forms(prop, root):
             yield from _rows(form, root, f"{prefix}{key}.")
+    for pattern, prop in (node.get("patternProperties") or {}).items():  # named by their `x-name`
+        prop = _resolve(prop, root)
+        yield prefix + str(prop.get("x-name", pattern)), False, type_name(prop, root), _description(prop)
+
+
+def _required(node: dict[str, Any]) -> set[str]:
+    """The parameters ``node`` requires: those of ``required``, and those it requires unless one of their
+    older names (``x-alias-of``) is given (``if: {not: ...older names...}, then: {required: [file]}``)."""
+    required = set(node.get("required") or [])
+    aliased = {prop.get(ALIAS_OF) for prop in (node.get("properties") or {}).values() if isinstance(prop, dict)}
+    if isinstance(node.get("if"), dict) and "not" in node["if"]:
+        required |= set((node.get("then") or {}).get("required") or []) & aliased
+    return required
 
 
 def _object_forms(node: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:

@@ -144,7 +144,7 @@ def test_bad_command_lines_name_the_problem(argv: list[str], message: str) -> No
 
 
 def test_parameter_problems_name_the_parameter_and_say_what_it_is() -> None:
-    problem = builtin_providers.parameter_problem("python", {"file": "t.py", "version": 3.1})
+    problem = builtin_providers.parameter_problem("python", {"file": "t.py", "version": 3})
     assert problem is not None and problem.field == "version"
     assert "quote it" in problem.message
     problem = builtin_providers.parameter_problem("bash", {"commands": ["x"], "comands": ["y"]})
@@ -153,3 +153,146 @@ def test_parameter_problems_name_the_parameter_and_say_what_it_is() -> None:
     problem = builtin_providers.parameter_problem("bash", {"commands": ["x"], "resources": {"gpu": {"count": 0}}})
     assert problem is not None and problem.field == "resources.gpu.count"
     assert builtin_providers.parameter_problem("bash", {"commands": ["x"], "resources": RESOURCES}) is None
+
+
+# --------------------------------------------------------------------------- early dstack's spellings
+
+
+def jobs_and_cli(name: str, data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The jobs the provider's container creates, after checking that the CLI accepts ``data`` too."""
+    assert builtin_providers.parameter_problem(name, data) is None
+    return create_jobs(name, data, tmp_path, monkeypatch)
+
+
+def container_refusal(name: str, data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Why the provider's container refuses ``data``."""
+    with pytest.raises(SystemExit):
+        create_jobs(name, data, tmp_path, monkeypatch)
+    return str(json.loads((tmp_path / "error.json").read_text())["reason"])
+
+
+@pytest.mark.parametrize("old", ["script", "python_script"])
+def test_python_script_and_script_are_file(old: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [job] = jobs_and_cli("python", {old: "train.py", "args": ["--lr", 1]}, tmp_path, monkeypatch)
+    assert job["commands"] == ["python3 train.py --lr 1"]
+    [job] = jobs_and_cli("python", {"file": "train.py", old: "train.py"}, tmp_path, monkeypatch)  # the same: fine
+    assert job["commands"] == ["python3 train.py"]
+
+
+def test_python_is_version_and_a_version_may_be_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [job] = jobs_and_cli("python", {"file": "t.py", "python": 3.9}, tmp_path, monkeypatch)
+    assert job["image"] == "python:3.9"
+    [job] = jobs_and_cli("python", {"file": "t.py", "version": 3.12}, tmp_path, monkeypatch)
+    assert job["image"] == "python:3.12"
+    [job] = jobs_and_cli("python", {"file": "t.py", "version": "3.9", "python": 3.9}, tmp_path, monkeypatch)
+    assert job["image"] == "python:3.9"
+    assert builtin_providers.parameter_notes("python", {"file": "t.py", "python": 3.9}) == []
+
+
+def test_yaml_3_1_is_taken_as_3_10_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("version", "python"):
+        [job] = jobs_and_cli("python", {"file": "t.py", key: 3.1}, tmp_path / key, monkeypatch)
+        assert job["image"] == "python:3.10"
+        assert builtin_providers.parameter_notes("python", {"file": "t.py", key: 3.1}) == [
+            (key, "3.1 read as 3.10; quote it: '3.10'")]
+    [job] = jobs_and_cli("python", {"file": "t.py", "version": "3.1"}, tmp_path / "text", monkeypatch)
+    assert job["image"] == "python:3.1"  # text is taken as written
+    assert builtin_providers.parameter_notes("python", {"file": "t.py", "version": "3.10"}) == []
+
+
+def test_the_cli_warns_of_3_1_naming_the_file_line_and_field(tmp_path: Path) -> None:
+    from dstack.errors import ConfigWarning
+    from dstack.planning import plan_run
+    from dstack.project import load_project
+    (tmp_path / ".dstack").mkdir()
+    (tmp_path / ".dstack" / "workflows.yaml").write_text(
+        "workflows:\n  - name: train\n    provider: python\n    file: t.py\n    version: 3.10\n")
+    with pytest.warns(ConfigWarning) as caught:
+        [spec] = plan_run(load_project(tmp_path), "train")
+    assert [str(w.message) for w in caught] == [
+        ".dstack/workflows.yaml:5 (workflows.train.version): 3.1 read as 3.10; quote it: '3.10'"]
+    assert spec.data["version"] == 3.1  # the provider reads it as the CLI did
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"file": "a.py", "script": "b.py"},
+     "'file' and 'script' both give the file ('a.py' and 'b.py'); keep one: 'file'"),
+    ({"python_script": "a.py", "script": "b.py"}, "'python_script' and 'script' both give the file"),
+    ({"file": "a.py", "version": "3.9", "python": 3.11},
+     "'version' and 'python' both give the version ('3.9' and '3.11'); keep one: 'version'"),
+])
+def test_a_parameter_given_twice_differently_is_refused(data: dict[str, Any], message: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = builtin_providers.parameter_problem("python", data)
+    assert problem is not None and message in problem.message
+    assert problem.field == list(data)[-1]  # the second of the two, where the line is
+    assert message in container_refusal("python", data, tmp_path, monkeypatch)
+
+
+def test_old_names_are_not_offered_as_suggestions() -> None:
+    problem = builtin_providers.parameter_problem("python", {"file": "t.py", "pyton": "3.9"})
+    assert problem is not None and "did you mean" not in problem.message and "python_script" not in problem.message
+    problem = builtin_providers.parameter_problem("python", {})
+    assert problem is not None and problem.field == "file" and "'file' is required" in problem.message
+
+
+def test_bash_takes_a_python_version_and_requirements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [job] = jobs_and_cli("bash", {"commands": ["python3 run.py"], "python": 3.9, "requirements": "req.txt",
+                                  "before_run": ["echo first"]}, tmp_path, monkeypatch)
+    assert job["image"] == "python:3.9"
+    first, install, run = job["commands"]
+    assert first == "echo first" and install.endswith("-r req.txt") and run == "python3 run.py"
+    [job] = jobs_and_cli("bash", {"commands": ["ls"], "version": "3.11"}, tmp_path / "v", monkeypatch)
+    assert job["image"] == "python:3.11" and job["commands"] == ["ls"]
+    [workflow] = plan_builtin_run("bash", ["--version", "3.9", "-r", "req.txt", "-c", "ls"])
+    assert workflow.data == {"commands": ["ls"], "version": "3.9", "requirements": "req.txt"}
+
+
+def test_docker_ports_may_be_a_list_of_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [job] = jobs_and_cli("docker", {"image": "nginx", "ports": [8080, 9090]}, tmp_path, monkeypatch)
+    assert job["ports"] == [8080, 9090]
+    problem = builtin_providers.parameter_problem("docker", {"image": "nginx", "ports": [8080, 8080]})
+    assert problem is not None and problem.field == "ports"
+    problem = builtin_providers.parameter_problem("docker", {"image": "nginx", "ports": [0]})
+    assert problem is not None and problem.field == "ports[0]"
+
+
+def test_torchrun_script_is_file_and_nnodes_is_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = jobs_and_cli("torchrun", {"script": "train.py", "nodes": 2}, tmp_path, monkeypatch)
+    assert len(jobs) == 2 and jobs[0]["commands"][-1].endswith(" train.py")
+    [workflow] = plan_builtin_run("torchrun", ["--nnodes", "3", "train.py"])
+    assert workflow.data == {"file": "train.py", "nodes": 3}
+
+
+@pytest.mark.parametrize("name, own", [("bash", {"commands": ["x"]}), ("docker", {"image": "i"}),
+                                       ("python", {"file": "t.py"}), ("curl", {"url": "http://x/a", "output": "a"}),
+                                       ("torchrun", {"file": "t.py"}), ("tensorboard", {"logdir": "runs"})])
+def test_resources_interruptible_and_model_gpu(name: str, own: dict[str, Any], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    resources = {"interruptible": True, "K80/gpu": 4, "memory": "1GB"}
+    [job, *_] = jobs_and_cli(name, {**own, "resources": resources}, tmp_path, monkeypatch)
+    assert job["resources"]["interruptible"] is True
+    assert (job["resources"]["gpu_count"], job["resources"]["gpu_name"]) == (4, "K80")
+    assert job["resources"]["memory_mib"] == 1024
+
+
+@pytest.mark.parametrize("resources, message", [
+    ({"K80/gpu": 4, "gpu": 1}, "'K80/gpu' and 'gpu' both say which GPUs the job needs; keep one, "
+                               "e.g. gpu: {count: 4, name: K80}"),
+    ({"K80/gpu": 4, "V100/gpu": 2}, "'K80/gpu' and 'V100/gpu' both say which GPUs"),
+])
+def test_model_gpu_beside_gpu_is_refused(resources: dict[str, Any], message: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = builtin_providers.parameter_problem("bash", {"commands": ["x"], "resources": resources})
+    assert problem is not None and problem.field == "resources" and message in problem.message
+    assert message in container_refusal("bash", {"commands": ["x"], "resources": resources}, tmp_path, monkeypatch)
+
+
+def test_interruptible_names_no_queue_and_changes_no_placement() -> None:
+    from dstack.messages import Inventory, Resources, from_dict
+    from dstack.names import DEFAULT_TASK_QUEUE, task_queue
+    from dstack.placement import fits
+    assert task_queue(Resources(interruptible=True)) == DEFAULT_TASK_QUEUE
+    assert task_queue(Resources(gpu_count=1, interruptible=True)) == task_queue(Resources(gpu_count=1))
+    assert fits(Resources(cpu=1, interruptible=True), Inventory(cpu=2, memory_mib=1024)) == []
+    assert from_dict(Resources, {"cpu": 1.0, "gpu_count": 0}) == Resources(cpu=1.0)  # a message of before

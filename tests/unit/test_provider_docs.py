@@ -26,6 +26,7 @@ KEYWORDS = {
     "additionalItems", "maxItems", "minItems", "uniqueItems", "contains", "maxProperties", "minProperties",
     "required", "properties", "patternProperties", "additionalProperties", "dependencies", "propertyNames",
     "if", "then", "else", "allOf", "anyOf", "oneOf", "not", "definitions",
+    "x-alias-of", "x-name",  # an older name of a parameter; the name a pattern's parameters are shown by
 }
 
 

@@ -72,7 +72,7 @@ def test_a_report_is_answered_with_the_queues_that_hold_tasks(h: Harness) -> Non
     answer = report(h, "w1")
     assert answer == {"stop": [], "queues": [{"queue": A100_QUEUE, "needs": {
         "cpu": None, "memory_mib": None, "shm_size_mib": None, "gpu_count": 1, "gpu_name": "A100",
-        "gpu_memory_mib": None}}]}
+        "gpu_memory_mib": None, "interruptible": False}}]}
     h.start("train.0")
     assert [q["queue"] for q in report(h, "w1")["queues"]] == [A100_QUEUE]  # one still queued
     h.start("train.1")
@@ -102,6 +102,11 @@ def test_a_queue_that_empties_and_fills_again_is_pushed_again(h: Harness) -> Non
     mark = len(h.sent)
     h.finish("train.0")  # releases train.1 onto the same queue
     assert pushed(h, mark) == [(worker_queue("w1"), QueueOpened(A100_QUEUE, A100))]
+
+
+def test_an_interruptible_job_with_no_other_need_needs_nothing_in_particular(h: Harness) -> None:
+    h.provider_creates([spec("spot", resources=Resources(interruptible=True))])
+    assert job_view(h, "train.0")["reason"] == "waiting for a worker: none is live"
 
 
 def test_a_job_that_fits_no_live_worker_says_so(h: Harness) -> None:

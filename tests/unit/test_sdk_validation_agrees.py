@@ -160,6 +160,9 @@ TABLE: list[tuple[Any, list[Any]]] = [
     ({"type": "string", "title": "T", "description": "D", "default": 3, "examples": [1], "$comment": "c",
       "deprecated": True, "readOnly": True, "writeOnly": True, "x-ui": {"widget": "tabs"}},
      ["s", 1]),
+    ({"properties": {"script": {"type": "string", "x-alias-of": "file"}},  # the built-in providers' notes
+      "patternProperties": {"^[^/]+/gpu$": {"type": "integer", "x-name": "MODEL/gpu"}}},
+     [{"script": "t.py", "K80/gpu": 4}, {"script": 1}, {"K80/gpu": "four"}]),
     ({"$schema": "http://json-schema.org/draft-07/schema#", "$id": "https://example.com/s.json",
       "definitions": {"n": {"type": "integer"}}, "properties": {"n": {"$ref": "#/definitions/n"}}},
      [{"n": 1}, {"n": "x"}]),

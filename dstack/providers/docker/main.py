@@ -4,7 +4,7 @@ import shlex
 from typing import Any
 
 from dstack import Job
-from dstack.providers.common import BuiltinProvider, given
+from dstack.providers.common import BuiltinProvider, given, job_ports
 
 
 class DockerProvider(BuiltinProvider):
@@ -13,7 +13,7 @@ class DockerProvider(BuiltinProvider):
                "(without a command, the image's own).")
 
     def create_jobs(self) -> list[Job]:
-        return [self.job(self.data["image"], self.data.get("commands", []), ports=[0] * self.data.get("ports", 0))]
+        return [self.job(self.data["image"], self.data.get("commands", []), ports=job_ports(self.data.get("ports")))]
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -36,7 +36,8 @@ class TorchrunProvider(BuiltinProvider):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--nodes", type=int, metavar="COUNT", help="how many nodes run the script (default 1)")
+        parser.add_argument("--nodes", "--nnodes", type=int, metavar="COUNT",
+                            help="how many nodes run the script (default 1); --nnodes is torchrun's name for it")
         add_script_arguments(parser)
 
     @classmethod
