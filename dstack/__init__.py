@@ -4,7 +4,19 @@ This package is the CLI and the shared core; importing it stays cheap and standa
 only, because it is also what ``from dstack import Provider, Job`` reaches inside provider
 containers.
 """
-from dstack.sdk import GPU, App, Job, Provider, ResourceRequirements, Retry, Workflow
+from dstack.sdk import (
+    GPU,
+    App,
+    Gpu,
+    GpuResourceRequirements,
+    Job,
+    Provider,
+    ResourceRequirements,
+    Resources,
+    Retry,
+    Workflow,
+)
 
-__all__ = ["App", "GPU", "Job", "Provider", "ResourceRequirements", "Retry", "Workflow"]
+__all__ = ["App", "GPU", "Job", "Provider", "ResourceRequirements", "Retry", "Workflow",
+           "Gpu", "GpuResourceRequirements", "Resources"]  # early dstack's names
 __version__ = "0.1.0"

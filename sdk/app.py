@@ -1,7 +1,7 @@
 """An :class:`App`: a web application a job serves on one of its ports."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 
 class App:
@@ -12,10 +12,23 @@ class App:
         port_index: which of the job's ports it listens on (``JOB_PORT_<port_index>``).
         url_path: the path of its page, e.g. ``"/lab"``.
         url_query_params: query parameters of its page, e.g. ``{"token": "..."}``.
+        app_name: early dstack's name of ``name`` (give one of the two).
+
+    Early dstack's order, ``App(port_index, app_name, url_path, url_query_params)``, works too:
+    ``App(0, "tensorboard")`` is ``App("tensorboard", 0)`` (a number first is a port index).
     """
 
-    def __init__(self, name: str, port_index: int = 0, url_path: str = "",
-                 url_query_params: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, name: Union[str, int, None] = None, port_index: Union[int, str, None] = None,
+                 url_path: str = "", url_query_params: Optional[Dict[str, str]] = None,
+                 app_name: Optional[str] = None) -> None:
+        if isinstance(name, int) and not isinstance(name, bool):  # early order: (port_index, app_name, ...)
+            name, port_index = port_index, name
+        if app_name is not None:
+            if name is not None and name != app_name:
+                raise ValueError(f"App(name={name!r}, app_name={app_name!r}): app_name is the older name of "
+                                 "name and the two differ; give name only")
+            name = app_name
+        port_index = 0 if port_index is None else port_index
         if not isinstance(name, str) or not name:
             raise ValueError("App(name=...) must be a non-empty string")
         if not isinstance(port_index, int) or isinstance(port_index, bool) or port_index < 0:

@@ -13,10 +13,10 @@ class Job:
 
     Args:
         image: the Docker image.
-        commands: shell commands, run in order as ``/bin/sh -c 'c1 && c2'``; none runs the image's
-            own command (its ENTRYPOINT and CMD).
+        commands: shell commands, run in order as ``/bin/sh -c 'c1 && c2'``; none (or leaving them
+            out) runs the image's own command (its ENTRYPOINT and CMD).
         ports: ports the container opens; ``0`` asks for any free port. The ports actually used
-            reach the job as ``JOB_PORT_<i>`` and are shown by ``dstack status``.
+            reach the job as ``JOB_PORT_<i>`` (and ``PORT_<i>``) and are shown by ``dstack status``.
         working_dir: folder to run in, relative to the project root (the default).
         artifacts: folders, relative to the project root, uploaded when the job ends.
         resources: CPUs, memory and GPUs the job needs.
@@ -28,21 +28,27 @@ class Job:
         max_duration: how long the job may run, e.g. ``"2h"``; it is stopped and fails past it
             (default: as its workflow's ``max_duration`` says, else no limit).
         apps: web applications the job serves on its ports; ``dstack status`` shows their URLs.
+        image_name: early dstack's name of ``image`` (give one of the two).
+        port_count: early dstack's way to ask for ports: ``port_count=2`` is ``ports=[0, 0]``, two
+            free ports. Beside ``ports`` it must equal their number.
     """
 
-    def __init__(self, image: str, commands: List[str], ports: Optional[List[int]] = None,
+    def __init__(self, image: Optional[str] = None, commands: Optional[List[str]] = None,
+                 ports: Optional[List[int]] = None,
                  working_dir: Optional[str] = None, artifacts: Optional[List[str]] = None,
                  resources: Optional[ResourceRequirements] = None,
                  depends_on: Optional[List[Job]] = None, master: Optional[Job] = None,
                  environment: Optional[Dict[str, str]] = None, retry: Optional[Retry] = None,
-                 max_duration: Union[str, int, float, None] = None, apps: Optional[List[App]] = None) -> None:
+                 max_duration: Union[str, int, float, None] = None, apps: Optional[List[App]] = None,
+                 image_name: Optional[str] = None, port_count: Optional[int] = None) -> None:
+        image = _one_image(image, image_name)
         if not isinstance(image, str) or not image:
             raise ValueError("Job(image=...) must be a non-empty image name")
         if isinstance(commands, str) or not all(isinstance(c, str) for c in commands or []):
             raise ValueError("Job(commands=...) must be a list of strings")
         self.image = image
         self.commands = list(commands or [])
-        self.ports = [int(p) for p in ports or []]
+        self.ports = _ports(ports, port_count)
         self.working_dir = working_dir or ""
         self.artifacts = list(artifacts or [])
         self.resources = resources or ResourceRequirements()
@@ -63,6 +69,37 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job(image={self.image!r}, commands={self.commands!r})"
+
+
+def _one_image(image: Optional[str], image_name: Optional[str]) -> Optional[str]:
+    """``image``, or early dstack's ``image_name`` for it; both are refused unless they agree."""
+    if image_name is None:
+        return image
+    if image is not None and image != image_name:
+        raise ValueError(f"Job(image={image!r}, image_name={image_name!r}): image_name is the older name of "
+                         "image and the two differ; give image only")
+    return image_name
+
+
+def _ports(ports: Optional[List[int]], port_count: Optional[int]) -> List[int]:
+    """The job's ports: ``ports`` (``0``: any free port), or ``port_count`` free ports.
+
+    Raises:
+        ValueError: a port is not a number, ``port_count`` is not a whole number >= 0, or ``ports``
+            lists some ports and ``port_count`` says another number of them.
+    """
+    listed = [int(p) for p in ports or []]
+    if port_count is None:
+        return listed
+    if not isinstance(port_count, int) or isinstance(port_count, bool) or port_count < 0:
+        raise ValueError(f"Job(port_count=...) must be a whole number >= 0, not {port_count!r}")
+    if not listed:
+        return [0] * port_count
+    if len(listed) != port_count:
+        raise ValueError(f"Job(ports={listed!r}, port_count={port_count}): ports lists {len(listed)} port(s), "
+                         f"port_count asks for {port_count}; give ports only (0 for any free port, e.g. "
+                         f"ports={[0] * port_count!r}) or port_count only")
+    return listed
 
 
 def jobs_to_dicts(jobs: List[Job]) -> List[Dict[str, Any]]:

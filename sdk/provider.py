@@ -13,12 +13,15 @@ import sys
 from typing import Any, List, NoReturn, Optional
 
 from .job import Job, jobs_to_dicts
+from .resources import ResourceRequirements
 from .schemas import load_schema
 from .validation import SchemaError, validate
 from .workflow import Workflow
 
 #: Environment variable naming the folder where the provider writes its result.
 OUTPUT_DIR_ENV = "DSTACK_PROVIDER_OUTPUT"
+#: Environment variable naming the project's root folder in the provider's container.
+PROJECT_DIR_ENV = "DSTACK_PROJECT_DIR"
 #: Exit code of a provider whose input or output dstack refused.
 INVALID_EXIT_CODE = 2
 
@@ -28,8 +31,11 @@ class Provider:
 
     Args:
         schema: path of a JSON Schema (YAML or JSON) for ``self.workflow.data``. A relative
-            path is resolved next to the file of the provider's module. When the data breaks
-            the schema, the run fails with the field and the rule, and no job is created.
+            path is resolved next to the file of the provider's module; when no such file is
+            there, in the provider's working folder, then in the project's root
+            (``DSTACK_PROJECT_DIR``), as early dstack's ``schema="providers/x/schema.yaml"`` was
+            written. When the data breaks the schema, the run fails with the field and the rule,
+            and no job is created.
     """
 
     def __init__(self, schema: Optional[str] = None) -> None:
@@ -57,15 +63,31 @@ class Provider:
         self._write("jobs.json", {"jobs": payload})
         print(f"dstack: {self.workflow.name}: created {len(jobs)} job(s)", flush=True)
 
+    def _resources(self) -> Optional[ResourceRequirements]:
+        """The workflow's ``resources`` parameter as :class:`ResourceRequirements` (``None`` when it
+        has none), as early dstack's providers read it; a wrong value ends the provider with the reason."""
+        data = self.workflow.data.get("resources")
+        if not data:
+            return None
+        try:
+            return ResourceRequirements.from_dict(data, f"workflow '{self.workflow.name}': resources")
+        except ValueError as e:
+            self._fail(str(e))
+
     # --------------------------------------------------------------- internals
 
     def _resolve(self, schema: str) -> str:
+        """The schema's file: ``schema`` itself when absolute, else the first that exists of it
+        next to the provider's module, in the working folder and in ``DSTACK_PROJECT_DIR``
+        (the first of them when none does, so that the error names where it was looked for)."""
         if os.path.isabs(schema):
             return schema
         module = sys.modules.get(type(self).__module__)
         module_file = getattr(module, "__file__", None)
-        base = os.path.dirname(os.path.abspath(module_file)) if module_file else os.getcwd()
-        return os.path.join(base, schema)
+        bases = [os.path.dirname(os.path.abspath(module_file))] if module_file else []
+        bases += [os.getcwd(), os.environ.get(PROJECT_DIR_ENV, "")]
+        candidates = [os.path.join(base, schema) for base in bases if base]
+        return next((path for path in candidates if os.path.isfile(path)), candidates[0])
 
     def _check_schema(self, path: str) -> None:
         shown = os.path.relpath(path)
@@ -76,6 +98,8 @@ class Provider:
         try:
             validate(self.workflow.data, schema)
         except SchemaError as e:
+            if not e.violations:  # the schema itself is refused (check_schema), not the workflow
+                self._fail(f"the provider's schema {shown} is invalid: {e}")
             self._fail(f"workflow '{self.workflow.name}' does not match the schema of provider "
                        f"'{self.workflow.provider}' ({shown}): {e}")
 

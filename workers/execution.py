@@ -181,9 +181,10 @@ class Execution(abc.ABC):
                          hide=self._hidden())
 
     def _base_env(self) -> dict[str, str]:
+        """What every task's container gets; ``HOSTNAME`` is early dstack's name of ``JOB_HOSTNAME``."""
         return {**self.context.container_env, "RUN_NAME": self.task.run_name, "JOB_ID": self.task.task_id,
                 "JOB_ATTEMPT": str(self.task.attempt),
-                "PYTHONUNBUFFERED": "1", "JOB_HOSTNAME": self.context.hostname}
+                "PYTHONUNBUFFERED": "1", "JOB_HOSTNAME": self.context.hostname, "HOSTNAME": self.context.hostname}
 
     def _mounts(self) -> list[tuple[str, str, bool]]:
         """The task's project folder, and what the worker mounts into every container."""
@@ -390,10 +391,12 @@ class JobExecution(Execution):
         if not self.ports:
             chosen = iter(self.context.ports.take(job.ports.count(0)))
             self.ports = [port or next(chosen) for port in job.ports]
-        env = {**self._base_env(), **{f"JOB_PORT_{i}": str(p) for i, p in enumerate(self.ports)}}
+        env = {**self._base_env(), **_ports_env("JOB_PORT_", self.ports), **_ports_env("PORT_", self.ports)}
         if task.master:
             env["MASTER_JOB_HOSTNAME"] = task.master.hostname
-            env.update({f"MASTER_JOB_PORT_{i}": str(p) for i, p in enumerate(task.master.ports)})
+            env.update(_ports_env("MASTER_JOB_PORT_", task.master.ports))
+        if job.master:
+            env["MASTER_JOB_ID"] = job.master
         env.update(task.secrets)
         env.update(job.env)
         gpu_ids = self.allocation.gpu_ids if self.allocation else []
@@ -420,6 +423,12 @@ class JobExecution(Execution):
         except (DstackError, OSError) as e:
             return f"uploading artifacts failed: {e}"
         return None
+
+
+def _ports_env(prefix: str, ports: list[int]) -> dict[str, str]:
+    """``{PREFIX0: port, PREFIX1: ...}``: a job's ports as environment variables (``PORT_<i>`` is early
+    dstack's name of ``JOB_PORT_<i>``)."""
+    return {f"{prefix}{i}": str(port) for i, port in enumerate(ports)}
 
 
 class _Ticker:

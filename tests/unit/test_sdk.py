@@ -120,8 +120,8 @@ def test_from_dict() -> None:
     assert ResourceRequirements.from_dict({}).to_dict()["gpu_count"] == 0
     with pytest.raises(ValueError, match=r"^resources.gpu: unknown key\(s\) cnt; the keys are count, name, memory$"):
         ResourceRequirements.from_dict({"gpu": {"cnt": 1}})
-    with pytest.raises(ValueError,
-                       match=r"^resources: unknown key\(s\) gpus; the keys are cpu, memory, gpu, shm_size$"):
+    with pytest.raises(ValueError, match=r"^resources: unknown key\(s\) gpus; "
+                                         r"the keys are cpu, memory, gpu, shm_size, interruptible$"):
         ResourceRequirements.from_dict({"gpus": 1})
     with pytest.raises(ValueError, match=r"^jobs\[0\].resources: memory must be a size like '16GB'"):
         ResourceRequirements.from_dict({"memory": "lots"}, where="jobs[0].resources")
@@ -215,7 +215,7 @@ def full_job() -> Any:
     job = Job(image="pytorch:2", commands=["pip install -r r.txt", "python train.py"], ports=[0, 6006],
               working_dir="src", artifacts=["out", "ckpt"],
               resources=ResourceRequirements(cpu=1.5, memory="2GB", gpu=GPU(2, name="A100", memory="40GB"),
-                                             shm_size="1GB"),
+                                             shm_size="1GB", interruptible=True),
               depends_on=[upstream], master=master, environment={"A": "1", "B": "two"}, retry=Retry(4, "1m"),
               max_duration="2h", apps=[App("board", port_index=1, url_path="/lab", url_query_params={"t": "x"})])
     return [upstream, master, job]
@@ -229,7 +229,7 @@ def test_every_job_field_reaches_the_worker_as_a_jobspec() -> None:
         job_id="2", image="pytorch:2", commands=["pip install -r r.txt", "python train.py"], working_dir="src",
         ports=[0, 6006], artifacts=["out", "ckpt"],
         resources=Resources(cpu=1.5, memory_mib=2048, shm_size_mib=1024, gpu_count=2, gpu_name="A100",
-                            gpu_memory_mib=40960),
+                            gpu_memory_mib=40960, interruptible=True),
         depends_on=["0"], master="1", env={"A": "1", "B": "two"}, retry=RetryPolicy(limit=4, backoff_s=60.0),
         max_duration_s=7200.0, apps=[AppSpec(name="board", port_index=1, url_path="/lab", url_query_params={"t": "x"})])
     # every field was set to something else than its default, so none can be dropped unnoticed
@@ -507,3 +507,222 @@ def test_schema_file_written_in_a_subfolder_of_the_module(tmp_path: Path, monkey
     with pytest.raises(SystemExit):
         module.P()
     assert "field 'n'" in json.loads((output_dir / "error.json").read_text())["reason"]
+
+
+# ----------------------------------------------------------------------------- early dstack's spellings
+
+
+def test_early_names_are_exported_by_dstack_and_the_sdk() -> None:
+    from dstack import Gpu, GpuResourceRequirements, Resources
+    assert Resources is ResourceRequirements and dstack.sdk.Resources is ResourceRequirements
+    assert GpuResourceRequirements is Gpu and issubclass(Gpu, GPU)
+    assert {"Resources", "Gpu", "GpuResourceRequirements"} <= set(dstack.__all__) & set(dstack.sdk.__all__)
+
+
+def test_gpu_takes_early_dstacks_order_count_memory_name() -> None:
+    gpu = dstack.Gpu(2, "16GB", "V100")
+    assert isinstance(gpu, GPU) and (gpu.count, gpu.memory_mib, gpu.name) == (2, 16384, "V100")
+    resources = dstack.Resources(cpu=4, memory="8GB", gpu=dstack.Gpu(1, name="K80"))
+    assert resources.to_dict() == ResourceRequirements(cpu=4, memory="8GB", gpu=GPU(1, name="K80")).to_dict()
+    assert dstack.GpuResourceRequirements(3).count == 3
+
+
+def test_gpu_with_a_model_second_says_the_order() -> None:
+    with pytest.raises(ValueError, match=r"Gpu\(count, memory, name\) takes the memory second.*"
+                                         r"write Gpu\(1, name='A100'\)"):
+        dstack.Gpu(1, "A100")
+
+
+def test_job_image_name_is_image() -> None:
+    assert Job(image_name="alpine", commands=["true"]).image == "alpine"
+    assert Job(image="alpine", image_name="alpine").image == "alpine"  # the same twice is no conflict
+
+
+def test_job_image_and_a_different_image_name_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"Job\(image='alpine', image_name='ubuntu'\): image_name is the older "
+                                         r"name of image and the two differ; give image only"):
+        Job(image="alpine", image_name="ubuntu")
+
+
+def test_job_without_image_nor_image_name() -> None:
+    with pytest.raises(ValueError, match="non-empty image name"):
+        Job(commands=["true"])
+
+
+def test_job_commands_may_be_left_out() -> None:
+    job = Job(image_name="nginx")
+    assert job.commands == [] and jobs_to_dicts([job])[0]["commands"] == []  # the image's own command runs
+    assert Job(image="nginx", commands=None).commands == []
+
+
+@pytest.mark.parametrize("ports,port_count,expected", [
+    (None, 2, [0, 0]), ([], 1, [0]), (None, 0, []), ([8080, 0], 2, [8080, 0]), ([6006], None, [6006]),
+    (None, None, []),
+])
+def test_job_port_count_asks_for_free_ports(ports: Any, port_count: Any, expected: list) -> None:
+    job = Job(image="alpine", ports=ports, port_count=port_count)
+    assert job.ports == expected and jobs_to_dicts([job])[0]["ports"] == expected
+
+
+def test_job_ports_and_a_different_port_count_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"Job\(ports=\[8080\], port_count=2\): ports lists 1 port\(s\), "
+                                         r"port_count asks for 2; give ports only \(0 for any free port, e.g. "
+                                         r"ports=\[0, 0\]\) or port_count only"):
+        Job(image="alpine", ports=[8080], port_count=2)
+
+
+@pytest.mark.parametrize("bad", [-1, "2", 1.5, True])
+def test_job_bad_port_count(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"Job\(port_count=...\) must be a whole number >= 0"):
+        Job(image="alpine", port_count=bad)
+
+
+def test_job_with_port_count_serves_apps() -> None:
+    job = Job(image="python:3.11", port_count=1, apps=[App(port_index=0, app_name="lab", url_path="lab")])
+    assert jobs_to_dicts([job])[0]["apps"] == [{"name": "lab", "port_index": 0, "url_path": "/lab",
+                                                "url_query_params": {}}]
+
+
+@pytest.mark.parametrize("app", [
+    App(0, "tensorboard"), App(0, "tensorboard", "", None), App(port_index=0, app_name="tensorboard"),
+    App("tensorboard", 0), App("tensorboard"), App(name="tensorboard", port_index=0), App(0, app_name="tensorboard"),
+    App(name="tensorboard", app_name="tensorboard"),
+], ids=["old-positional", "old-positional-all", "old-keywords", "new-positional", "new-default-port",
+        "new-keywords", "old-port-keyword-name", "both-names-equal"])
+def test_app_early_and_current_signatures(app: App) -> None:
+    assert (app.name, app.port_index) == ("tensorboard", 0)
+
+
+def test_app_early_order_with_all_arguments() -> None:
+    app = App(1, "lab", "lab", {"token": "t"})
+    assert app.to_dict() == {"name": "lab", "port_index": 1, "url_path": "/lab", "url_query_params": {"token": "t"}}
+    assert App("lab", 1, "lab", {"token": "t"}).to_dict() == app.to_dict()
+
+
+def test_app_name_and_a_different_app_name_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"App\(name='a', app_name='b'\): app_name is the older name of name and "
+                                         r"the two differ; give name only"):
+        App(name="a", app_name="b")
+
+
+@pytest.mark.parametrize("args,kwargs", [((0,), {}), ((), {}), ((0, 1), {})])
+def test_app_without_a_name_is_refused(args: tuple, kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="App"):
+        App(*args, **kwargs)
+
+
+OLD_PROVIDER_MODULE = '''
+from dstack import App, Gpu, Job, Provider, Resources
+
+
+class OldProvider(Provider):
+    def __init__(self):
+        super().__init__(schema="providers/old/schema.yaml")
+
+    def create_jobs(self):
+        resources = self._resources() or Resources()
+        return [Job(image_name="python:3.11", commands=["serve"], port_count=1, resources=resources,
+                    apps=[App(0, "board")]),
+                Job(image_name="python:3.11", resources=Resources(gpu=Gpu(1, "8GB")))]
+'''
+
+
+def load_module(path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def old_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project with early dstack's provider layout; the provider runs from elsewhere, as in its container."""
+    project = tmp_path / "project"
+    (project / "providers" / "old").mkdir(parents=True)
+    (project / "providers" / "old" / "main.py").write_text(OLD_PROVIDER_MODULE)
+    (project / "providers" / "old" / "schema.yaml").write_text(
+        "type: object\nadditionalProperties: false\nproperties:\n  resources: {type: object}\n  n: {type: integer}\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DSTACK_PROJECT_DIR", str(project))
+    return project
+
+
+def test_schema_relative_to_the_project_root(old_project: Path, output_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_module(old_project / "providers" / "old" / "main.py", "dstack_test_old_provider", monkeypatch)
+    set_workflow(tmp_path, monkeypatch, {"n": 1, "resources": {"cpu": 2, "memory": "1GB"}})
+    module.OldProvider().start()
+    first, second = json.loads((output_dir / "jobs.json").read_text())["jobs"]
+    assert (first["image"], first["ports"], first["apps"][0]["name"]) == ("python:3.11", [0], "board")
+    assert (first["resources"]["cpu"], first["resources"]["memory_mib"]) == (2.0, 1024)
+    assert (second["commands"], second["resources"]["gpu_count"], second["resources"]["gpu_memory_mib"]) == (
+        [], 1, 8192)
+    (output_dir / "jobs.json").unlink()
+    set_workflow(tmp_path, monkeypatch, {"n": "one"})
+    with pytest.raises(SystemExit):
+        module.OldProvider()
+    reason = read_error(output_dir)
+    assert "does not match the schema" in reason and "field 'n'" in reason
+    assert str(Path("providers") / "old" / "schema.yaml") in reason
+
+
+def test_schema_relative_to_the_working_folder(old_project: Path, output_dir: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DSTACK_PROJECT_DIR")
+    monkeypatch.chdir(old_project)  # a provider of another repository runs in its checkout
+    module = load_module(old_project / "providers" / "old" / "main.py", "dstack_test_old_provider", monkeypatch)
+    set_workflow(tmp_path, monkeypatch, {"n": 2})
+    module.OldProvider().start()
+    assert len(json.loads((output_dir / "jobs.json").read_text())["jobs"]) == 2
+
+
+def test_schema_next_to_the_module_wins(old_project: Path, output_dir: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    beside = old_project / "providers" / "old" / "providers" / "old"
+    beside.mkdir(parents=True)
+    (beside / "schema.yaml").write_text("type: object\nrequired: [beside]\n")
+    module = load_module(old_project / "providers" / "old" / "main.py", "dstack_test_old_provider", monkeypatch)
+    set_workflow(tmp_path, monkeypatch, {"n": 1})
+    with pytest.raises(SystemExit):
+        module.OldProvider()
+    assert "beside" in read_error(output_dir)
+
+
+def test_schema_found_nowhere(old_project: Path, output_dir: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    set_workflow(tmp_path, monkeypatch, {})
+    with pytest.raises(SystemExit):
+        Provider(schema="providers/nope/schema.yaml")
+    reason = read_error(output_dir)
+    assert "cannot read the provider's schema" in reason and "nope" in reason
+
+
+def test_an_invalid_schema_is_reported_as_the_providers_fault(provider_module: ModuleType, output_dir: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = tmp_path / "bad_schema.yaml"
+    schema.write_text("type: object\nproperties:\n  n: {type: integer, requird: true}\n")
+    set_workflow(tmp_path, monkeypatch, {"n": 1})
+    with pytest.raises(SystemExit) as info:
+        provider_module.NoSchemaProvider(schema=str(schema))
+    assert info.value.code == INVALID_EXIT_CODE
+    reason = read_error(output_dir)
+    assert reason.startswith("the provider's schema ") and "bad_schema.yaml is invalid: " in reason
+    assert "requird" in reason and "does not match" not in reason
+
+
+def test_provider_resources_of_a_workflow_without_them(provider_module: ModuleType, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    set_workflow(tmp_path, monkeypatch, {})
+    assert provider_module.NoSchemaProvider()._resources() is None
+
+
+def test_provider_resources_that_are_wrong_end_the_provider(provider_module: ModuleType, output_dir: Path,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_workflow(tmp_path, monkeypatch, {"resources": {"memory": "lots"}})
+    with pytest.raises(SystemExit):
+        provider_module.NoSchemaProvider()._resources()
+    assert "workflow 'download': resources: memory must be a size" in read_error(output_dir)

@@ -365,3 +365,54 @@ def test_a_missing_input_stops_the_start(h: Harness) -> None:
     with pytest.raises(StorageError, match="the artifacts of prepare.0 of run calm-heron-2 are not stored in file:"):
         execution.start()
     assert not h.runtime.started
+
+
+# ----------------------------------------------------------------------------- a job's environment
+
+
+def started_env(h: Harness, task: Any) -> dict[str, str]:
+    """The environment of the container ``task`` ran in."""
+    h.run(task)
+    return h.runtime.started[next(iter(h.runtime.started))].spec.env
+
+
+def test_ports_reach_the_job_as_job_port_and_port(h: Harness) -> None:
+    env = started_env(h, h.job(ports=[6006, 0]))
+    chosen = env["JOB_PORT_1"]
+    assert env["JOB_PORT_0"] == env["PORT_0"] == "6006"
+    assert env["PORT_1"] == chosen and int(chosen) > 0  # any free port: the same one under both names
+    assert "PORT_2" not in env and "JOB_PORT_2" not in env
+
+
+def test_hostname_is_the_jobs_reachable_host_name(h: Harness) -> None:
+    env = started_env(h, h.job())
+    assert env["HOSTNAME"] == env["JOB_HOSTNAME"] == "host-a"
+
+
+def test_a_provider_gets_hostname_too(h: Harness) -> None:
+    env = started_env(h, h.provider())
+    assert env["HOSTNAME"] == env["JOB_HOSTNAME"] == "host-a"
+
+
+def test_a_follower_gets_its_masters_id_host_and_ports(h: Harness) -> None:
+    from dstack.messages import Endpoint
+    task = h.job("train.1", master="train.0")
+    task.master = Endpoint(hostname="host-b", ports=[29500, 6006])
+    env = started_env(h, task)
+    assert env["MASTER_JOB_ID"] == "train.0" and env["MASTER_JOB_HOSTNAME"] == "host-b"
+    assert (env["MASTER_JOB_PORT_0"], env["MASTER_JOB_PORT_1"]) == ("29500", "6006")
+
+
+def test_a_job_without_a_master_gets_no_master_variables(h: Harness) -> None:
+    env = started_env(h, h.job())
+    assert not [name for name in env if name.startswith("MASTER_JOB_")]
+
+
+def test_the_jobs_own_environment_wins_over_the_early_names(h: Harness) -> None:
+    from dstack.messages import Endpoint
+    task = h.job("train.1", master="train.0", ports=[8080],
+                 env={"HOSTNAME": "mine", "PORT_0": "1", "MASTER_JOB_ID": "other"})
+    task.master = Endpoint(hostname="host-b", ports=[])
+    env = started_env(h, task)
+    assert (env["HOSTNAME"], env["PORT_0"], env["MASTER_JOB_ID"]) == ("mine", "1", "other")
+    assert (env["JOB_HOSTNAME"], env["JOB_PORT_0"]) == ("host-a", "8080")
