@@ -35,6 +35,9 @@ class Resources:
     gpu_count: int = 0
     gpu_name: Optional[str] = None
     gpu_memory_mib: Optional[int] = None
+    #: the job may run on an interruptible (spot) machine, as early dstack's ``resources`` asked; shown by
+    #: ``dstack status``, it names no queue (``names.task_queue``) and changes no placement
+    interruptible: bool = False
 
 
 @dataclass
@@ -86,10 +89,27 @@ class ProviderRepo:
 
 @dataclass
 class ArtifactRef:
-    """The artifacts of one job of some run, to be put into a task's folder before it starts."""
+    """The artifacts of one job of some run, to be put into a task's folder before it starts.
+
+    Each file keeps its path from the project root, below ``target`` (a folder relative to the
+    task's project folder; ``""``: the project folder itself). Where two inputs hold the same
+    file, the later one in the task's list wins; folders merge.
+    """
 
     run_name: str
     job_id: str
+    target: str = ""
+
+
+#: Where a workflow's ``runs`` inputs go, in the project folder of its provider and jobs.
+RUN_INPUTS_FOLDER = ".dstack/runs"
+
+
+def run_input_folder(entry: str) -> str:
+    """The folder, relative to the project folder, of the artifacts of ``entry`` of a workflow's
+    :attr:`WorkflowSpec.runs`: ``.dstack/runs/RUN``, or ``.dstack/runs/WORKFLOW@TAG`` for ``WORKFLOW:TAG``
+    (a colon would end the name in TensorBoard's ``--logdir_spec``)."""
+    return f"{RUN_INPUTS_FOLDER}/{entry.replace(':', '@')}"
 
 
 @dataclass
@@ -147,6 +167,9 @@ class WorkflowSpec:
     #: what its jobs get unless they say otherwise
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
+    #: finished runs (names, or ``WORKFLOW:TAG``) whose artifacts its provider and jobs start with, each
+    #: in its own folder (:func:`run_input_folder`); nothing of them runs again (a built-in provider's ``runs``)
+    runs: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -35,8 +35,9 @@ MAX_BACKOFF_S = 600.0
 
 
 def env_of(variables: dict[str, Any]) -> dict[str, str]:
-    """Variables as environment variables: upper-case names, text values."""
-    return {name.upper(): str(value) for name, value in variables.items()}
+    """Variables as environment variables: upper-case names with ``-`` as ``_`` (``batch-size`` is
+    ``BATCH_SIZE``, as ``dstack.planning.env_name`` says), text values."""
+    return {name.upper().replace("-", "_"): str(value) for name, value in variables.items()}
 
 
 class TaskFlow:
@@ -200,20 +201,28 @@ class TaskFlow:
         return [(report, seen_at) for report, seen_at in self.store.workers() if seen_at >= since]
 
     def inputs_of(self, workflow: TaskRecord) -> list[ArtifactRef]:
-        """The artifacts a workflow starts with: those of the workflows it depends on (in this
-        run, all done by now) and of the tagged runs it names."""
+        """The artifacts a workflow starts with: those of the tagged runs it names, of the workflows it
+        depends on (in this run, all done by now), then of the runs it names in ``runs`` (each in its
+        own folder)."""
         state = workflow.workflow_state
         refs = list(state.tag_inputs)
         for upstream in state.depends_on:
             refs += [ArtifactRef(workflow.run_name, job.task_id)
                      for job in self.store.jobs_of(workflow.run_name, upstream) if job.job_state.job.artifacts]
-        return refs
+        return refs + state.run_inputs
 
     def create_jobs(self, provider: TaskRecord, jobs: list[JobSpec]) -> None:
-        """Record a provider's jobs all together, and start those with nothing to wait for."""
+        """Record a provider's jobs all together, and start those with nothing to wait for.
+
+        A job starts with its workflow's inputs, then the artifacts of the jobs it depends on, in
+        the order it names them (early dstack's rule: the output of a job's dependencies is its
+        input). They are fixed here, from the jobs in hand, so enqueueing reads nothing more and
+        every attempt gets the same.
+        """
         workflow = self.store.get_task(provider.run_name, provider.workflow)
         assert workflow is not None
         ids = {job.job_id: make_job_id(provider.workflow, i) for i, job in enumerate(jobs)}
+        producers = {ids[job.job_id] for job in jobs if job.artifacts}
         defaults = workflow.workflow_state
         variables = env_of(defaults.variables)
         records = []
@@ -228,7 +237,8 @@ class TaskFlow:
                 job.max_duration_s = defaults.max_duration_s
             records.append(TaskRecord(
                 run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
-                status=Status.SUBMITTED, spec=JobState(job=job, inputs=list(provider.provider_state.inputs)),
+                status=Status.SUBMITTED, spec=JobState(job=job, inputs=list(provider.provider_state.inputs) + [
+                    ArtifactRef(provider.run_name, dep) for dep in dict.fromkeys(job.depends_on) if dep in producers]),
                 depends_on=job.depends_on, deps_left=len(job.depends_on), master=job.master,
                 submitted_at=time.time()))
         for record in records:

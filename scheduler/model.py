@@ -43,6 +43,8 @@ class JobState:
     """A job its provider created, and its retries."""
 
     job: JobSpec
+    #: the artifacts it starts with: its workflow's inputs, then those of the jobs it depends on
+    #: (later ones win a path); fixed when it is created, so every attempt gets the same
     inputs: list[ArtifactRef] = field(default_factory=list)
     #: retries made since it was submitted (or restarted)
     retries: int = 0
@@ -59,6 +61,8 @@ class WorkflowState:
     tagged: list[TagRef] = field(default_factory=list)
     #: the artifacts of the tagged runs it depends on
     tag_inputs: list[ArtifactRef] = field(default_factory=list)
+    #: the artifacts of the finished runs it names in ``runs``, each in its own folder
+    run_inputs: list[ArtifactRef] = field(default_factory=list)
     variables: dict[str, Any] = field(default_factory=dict)
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None

@@ -29,6 +29,7 @@ from dstack.messages import (
     StopRun,
     StopTask,
     SubmitRun,
+    TagRef,
     TagRun,
     TaskFinished,
     TaskStarted,
@@ -37,9 +38,10 @@ from dstack.messages import (
     WorkerReport,
     WorkflowSpec,
     from_dict,
+    run_input_folder,
 )
 from dstack.names import is_valid_name, provider_task_id
-from dstack.placement import describe_needs, fits
+from dstack.placement import asks_for_anything, describe_needs, fits
 from dstack.scheduler.flow import TaskFlow
 from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
 from dstack.scheduler.store import StateStore
@@ -148,6 +150,7 @@ class Scheduler:
                 return existing.view(self._store.tasks_of(request.run_name))  # a resent request
             raise RequestRejected(f"a run named '{request.run_name}' exists already")
         tag_inputs = {w.name: self._tag_inputs(w) for w in request.workflows}  # refuses before recording
+        run_inputs = {w.name: self._run_inputs(w) for w in request.workflows}
         for spec in request.workflows:
             spec.depends_on = list(dict.fromkeys(spec.depends_on))
             unknown = [d for d in spec.depends_on if d not in names]
@@ -171,7 +174,8 @@ class Scheduler:
                 run_name=run.run_name, task_id=spec.name, kind=Kind.WORKFLOW, workflow=spec.name,
                 status=Status.SUBMITTED, submitted_at=now, depends_on=[provider.task_id], deps_left=1,
                 spec=WorkflowState(depends_on=spec.depends_on, tagged=spec.tagged, tag_inputs=tag_inputs[spec.name],
-                                   variables=spec.variables, retry=spec.retry, max_duration_s=spec.max_duration_s))
+                                   run_inputs=run_inputs[spec.name], variables=spec.variables, retry=spec.retry,
+                                   max_duration_s=spec.max_duration_s))
             self._flow.create(workflow)
             self._flow.create(provider)
             records.append(provider)
@@ -181,20 +185,50 @@ class Scheduler:
 
     def _tag_inputs(self, spec: WorkflowSpec) -> list[ArtifactRef]:
         """The artifacts the ``WORKFLOW:TAG`` entries of a workflow name; refuses unknown tags."""
+        return [ref for tagged in spec.tagged for ref in self._tagged_artifacts(spec.name, "depends on", tagged)]
+
+    def _tagged_artifacts(self, workflow: str, uses: str, tagged: TagRef, target: str = "") -> list[ArtifactRef]:
+        """The artifacts of ``tagged`` (``WORKFLOW:TAG``), which ``workflow`` ``uses`` (depends on, names
+        in runs), put below ``target``; refuses an unknown tag or a workflow not done in the tagged run."""
+        run_name = self._store.get_tag(tagged.tag)
+        if run_name is None:
+            known = ", ".join(t for t, _, _ in self._store.list_tags()) or "none"
+            raise RequestRejected(f"workflow '{workflow}' {uses} {tagged.workflow}:{tagged.tag}, but there "
+                                  f"is no tag '{tagged.tag}' (known tags: {known})")
+        record = self._store.get_task(run_name, tagged.workflow)
+        if record is None or record.status is not Status.DONE:
+            state = "is not part of it" if record is None else f"is {record.status.value} there"
+            raise RequestRejected(f"tag '{tagged.tag}' names run {run_name}, but workflow "
+                                  f"'{tagged.workflow}' {state}")
+        return [ArtifactRef(run_name, job.task_id, target) for job in self._store.jobs_of(run_name, tagged.workflow)
+                if job.job_state.job.artifacts]
+
+    def _run_inputs(self, spec: WorkflowSpec) -> list[ArtifactRef]:
+        """The artifacts of the runs a workflow names in ``runs``, each below its own folder
+        (:func:`~dstack.messages.run_input_folder`): of a run name, every job of that run that left
+        artifacts (the jobs that are done, and those that failed or were stopped after their container
+        ended, which upload theirs too); of ``WORKFLOW:TAG``, the jobs of that workflow in the tagged
+        run, as in ``depends-on``. Refuses an unknown run, a run that has not finished and a bad entry."""
         refs: list[ArtifactRef] = []
-        for tagged in spec.tagged:
-            run_name = self._store.get_tag(tagged.tag)
-            if run_name is None:
-                known = ", ".join(t for t, _, _ in self._store.list_tags()) or "none"
-                raise RequestRejected(f"workflow '{spec.name}' depends on {tagged.workflow}:{tagged.tag}, but there "
-                                      f"is no tag '{tagged.tag}' (known tags: {known})")
-            record = self._store.get_task(run_name, tagged.workflow)
-            if record is None or record.status is not Status.DONE:
-                state = "is not part of it" if record is None else f"is {record.status.value} there"
-                raise RequestRejected(f"tag '{tagged.tag}' names run {run_name}, but workflow "
-                                      f"'{tagged.workflow}' {state}")
-            refs += [ArtifactRef(run_name, job.task_id) for job in self._store.jobs_of(run_name, tagged.workflow)
-                     if job.job_state.job.artifacts]
+        for entry in dict.fromkeys(spec.runs):
+            target = run_input_folder(entry)
+            workflow, colon, tag = entry.partition(":")
+            if colon:
+                if not (is_valid_name(workflow) and _TAG.match(tag)):
+                    raise RequestRejected(f"workflow '{spec.name}' names {entry!r} in runs: write a run name "
+                                          f"or WORKFLOW:TAG")
+                refs += self._tagged_artifacts(spec.name, "names in runs", TagRef(workflow, tag), target)
+                continue
+            run = self._store.get_run(entry) if is_valid_name(entry) else None
+            if run is None:
+                raise RequestRejected(f"workflow '{spec.name}' names run '{entry}' in runs, but there is no run "
+                                      f"named '{entry}' (`dstack status` lists the runs; a tagged run is "
+                                      f"WORKFLOW:TAG)")
+            if not run.status.finished:
+                raise RequestRejected(f"workflow '{spec.name}' names run '{entry}' in runs, which is "
+                                      f"{run.status.value}; name it once it has finished")
+            refs += [ArtifactRef(entry, task.task_id, target) for task in self._store.tasks_of(entry)
+                     if _left_artifacts(task, run)]
         return refs
 
     def get_runs(self, request: GetRuns) -> list[RunView]:
@@ -211,7 +245,7 @@ class Scheduler:
             for job in queued:
                 needs = job.needs
                 if not workers:
-                    asks = describe_needs(needs) if needs != Resources() else ""
+                    asks = describe_needs(needs) if asks_for_anything(needs) else ""
                     job.reason = "waiting for a worker: none is live" + (f" (needs {asks})" if asks else "")
                 elif not any(fits(needs, inventory) is not None for inventory in workers):
                     job.reason = f"waiting for capacity: no live worker has {describe_needs(needs)}"
@@ -456,3 +490,13 @@ class Scheduler:
         task.exit_code, task.started_at = event.exit_code, task.started_at or now
         self._flow.end(task, status, event.reason, now)
         self._flow.update_run(run)
+
+
+def _left_artifacts(task: TaskRecord, run: RunRecord) -> bool:
+    """Whether ``task``, of the finished ``run``, is a job whose artifacts are stored: it has artifact
+    folders and is done, or its container ended (an exit code) and the run was not aborted (a worker
+    uploads a job's artifacts whenever its container ends, unless told to abort)."""
+    job = task.job_spec
+    if job is None or not job.artifacts:
+        return False
+    return task.status is Status.DONE or (task.exit_code is not None and not run.abort)

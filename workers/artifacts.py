@@ -55,7 +55,13 @@ def read_manifest(storage: Storage, run_name: str, job_id: str) -> ArtifactManif
 
 
 def fetch_inputs(storage: Storage, inputs: list[ArtifactRef], workdir: Path) -> None:
-    """Put the artifacts of ``inputs`` at their paths in ``workdir``."""
+    """Put the artifacts of ``inputs`` at their paths in ``workdir`` (below each one's ``target``
+    folder), in order: folders merge, and a file that two inputs hold is the later one's.
+
+    Raises:
+        DstackError: an input is not stored, or storage failed.
+    """
     for ref in inputs:
+        folder = safe_join(workdir, ref.target) if ref.target else workdir
         for entry in read_manifest(storage, ref.run_name, ref.job_id).files:
-            storage.get_file(artifact_key(ref.run_name, ref.job_id, entry.path), safe_join(workdir, entry.path))
+            storage.get_file(artifact_key(ref.run_name, ref.job_id, entry.path), safe_join(folder, entry.path))

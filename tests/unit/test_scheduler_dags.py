@@ -22,6 +22,7 @@ from dstack.messages import (
     ProviderRepo,
     ProviderTask,
     RestartRun,
+    RetryPolicy,
     StopRun,
     StopTask,
     SubmitRun,
@@ -182,7 +183,7 @@ def test_jobs_of_a_downstream_workflow_carry_variables_and_inputs(h: Dag) -> Non
     (y,) = h.job_tasks(sent)
     assert y.job.job_id == "train.1"
     assert y.job.env == {"EPOCHS": "3", "LR": "0.01"}
-    assert y.inputs == inputs
+    assert y.inputs == inputs + [ArtifactRef(RUN, "train.0")]  # and those of the job it depends on
     # the next workflow gets the artifacts of the workflow it depends on
     sent = len(h.sent)
     h.complete("train.1")
@@ -750,3 +751,106 @@ def test_one_completion_costs_the_same_whatever_the_run_size(h: Dag) -> None:
     assert h.task("fan").status is Status.DONE
     (after,) = [p for p in h.provider_tasks() if p.task_id == "after.provider"]
     assert len(after.inputs) == width
+
+
+# ----------------------------------------------------------------------------- the artifacts of a job's dependencies
+
+
+def test_a_job_starts_with_the_artifacts_of_the_jobs_it_depends_on(h: Dag) -> None:
+    """Early dstack's rule: the artifacts of the jobs a job depends on are its input, after its
+    workflow's own inputs and in the order it names them (a later input wins a path)."""
+    h.submit_dag([wf("prepare"), wf("train", ["prepare"])])
+    h.provide("prepare", [spec("p", artifacts=["data"])])
+    h.complete("prepare.0")
+    h.provide("train", [spec("a", artifacts=["a"]), spec("b", artifacts=["b"]), spec("plain"),
+                        spec("consumer", ["b", "plain", "a", "b"])])
+    for job in ("train.0", "train.1", "train.2"):
+        h.complete(job)
+    (consumer,) = [t for t in h.job_tasks() if t.job.job_id == "train.3"]
+    assert consumer.inputs == [ArtifactRef(RUN, "prepare.0"), ArtifactRef(RUN, "train.1"), ArtifactRef(RUN, "train.0")]
+    roots = [t for t in h.job_tasks() if t.job.job_id in ("train.0", "train.1", "train.2")]
+    assert len(roots) == 3 and all(t.inputs == [ArtifactRef(RUN, "prepare.0")] for t in roots)  # nothing more
+
+
+def test_a_retried_or_restarted_job_gets_the_same_inputs(h: Dag) -> None:
+    h.submit_dag([wf("train")])
+    h.provide("train", [spec("a", artifacts=["a"]),
+                        spec("b", ["a"], retry=RetryPolicy(limit=1, backoff_s=0), artifacts=["b"])])
+    h.complete("train.0")
+    expected = [ArtifactRef(RUN, "train.0")]
+    (first,) = [t for t in h.job_tasks() if t.job.job_id == "train.1"]
+    assert first.inputs == expected
+    h.complete("train.1", status="failed", exit_code=1, reason="flaky")
+    sent = len(h.sent)
+    h.scheduler.tick()  # its backoff of 0 s has passed
+    (retry,) = h.job_tasks(sent)
+    assert (retry.job.job_id, retry.attempt, retry.inputs) == ("train.1", 2, expected)
+    h.complete("train.1", attempt=2, status="failed", exit_code=1, reason="flaky again")
+    assert h.run().status is Status.FAILED
+    sent = len(h.sent)
+    h.scheduler.handle_request(RestartRun(RUN))
+    (restarted,) = h.job_tasks(sent)
+    assert (restarted.job.job_id, restarted.attempt, restarted.inputs) == ("train.1", 3, expected)
+
+
+# ----------------------------------------------------------------------------- runs named for their artifacts
+
+
+def runs_spec(name: str, runs: Sequence[str], depends_on: Sequence[str] = ()) -> WorkflowSpec:
+    return WorkflowSpec(name=name, data={"runs": list(runs)}, provider=PROVIDER, depends_on=list(depends_on),
+                        runs=list(runs))
+
+
+def test_named_runs_are_inputs_each_in_its_own_folder(h: Dag) -> None:
+    tagged_run(h)
+    tagged_run(h, "other-run-0002")
+    h.scheduler.handle_request(TagRun("other-run-0002", "best"))
+    sent = len(h.sent)
+    h.submit_dag([wf("prepare"), runs_spec("board", [TAGGED, "data:best", TAGGED], ["prepare"])])
+    h.provide("prepare", [spec("p", artifacts=["p"])])
+    h.complete("prepare.0")
+    (board,) = [p for p in h.provider_tasks(sent) if p.workflow == "board"]
+    expected = [ArtifactRef(RUN, "prepare.0"),
+                ArtifactRef(TAGGED, "data.0", ".dstack/runs/tagged-run-0001"),
+                ArtifactRef(TAGGED, "data.2", ".dstack/runs/tagged-run-0001"),
+                ArtifactRef("other-run-0002", "data.0", ".dstack/runs/data@best"),
+                ArtifactRef("other-run-0002", "data.2", ".dstack/runs/data@best")]
+    assert board.inputs == expected
+    sent = len(h.sent)
+    h.provide("board", [spec("serve")])
+    (job,) = h.job_tasks(sent)
+    assert job.inputs == expected
+
+
+def test_a_failed_run_counts_with_the_jobs_whose_container_ended(h: Dag) -> None:
+    run = "failed-run-0003"
+    h.submit_dag([wf("train")], run=run)
+    h.complete("train.provider", run=run, jobs=[spec("a", artifacts=["logs"]), spec("b", artifacts=["logs"]),
+                                                spec("c", ["b"], artifacts=["logs"])])
+    h.complete("train.0", run=run)
+    h.complete("train.1", run=run, status="failed", exit_code=1, reason="diverged")  # c never starts
+    assert h.run(run).status is Status.FAILED
+    sent = len(h.sent)
+    h.submit_dag([runs_spec("board", [run])])
+    (board,) = h.provider_tasks(sent)
+    folder = ".dstack/runs/" + run
+    assert board.inputs == [ArtifactRef(run, "train.0", folder), ArtifactRef(run, "train.1", folder)]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("no-such-run", "workflow 'board' names run 'no-such-run' in runs, but there is no run named 'no-such-run'"),
+    ("../x", "workflow 'board' names run '../x' in runs, but there is no run named '../x'"),
+    ("data:nope", "workflow 'board' names in runs data:nope, but there is no tag 'nope' (known tags: best)"),
+    ("data:bad tag", "workflow 'board' names 'data:bad tag' in runs: write a run name or WORKFLOW:TAG"),
+    ("going-run-0004", "workflow 'board' names run 'going-run-0004' in runs, which is queued; name it once it "
+                       "has finished"),
+])
+def test_a_named_run_that_is_unknown_or_not_finished_is_refused(h: Dag, entry: str, message: str) -> None:
+    tagged_run(h)
+    h.scheduler.handle_request(TagRun(TAGGED, "best"))
+    h.submit_dag([wf("data")], run="going-run-0004")
+    sent = len(h.sent)
+    with pytest.raises(RequestRejected) as info:
+        h.submit_dag([wf("prepare"), runs_spec("board", [entry], ["prepare"])])
+    assert message in str(info.value)
+    assert_nothing_recorded(h, sent=sent)
