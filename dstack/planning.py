@@ -1,23 +1,26 @@
 """Planning a run: the workflows it needs, in dependency order, with variables substituted.
 
 Everything is checked before anything is submitted: unknown workflows, dependency cycles,
-unknown variables, and ``${{ name }}`` placeholders that name no variable.
+unknown variables, ``${{ name }}`` placeholders that name no variable, and two variables that would
+reach the jobs as one environment variable.
 """
 from __future__ import annotations
 
 import posixpath
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import yaml
 
 from dstack import builtin_providers
-from dstack.errors import ConfigError
+from dstack.errors import ConfigError, ConfigWarning
 from dstack.messages import ProviderRepo, ProviderSpec, TagRef, WorkflowSpec
-from dstack.project import Project, Workflow
+from dstack.project import IMAGE_PROVIDER, Project, Workflow
 
-_PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+#: ``${{ name }}``; a name may hold ``-``, as early projects wrote them (``${{ batch-size }}``)
+_PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}")
 _WORKFLOWS_FILE = ".dstack/workflows.yaml"
 _VARIABLES_FILE = ".dstack/variables.yaml"
 
@@ -41,6 +44,13 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
             value = items.pop(0)
         overrides[name] = value
     return overrides
+
+
+def env_name(variable: str) -> str:
+    """The environment variable a variable reaches the provider and the jobs as: upper case, ``-`` as
+    ``_`` (``batch-size`` -> ``BATCH_SIZE``), a name a shell can read. ``env_of`` in
+    ``scheduler/flow.py`` makes the same names."""
+    return variable.upper().replace("-", "_")
 
 
 def workflow_order(project: Project, target: str) -> list[Workflow]:
@@ -100,6 +110,7 @@ def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] 
     for workflow in order:
         variables = {**sections.get("global", {}), **sections.get(workflow.name, {})}
         variables.update({k: _typed(v) for k, v in overrides.items() if k in variables})
+        _check_env_names(project, workflow, variables)
         data = _substitute(workflow.data, variables, workflow, ())
         provider = project.provider_for(workflow)
         if isinstance(provider, ProviderSpec) and provider.builtin:
@@ -112,7 +123,7 @@ def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] 
             depends_on=list(dict.fromkeys(name for name, _, tag in entries if not tag)),
             tagged=[TagRef(workflow=name, tag=tag) for name, _, tag in entries if tag],
             variables={k: v for k, v in variables.items()},
-            retry=workflow.retry, max_duration_s=workflow.max_duration_s))
+            retry=workflow.retry, max_duration_s=workflow.max_duration_s, runs=_runs_of(provider, data)))
     return specs
 
 
@@ -130,13 +141,46 @@ def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> l
         data["working_dir"] = working_dir  # and artifacts are named from there too
         if "artifacts" in data:
             data["artifacts"] = [posixpath.normpath(posixpath.join(working_dir, a)) for a in data["artifacts"]]
-    return [WorkflowSpec(name=name, data=data, provider=builtin_providers.provider_spec(name))]
+    provider = builtin_providers.provider_spec(name)
+    return [WorkflowSpec(name=name, data=data, provider=provider, runs=_runs_of(provider, data))]
+
+
+def _runs_of(provider: Any, data: dict[str, Any]) -> list[str]:
+    """The earlier runs whose artifacts a built-in provider's ``runs`` parameter asks for (tensorboard's):
+    the scheduler resolves them and makes their artifacts inputs. A custom provider's ``runs`` is its own."""
+    if isinstance(provider, ProviderSpec) and provider.builtin and isinstance(data.get("runs"), list):
+        return [str(entry) for entry in data["runs"]]
+    return []
+
+
+def _check_env_names(project: Project, workflow: Workflow, variables: dict[str, Any]) -> None:
+    """Refuse two variables of ``workflow`` with different values that reach its jobs as one environment
+    variable (``batch-size`` and ``batch_size`` are both ``BATCH_SIZE``)."""
+    seen: dict[str, str] = {}
+    for name, value in variables.items():
+        other = seen.setdefault(env_name(name), name)
+        if other != name and variables[other] != value:
+            sections = [s for s in ("global", workflow.name) if name in project.variables.get(s, {})]
+            section = sections[-1] if sections else "global"
+            raise ConfigError(f"variables '{other}' and '{name}' of workflow '{workflow.name}' both reach the jobs "
+                              f"as ${env_name(name)}, with different values ({variables[other]!r}, {value!r}); "
+                              "rename or remove one of them", file=_VARIABLES_FILE,
+                              line=project.variable_lines.get(section, {}).get(name),
+                              field=f"variables.{section}.{name}")
 
 
 def _check_builtin_parameters(workflow: Workflow, provider: str, data: dict[str, Any]) -> None:
+    """Refuse parameters the built-in provider would refuse; warn (:class:`ConfigWarning`) of those it
+    reads otherwise than written (``version: 3.10``, which YAML reads as 3.1)."""
     problem = builtin_providers.parameter_problem(provider, data)
+    if problem is None:
+        for key, note in builtin_providers.parameter_notes(provider, data):
+            warnings.warn(ConfigWarning(note, file=_WORKFLOWS_FILE, line=workflow.lines.get(key, workflow.line),
+                                        field=f"workflows.{workflow.name}.{key}"), stacklevel=2)
     if problem is not None:
         key = (problem.field or "").split(".")[0].split("[")[0]
+        if workflow.image_only:
+            provider = f"{IMAGE_PROVIDER} (what a workflow with an image and no provider runs as)"
         raise ConfigError(f"workflow '{workflow.name}', provider {provider}: {problem.message}", file=_WORKFLOWS_FILE,
                           line=workflow.lines.get(key, workflow.line),
                           field=f"workflows.{workflow.name}" + (f".{problem.field}" if problem.field else ""))

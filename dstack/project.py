@@ -5,6 +5,7 @@ field, and saying what to do.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -16,7 +17,11 @@ from dstack.messages import ProviderRepo, ProviderSpec, RetryPolicy
 from dstack.sdk.retry import Retry, parse_duration_s
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
-SYSTEM_KEYS = ("name", "provider", "depends-on", "depends_on", "retry", "max_duration")
+SYSTEM_KEYS = ("name", "provider", "help", "depends-on", "depends_on", "retry", "max_duration")
+#: The provider of a workflow written in the oldest format: ``image`` and ``commands``, no ``provider``.
+IMAGE_PROVIDER = "docker"
+#: A ``depends-on`` entry: ``WORKFLOW`` or ``WORKFLOW:TAG`` (as in ``schemas/workflows.yaml``).
+_DEPENDENCY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(:[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 
 
 @dataclass
@@ -34,6 +39,11 @@ class Workflow:
     max_duration_s: Optional[float] = None
     #: the line of each key of the workflow
     lines: dict[str, int] = field(default_factory=dict)
+    #: what the workflow is for (``help:``), shown by `dstack workflows` and `dstack run NAME --help`
+    help: Optional[str] = None
+    #: no ``provider`` but an ``image``: the oldest format, run by the built-in docker provider
+    #: (even where the project's providers.yaml defines a provider of that name)
+    image_only: bool = False
 
 
 @dataclass
@@ -44,6 +54,8 @@ class Project:
     workflows: dict[str, Workflow] = field(default_factory=dict)
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     variables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the line of each variable in .dstack/variables.yaml, by section
+    variable_lines: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def workflow(self, name: str) -> Workflow:
         """The workflow called ``name``.
@@ -65,6 +77,8 @@ class Project:
         Raises:
             ConfigError: unknown provider; the message lists the known ones.
         """
+        if workflow.image_only:
+            return builtin_providers.provider_spec(IMAGE_PROVIDER)
         if isinstance(workflow.provider, dict):
             return ProviderRepo(url=workflow.provider["repo"], name=workflow.provider["name"])
         if workflow.provider in self.providers:
@@ -127,19 +141,54 @@ def load_project(root: Path) -> Project:
             raise ConfigError("write depends-on or depends_on, not both", file=".dstack/workflows.yaml",
                               line=raw.line, field=f"workflows[{i}]")
         data = {k: _plain(v) for k, v in raw.items() if k not in SYSTEM_KEYS}
-        depends_on = _plain(raw.get("depends-on", raw.get("depends_on", [])))
         where = f"workflows[{i}]"
+        depends_on = _dependencies(raw, where)
         # _parsed calls each lambda at once, in this iteration: the loop variable is the one meant
         retry = _parsed(lambda: Retry.from_value(_plain(raw["retry"])), raw, "retry", where)  # noqa: B023
         max_duration_s = _parsed(lambda: parse_duration_s(raw["max_duration"], "max_duration"),  # noqa: B023
                                  raw, "max_duration", where)
         project.workflows[raw["name"]] = Workflow(
-            name=raw["name"], provider=_plain(raw["provider"]), data=data, line=raw.line, depends_on=depends_on,
-            retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None, max_duration_s=max_duration_s,
-            lines={str(k): v for k, v in raw.lines.items()})
+            name=raw["name"], provider=_plain(raw.get("provider", IMAGE_PROVIDER)), data=data, line=raw.line,
+            depends_on=depends_on, retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None,
+            max_duration_s=max_duration_s, lines={str(k): v for k, v in raw.lines.items()},
+            help=raw.get("help"), image_only="provider" not in raw)
     if "variables" in docs:
-        project.variables = _plain(docs["variables"].get("variables", {}))
+        sections = docs["variables"].get("variables", {})
+        project.variables = _plain(sections)
+        project.variable_lines = {str(name): {str(k): v for k, v in getattr(section, "lines", {}).items()}
+                                  for name, section in sections.items()}
     return project
+
+
+def _dependencies(raw: Any, where: str) -> list[str]:
+    """A workflow's ``depends-on`` (or ``depends_on``) entries as ``WORKFLOW`` or ``WORKFLOW:TAG``.
+
+    Early dstack wrote a tagged dependency as a one-key map, ``- train: best``; it means ``train:best``.
+
+    Raises:
+        ConfigError: a map that is not one workflow and a text tag, or what it stands for is not
+            in the expected form; the message says to write ``WORKFLOW:TAG``.
+    """
+    key = "depends-on" if "depends-on" in raw else "depends_on"
+    entries = raw.get(key, [])
+    found = []
+    for j, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            shown = ", ".join(f"{k}: {v}" for k, v in entry.items())
+            if len(entry) != 1 or not all(isinstance(v, str) for v in entry.values()):
+                raise ConfigError(f"depends-on entry {{{shown}}} is not one WORKFLOW: TAG; write it as "
+                                  "'WORKFLOW:TAG' (e.g. 'train:best', quoted when the tag looks like a number)",
+                                  file=".dstack/workflows.yaml", line=line_of(raw, [key, j]),
+                                  field=f"{where}.{key}[{j}]")
+            (workflow, tag), = entry.items()
+            entry = f"{workflow}:{tag}"
+            if not _DEPENDENCY.fullmatch(entry):
+                raise ConfigError(f"depends-on entry {{{shown}}}: {entry!r} is not in the expected form; write "
+                                  "'WORKFLOW:TAG' with the name of a workflow and a tag",
+                                  file=".dstack/workflows.yaml", line=line_of(raw, [key, j]),
+                                  field=f"{where}.{key}[{j}]")
+        found.append(entry)
+    return found
 
 
 def _parsed(parse: Callable[[], Any], raw: Any, key: str, where: str) -> Any:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -155,6 +156,10 @@ class Cluster:
             lines.setdefault(job, []).append(text)
         return lines
 
+    def job_lines(self, run_name: str, job: str) -> list[str]:
+        """The log lines of one job of the run (none if it logged nothing)."""
+        return self.job_logs(run_name).get(job, [])
+
     def status(self, run_name: str) -> dict[str, Any]:
         result = self.dstack("status", run_name, "--json")
         assert result.returncode == 0, result.stderr
@@ -193,6 +198,15 @@ class FileServer:
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+def http_get(url: str) -> str:
+    """The body at ``url``, or "" while nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def run_name_of(result: subprocess.CompletedProcess) -> str:

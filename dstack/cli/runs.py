@@ -13,11 +13,12 @@ from dstack import builtin_providers
 from dstack.cli.context import Context, err, out, pass_context
 from dstack.cli.follow import LogPrinter, follow
 from dstack.cli.render import print_runs
+from dstack.cli.workflows import asks_help, describe
 from dstack.errors import ConfigError
 from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec, plain
 from dstack.names import new_run_name
 from dstack.planning import parse_overrides, plan_builtin_run, plan_run
-from dstack.project import find_root, load_project
+from dstack.project import Project, find_root, load_project
 from dstack.rpc import RpcClient
 from dstack.snapshot import upload_snapshot
 from dstack.states import Status
@@ -38,11 +39,18 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool) ->
     dstack run python train.py --lr 1   a built-in provider (no workflow file needed): bash, curl,
     dstack run bash -c "make data"      docker, python, tensorboard, torchrun; `dstack run python -h`
                                         shows its options, which go before the script
+    dstack run train --help             what workflow train is for, its parameters and variables
 
     -d goes before WORKFLOW, or at the end of a workflow's variables. Exits 0 when the run is done,
     1 when it failed or was stopped. Ctrl-C stops following, not the run.
     """
-    root, workflows, detached = _plan(workflow, list(args))
+    cwd = Path.cwd()
+    root = find_root(cwd, required=False)
+    project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
+    if project is not None and workflow in project.workflows and asks_help(list(args)):
+        click.echo(describe(project, workflow))  # and nothing is submitted
+        return
+    root, workflows, detached = _plan(workflow, list(args), cwd, project)
     with context.rpc() as rpc:  # reaching the broker before uploading anything
         snapshot_id, files, uploaded = upload_snapshot(root, context.storage)
         run_name = new_run_name()
@@ -54,18 +62,16 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool) ->
             _follow_to_end(context, rpc, run_name)
 
 
-def _plan(name: str, args: list[str]) -> tuple[Path, list[WorkflowSpec], bool]:
-    """What ``dstack run NAME ARGS`` submits: the project root, the workflows, and whether ARGS asked to
-    detach. NAME is a workflow of the project in the current folder if it has one, else a built-in provider.
+def _plan(name: str, args: list[str], cwd: Path, project: Optional[Project]) -> tuple[Path, list[WorkflowSpec], bool]:
+    """What ``dstack run NAME ARGS`` in ``cwd`` submits: the project root, the workflows, and whether ARGS asked
+    to detach. NAME is a workflow of ``project`` (the one ``cwd`` is in, if it has workflows) if it has one,
+    else a built-in provider.
 
     Raises:
         ConfigError: neither, or the project or ARGS are wrong.
     """
-    cwd = Path.cwd()
-    root = find_root(cwd, required=False)
-    project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
     if builtin_providers.is_builtin(name) and (project is None or name not in project.workflows):
-        root = root or cwd
+        root = find_root(cwd, required=False) or cwd
         return root, plan_builtin_run(name, args, working_dir=cwd.relative_to(root).as_posix()), False
     if project is None:
         raise ConfigError(f"no .dstack/workflows.yaml in {cwd} or above it, and '{name}' is not a built-in provider "

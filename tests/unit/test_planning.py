@@ -356,3 +356,94 @@ def test_plan_is_a_valid_submission(pipeline: Project) -> None:
     specs = plan_run(pipeline, "evaluate", {"epochs": "100"})
     submit = SubmitRun(run_name="r", workflow="evaluate", workflows=specs, snapshot_id="s", submitted_at=1.0)
     assert decode(encode(submit), SubmitRun) == submit
+
+
+# ----------------------------------------------------------------------------- early dstack's spellings
+
+HYPHENATED = """\
+workflows:
+  - name: train
+    provider: python
+    help: Trains the model
+    args: ["--batch-size", "${{ batch-size }}", "--log ${{log-interval}}"]
+    size: ${{ batch-size }}
+"""
+
+
+def test_hyphenated_variables_substitute_and_override(tmp_path: Path) -> None:
+    project = project_of(tmp_path, HYPHENATED, "variables:\n  train:\n    batch-size: 64\n    log-interval: 10\n")
+    (spec,) = plan_run(project, "train")
+    assert spec.data == {"args": ["--batch-size", 64, "--log 10"], "size": 64}  # help is no parameter
+    assert spec.variables == {"batch-size": 64, "log-interval": 10}
+    (spec,) = plan_run(project, "train", parse_overrides(["--batch-size", "128"]))
+    assert spec.data["size"] == 128 and spec.variables["batch-size"] == 128
+
+
+def test_hyphenated_variables_reach_jobs_as_shell_names() -> None:
+    from dstack.planning import env_name
+    from dstack.scheduler.flow import env_of
+    assert env_of({"batch-size": 64, "log-interval": 10, "lr": 0.1}) == {
+        "BATCH_SIZE": "64", "LOG_INTERVAL": "10", "LR": "0.1"}
+    assert all(env_name(n) in env_of({n: 1}) for n in ("batch-size", "a-b_c", "x"))
+
+
+def test_two_variables_of_one_env_name_with_different_values_refused(tmp_path: Path) -> None:
+    variables = "variables:\n  global:\n    batch_size: 32\n  train:\n    lr: 1\n    batch-size: 64\n"
+    error = config_error(plan_run, project_of(tmp_path, HYPHENATED, variables), "train")
+    assert "variables 'batch_size' and 'batch-size' of workflow 'train' both reach the jobs as $BATCH_SIZE" \
+        in error.message
+    assert "rename or remove one of them" in error.message
+    assert error.file == ".dstack/variables.yaml"
+    assert error.line == 6 and error.field == "variables.train.batch-size"
+
+
+def test_two_variables_of_one_env_name_with_the_same_value_accepted(tmp_path: Path) -> None:
+    variables = "variables:\n  train:\n    batch_size: 64\n    batch-size: 64\n    log-interval: 1\n"
+    (spec,) = plan_run(project_of(tmp_path, HYPHENATED, variables), "train")
+    assert spec.data["size"] == 64
+
+
+def test_an_override_that_splits_one_env_name_refused(tmp_path: Path) -> None:
+    variables = "variables:\n  train:\n    batch_size: 64\n    batch-size: 64\n    log-interval: 1\n"
+    error = config_error(plan_run, project_of(tmp_path, HYPHENATED, variables), "train", {"batch-size": "8"})
+    assert "both reach the jobs as $BATCH_SIZE, with different values (64, 8)" in error.message
+
+
+IMAGE_ONLY = """\
+workflows:
+  - name: prepare
+    image: python:3.11
+    commands: ["mkdir -p data", "echo ${{ rows }} > data/rows.txt"]
+    artifacts: [data]
+    environment: {A: "1"}
+    working_dir: src
+    resources: {cpu: 1}
+  - name: train
+    image: python:3.11
+    depends-on: [prepare, {prepare: golden}]
+    commands: [cat data/rows.txt]
+"""
+
+
+def test_image_without_provider_plans_as_builtin_docker(tmp_path: Path) -> None:
+    project = project_of(tmp_path, IMAGE_ONLY, "variables:\n  global:\n    rows: 3\n")
+    prepare, train = plan_run(project, "train")
+    assert prepare.provider is not None and prepare.provider.builtin and prepare.provider.name == "docker"
+    assert prepare.data == {"image": "python:3.11", "commands": ["mkdir -p data", "echo 3 > data/rows.txt"],
+                            "artifacts": ["data"], "environment": {"A": "1"}, "working_dir": "src",
+                            "resources": {"cpu": 1}}
+    assert train.depends_on == ["prepare"] and train.tagged == [TagRef(workflow="prepare", tag="golden")]
+
+
+def test_image_without_provider_is_checked_as_docker(tmp_path: Path) -> None:
+    workflows = "workflows:\n  - name: w\n    image: python:3.11\n    commands: [x]\n    script: a.py\n"
+    error = config_error(plan_run, project_of(tmp_path, workflows), "w")
+    assert "provider docker (what a workflow with an image and no provider runs as)" in error.message
+    assert "has no parameter 'script'" in error.message
+    assert error.line == 5 and error.field == "workflows.w.script"
+
+
+def test_neither_provider_nor_image_is_still_refused(tmp_path: Path) -> None:
+    error = config_error(project_of, tmp_path, "workflows:\n  - name: w\n    commands: [x]\n")
+    assert error.message == "'provider' is required here"
+    assert error.field == "workflows[0].provider" and error.line == 2

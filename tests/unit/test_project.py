@@ -400,3 +400,124 @@ def test_project_dataclass_defaults(tmp_path: Path) -> None:
     project.workflows["w"] = Workflow(name="w", provider="nope", data={})
     with pytest.raises(ConfigError, match="the project's providers: none"):
         project.provider_for(project.workflow("w"))
+
+
+# ----------------------------------------------------------------------------- early dstack's spellings
+
+
+def test_help_is_a_description_not_data(tmp_path: Path) -> None:
+    workflows = "workflows:\n  - name: a\n    provider: curl\n    help: Downloads the data\n    url: x\n"
+    workflow = load_project(write_project(tmp_path, workflows=workflows)).workflow("a")
+    assert workflow.help == "Downloads the data"
+    assert workflow.data == {"url": "x"}  # never reaches the provider
+
+
+def test_help_must_be_text(tmp_path: Path) -> None:
+    workflows = "workflows:\n  - name: a\n    provider: curl\n    help: [one, two]\n"
+    error = load_error(write_project(tmp_path, workflows=workflows))
+    assert error.field == "workflows[0].help" and error.line == 4
+    assert "is not of type 'string'" in error.message
+
+
+def test_image_without_provider_runs_as_builtin_docker(tmp_path: Path) -> None:
+    workflows = ("workflows:\n  - name: a\n    image: python:3.11\n    commands: [echo hi]\n"
+                 "    artifacts: [out]\n    depends-on: [b]\n  - name: b\n    provider: curl\n")
+    # a project's own provider called docker does not capture it: the oldest format meant an image
+    providers = PROVIDERS + "  - name: docker\n    image: mine\n    commands: [run]\n"
+    project = load_project(write_project(tmp_path, workflows=workflows, providers=providers))
+    workflow = project.workflow("a")
+    assert workflow.image_only and workflow.provider == "docker"
+    assert workflow.data == {"image": "python:3.11", "commands": ["echo hi"], "artifacts": ["out"]}
+    assert workflow.depends_on == ["b"]
+    spec = project.provider_for(workflow)
+    assert isinstance(spec, ProviderSpec) and spec.builtin and spec.name == "docker"
+    assert not project.workflow("b").image_only
+
+
+def test_image_with_provider_is_the_providers_parameter(tmp_path: Path) -> None:
+    workflows = "workflows:\n  - name: a\n    provider: curl\n    image: x\n"
+    workflow = load_project(write_project(tmp_path, workflows=workflows)).workflow("a")
+    assert not workflow.image_only and workflow.provider == "curl" and workflow.data == {"image": "x"}
+
+
+def test_depends_on_one_key_map_is_workflow_colon_tag(tmp_path: Path) -> None:
+    workflows = ("workflows:\n  - name: a\n    provider: curl\n"
+                 "  - name: b\n    provider: curl\n    depends-on:\n      - a\n      - a: best\n      - 'a:v2'\n")
+    project = load_project(write_project(tmp_path, workflows=workflows))
+    assert project.workflow("b").depends_on == ["a", "a:best", "a:v2"]
+
+
+@pytest.mark.parametrize("entry,what", [
+    ("{a: best, c: other}", "not one WORKFLOW: TAG"),
+    ("{a: 1}", "not one WORKFLOW: TAG"),
+    ("{a: {x: y}}", "not one WORKFLOW: TAG"),
+    ("{a: null}", "not one WORKFLOW: TAG"),
+    ("{'a b': best}", "'a b:best' is not in the expected form"),
+    ("{a: 'b:c'}", "'a:b:c' is not in the expected form"),
+])
+def test_depends_on_map_that_is_not_one_workflow_and_tag_refused(tmp_path: Path, entry: str, what: str) -> None:
+    workflows = f"workflows:\n  - name: b\n    provider: curl\n    depends_on:\n      - a\n      - {entry}\n"
+    error = load_error(write_project(tmp_path, workflows=workflows))
+    assert what in error.message
+    assert "write it as 'WORKFLOW:TAG'" in error.message or "write 'WORKFLOW:TAG'" in error.message
+    assert error.file == ".dstack/workflows.yaml"
+    assert error.field == "workflows[0].depends_on[1]"
+    assert error.line == 6
+
+
+def test_variable_lines_are_kept(tmp_path: Path) -> None:
+    variables = "variables:\n  global:\n    seed: 1\n  train:\n    batch-size: 64\n    lr: 0.1\n"
+    project = load_project(write_project(tmp_path, variables=variables))
+    assert project.variables == {"global": {"seed": 1}, "train": {"batch-size": 64, "lr": 0.1}}
+    assert project.variable_lines == {"global": {"seed": 3}, "train": {"batch-size": 5, "lr": 6}}
+
+
+# ----------------------------------------------------------------------------- as the CLI shows them
+
+
+def test_dstack_workflows_lists_name_provider_and_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from dstack.cli.main import cli
+    workflows = ("workflows:\n  - name: a\n    provider: curl\n    help: Gets [the] data\n"
+                 "  - name: b\n    image: python:3.11\n    depends-on: [{a: best}]\n"
+                 "  - name: c\n    provider: {repo: github.com/x/y, name: p}\n")
+    monkeypatch.chdir(write_project(tmp_path, workflows=workflows))
+    table = CliRunner().invoke(cli, ["workflows"])
+    assert table.exit_code == 0, table.output
+    lines = [line.split() for line in table.output.splitlines()]
+    assert lines[0] == ["NAME", "PROVIDER", "HELP"]
+    assert lines[1] == ["a", "curl", "Gets", "[the]", "data"]  # the user's brackets are no markup
+    assert lines[2] == ["b", "docker"] and lines[3] == ["c", "p", "(github.com/x/y)"]
+    listing = CliRunner().invoke(cli, ["workflows", "--json"])
+    import json
+    assert json.loads(listing.output) == [
+        {"name": "a", "provider": "curl", "provider_repo": None, "help": "Gets [the] data", "depends_on": []},
+        {"name": "b", "provider": "docker", "provider_repo": None, "help": "", "depends_on": ["a:best"]},
+        {"name": "c", "provider": "p", "provider_repo": "github.com/x/y", "help": "", "depends_on": []}]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--epochs", "3", "-h"], ["--epochs=3", "--help"]])
+def test_run_workflow_help_describes_it_without_submitting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from dstack.cli.main import cli
+    workflows = ("workflows:\n  - name: train\n    provider: python\n    help: Trains the model\n"
+                 "    file: train.py\n    depends-on: [prep]\n  - name: prep\n    image: python:3.11\n")
+    variables = "variables:\n  global:\n    seed: 1\n  train:\n    batch-size: 64\n"
+    monkeypatch.chdir(write_project(tmp_path, workflows=workflows, providers=None, variables=variables))
+    monkeypatch.setenv("DSTACK_BROKER_URL", "amqp://nobody@127.0.0.1:1/")  # reached: the test would fail
+    result = CliRunner().invoke(cli, ["run", "train", *args])
+    assert result.exit_code == 0, result.output
+    assert "Workflow train, provider python." in result.output
+    assert "Trains the model" in result.output and "Depends on: prep" in result.output
+    assert "file: train.py" in result.output
+    assert "--batch-size 64  $BATCH_SIZE  (variables.train)" in result.output
+    assert "--seed 1" in result.output and "$SEED" in result.output
+
+
+def test_help_as_a_variables_value_is_no_help_request() -> None:
+    from dstack.cli.workflows import asks_help
+    assert not asks_help(["--message", "--help"]) and not asks_help(["--message=x"])
+    assert asks_help(["--message", "x", "-h"]) and asks_help(["--detach", "--help"])
