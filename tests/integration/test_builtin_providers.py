@@ -18,7 +18,6 @@ pytestmark = pytest.mark.integration
 ARGV_SCRIPT = "import json, sys\nprint('argv=' + json.dumps(sys.argv[1:]))\n"
 
 
-
 def test_bash_with_the_common_parameters(cluster: Cluster, tmp_path: Path) -> None:
     project = write_project(tmp_path / "project", {
         ".dstack/workflows.yaml": """\
@@ -278,7 +277,6 @@ def _line_with(process: subprocess.Popen, text: str) -> str:
         if text in line:
             return line
     return ""
-
 
 
 def test_a_bad_parameter_fails_before_anything_is_submitted(cluster: Cluster, tmp_path: Path) -> None:

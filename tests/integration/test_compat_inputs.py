@@ -105,7 +105,6 @@ if __name__ == "__main__":
 '''
 
 
-
 def test_a_job_finds_the_artifacts_of_the_jobs_it_depends_on(cluster: Cluster, tmp_path: Path) -> None:
     project = write_project(tmp_path / "project", {
         ".dstack/providers.yaml": """\

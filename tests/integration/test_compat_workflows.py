@@ -18,7 +18,6 @@ print(f"env BATCH_SIZE={os.environ['BATCH_SIZE']} LOG_INTERVAL={os.environ['LOG_
 """
 
 
-
 def test_python_workflow_with_help_is_listed_described_and_runs(cluster: Cluster, tmp_path: Path) -> None:
     project = write_project(tmp_path / "project", {
         ".dstack/workflows.yaml": """\
