@@ -1,6 +1,7 @@
 """Following a run: its logs and status changes, live, until it ends."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -8,8 +9,9 @@ from typing import Optional
 
 from rich.console import Console
 
+from dstack.broker import Backoff, retry
 from dstack.cli.render import endpoint
-from dstack.errors import BrokerUnavailable
+from dstack.errors import BrokerUnavailable, ServiceUnavailable
 from dstack.live import Subscription
 from dstack.logs import LogChunk, merged_lines, stored_chunks
 from dstack.messages import GetRuns, from_dict, unpack
@@ -21,6 +23,8 @@ from dstack.views import JobView, RunUpdate, RunView
 
 #: Seconds between two reads of the run's status while following, besides live updates.
 REFRESH_INTERVAL = 10.0
+#: Tries of a refresh while the scheduler is away (waits of 0.5 s doubling to 2 s: about 15 s in all).
+FOLLOW_ATTEMPTS = 10
 
 
 class LogPrinter:
@@ -89,12 +93,23 @@ def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *, 
             # also while notifications keep coming: a missed one is caught up, and the request
             # connection stays in use
             if run.status in FINISHED or time.monotonic() >= next_refresh:
-                run = _refresh(rpc, run_name, statuses, err if show_status else None)
+                run = _refresh_patiently(rpc, run_name, statuses, err if show_status else None)
                 next_refresh = time.monotonic() + REFRESH_INTERVAL
         printer.catch_up()  # the last chunks are stored before the end is announced
         return run
     finally:
         subscription.close()
+
+
+def _refresh_patiently(rpc: RpcClient, run_name: str, statuses: dict[str, str],
+                       err: Optional[Console]) -> RunView:
+    """:func:`_refresh`, asking again for a while when the broker or the scheduler is away: after a
+    restart of the broker, a follower may be back before the scheduler's request server is."""
+    run = retry(lambda: _refresh(rpc, run_name, statuses, err), what="the scheduler is not answering yet",
+                errors=(ServiceUnavailable,), backoff=Backoff(first=0.5, cap=2.0), attempts=FOLLOW_ATTEMPTS,
+                level=logging.DEBUG)
+    assert run is not None  # no stopping event: retry returns the run or raises
+    return run
 
 
 def _refresh(rpc: RpcClient, run_name: str, statuses: dict[str, str], err: Optional[Console]) -> RunView:
