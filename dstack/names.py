@@ -39,6 +39,14 @@ def is_valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def is_valid_tag(tag: str) -> bool:
+    """Whether ``tag`` may name a run (letters, digits, ``.``, ``-``, ``_``)."""
+    return bool(_TAG.match(tag))
+
+
 #: The queue of tasks that ask for no particular resources; every worker takes from it.
 DEFAULT_TASK_QUEUE = "dstack.tasks.cpu"
 

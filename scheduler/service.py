@@ -15,7 +15,6 @@ from dstack import defaults
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph, find_cycle
 from dstack.messages import (
-    ArtifactRef,
     ClaimTask,
     DeleteSecret,
     GetRuns,
@@ -29,19 +28,17 @@ from dstack.messages import (
     StopRun,
     StopTask,
     SubmitRun,
-    TagRef,
     TagRun,
     TaskFinished,
     TaskStarted,
     UntagRun,
     WorkerLeaving,
     WorkerReport,
-    WorkflowSpec,
     from_dict,
-    run_input_folder,
 )
-from dstack.names import is_valid_name, provider_task_id
+from dstack.names import is_valid_name, is_valid_tag, provider_task_id
 from dstack.placement import asks_for_anything, describe_needs, fits
+from dstack.scheduler import inputs
 from dstack.scheduler.flow import TaskFlow
 from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
 from dstack.scheduler.store import StateStore
@@ -64,7 +61,6 @@ from dstack.views import (
 
 log = logging.getLogger(__name__)
 
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -149,8 +145,8 @@ class Scheduler:
             if existing.snapshot_id == request.snapshot_id and existing.workflow == request.workflow:
                 return existing.view(self._store.tasks_of(request.run_name))  # a resent request
             raise RequestRejected(f"a run named '{request.run_name}' exists already")
-        tag_inputs = {w.name: self._tag_inputs(w) for w in request.workflows}  # refuses before recording
-        run_inputs = {w.name: self._run_inputs(w) for w in request.workflows}
+        tag_inputs = {w.name: inputs.tag_inputs(self._store, w) for w in request.workflows}  # refuses first
+        run_inputs = {w.name: inputs.run_inputs(self._store, w) for w in request.workflows}
         for spec in request.workflows:
             spec.depends_on = list(dict.fromkeys(spec.depends_on))
             unknown = [d for d in spec.depends_on if d not in names]
@@ -182,54 +178,6 @@ class Scheduler:
         for provider in records:
             self._flow.release_if_ready(provider)
         return run.view(self._store.tasks_of(run.run_name))
-
-    def _tag_inputs(self, spec: WorkflowSpec) -> list[ArtifactRef]:
-        """The artifacts the ``WORKFLOW:TAG`` entries of a workflow name; refuses unknown tags."""
-        return [ref for tagged in spec.tagged for ref in self._tagged_artifacts(spec.name, "depends on", tagged)]
-
-    def _tagged_artifacts(self, workflow: str, uses: str, tagged: TagRef, target: str = "") -> list[ArtifactRef]:
-        """The artifacts of ``tagged`` (``WORKFLOW:TAG``), which ``workflow`` ``uses`` (depends on, names
-        in runs), put below ``target``; refuses an unknown tag or a workflow not done in the tagged run."""
-        run_name = self._store.get_tag(tagged.tag)
-        if run_name is None:
-            known = ", ".join(t for t, _, _ in self._store.list_tags()) or "none"
-            raise RequestRejected(f"workflow '{workflow}' {uses} {tagged.workflow}:{tagged.tag}, but there "
-                                  f"is no tag '{tagged.tag}' (known tags: {known})")
-        record = self._store.get_task(run_name, tagged.workflow)
-        if record is None or record.status is not Status.DONE:
-            state = "is not part of it" if record is None else f"is {record.status.value} there"
-            raise RequestRejected(f"tag '{tagged.tag}' names run {run_name}, but workflow "
-                                  f"'{tagged.workflow}' {state}")
-        return [ArtifactRef(run_name, job.task_id, target) for job in self._store.jobs_of(run_name, tagged.workflow)
-                if job.job_state.job.artifacts]
-
-    def _run_inputs(self, spec: WorkflowSpec) -> list[ArtifactRef]:
-        """The artifacts of the runs a workflow names in ``runs``, each below its own folder
-        (:func:`~dstack.messages.run_input_folder`): of a run name, every job of that run that left
-        artifacts (the jobs that are done, and those that failed or were stopped after their container
-        ended, which upload theirs too); of ``WORKFLOW:TAG``, the jobs of that workflow in the tagged
-        run, as in ``depends-on``. Refuses an unknown run, a run that has not finished and a bad entry."""
-        refs: list[ArtifactRef] = []
-        for entry in dict.fromkeys(spec.runs):
-            target = run_input_folder(entry)
-            workflow, colon, tag = entry.partition(":")
-            if colon:
-                if not (is_valid_name(workflow) and _TAG.match(tag)):
-                    raise RequestRejected(f"workflow '{spec.name}' names {entry!r} in runs: write a run name "
-                                          f"or WORKFLOW:TAG")
-                refs += self._tagged_artifacts(spec.name, "names in runs", TagRef(workflow, tag), target)
-                continue
-            run = self._store.get_run(entry) if is_valid_name(entry) else None
-            if run is None:
-                raise RequestRejected(f"workflow '{spec.name}' names run '{entry}' in runs, but there is no run "
-                                      f"named '{entry}' (`dstack status` lists the runs; a tagged run is "
-                                      f"WORKFLOW:TAG)")
-            if not run.status.finished:
-                raise RequestRejected(f"workflow '{spec.name}' names run '{entry}' in runs, which is "
-                                      f"{run.status.value}; name it once it has finished")
-            refs += [ArtifactRef(entry, task.task_id, target) for task in self._store.tasks_of(entry)
-                     if _left_artifacts(task, run)]
-        return refs
 
     def get_runs(self, request: GetRuns) -> list[RunView]:
         runs = [self._run(request.run_name)] if request.run_name else self._store.list_runs(request.limit)
@@ -414,7 +362,7 @@ class Scheduler:
     # ------------------------------------------------------------------ tags
 
     def tag_run(self, request: TagRun) -> TagAnswer:
-        if not _TAG.match(request.tag):
+        if not is_valid_tag(request.tag):
             raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
         run = self._run(request.run_name)
         current = self._store.get_tag(request.tag)
@@ -491,12 +439,3 @@ class Scheduler:
         self._flow.end(task, status, event.reason, now)
         self._flow.update_run(run)
 
-
-def _left_artifacts(task: TaskRecord, run: RunRecord) -> bool:
-    """Whether ``task``, of the finished ``run``, is a job whose artifacts are stored: it has artifact
-    folders and is done, or its container ended (an exit code) and the run was not aborted (a worker
-    uploads a job's artifacts whenever its container ends, unless told to abort)."""
-    job = task.job_spec
-    if job is None or not job.artifacts:
-        return False
-    return task.status is Status.DONE or (task.exit_code is not None and not run.abort)
