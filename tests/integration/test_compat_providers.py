@@ -4,11 +4,11 @@ is submitted. See docs/compatibility.md."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
+from tests.s3server import free_port
 from tests.services import Cluster, run_name_of, wait_for, write_project
 from tests.wheels import make_wheel, pip_from
 
@@ -16,12 +16,6 @@ pytestmark = pytest.mark.integration
 
 #: a worker that declares four K80s (no real device: its jobs are told their GPUs, as in test_placement.py)
 FOUR_K80 = "{cpu: 4, memory: 8GB, gpu: {count: 4, name: Tesla K80, memory: 11441MB}}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def test_python_script_and_a_numeric_python_version(cluster: Cluster, tmp_path: Path) -> None:

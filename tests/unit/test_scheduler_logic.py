@@ -7,7 +7,6 @@ Every status change checks the tables of dstack.states: an illegal move fails th
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,6 @@ from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
 from dstack.scheduler.model import JobState, Kind, Status, TaskRecord
 from dstack.scheduler.store import SqliteStateStore
 from tests.scheduler_harness import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path / "scheduler" / "state.db")
-    yield harness
-    harness.store.close()
-
 
 # ----------------------------------------------------------------------------- submit
 

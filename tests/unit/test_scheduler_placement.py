@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from dstack.messages import (
     Allocation,
@@ -29,13 +26,6 @@ from tests.scheduler_harness import PROVIDER_TASK, RUN, Harness, spec
 
 A100 = Resources(gpu_count=1, gpu_name="A100")
 A100_QUEUE = "dstack.tasks.gpu1xa100"
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path / "scheduler" / "state.db")
-    yield harness
-    harness.store.close()
 
 
 def report(h: Harness, worker_id: str, gpus: int = 0, in_use: list[Allocation] = ()) -> dict:

@@ -2,8 +2,6 @@
 into equal dataclasses; and their plain form is the JSON the CLI prints."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,13 +52,6 @@ from dstack.views import (
     decode_reply,
 )
 from tests.scheduler_harness import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path / "scheduler" / "state.db")
-    yield harness
-    harness.store.close()
 
 
 def typed(h: Harness, request: Any) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -29,13 +28,6 @@ from dstack.states import FINISHED, RUN_MOVES, TASK_MOVES, IllegalTransition, ch
 from tests.scheduler_harness import PROVIDER_TASK, RUN, WF, Harness, spec
 
 ALL = list(Status)
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path / "scheduler" / "state.db")
-    yield harness
-    harness.store.close()
 
 
 # ----------------------------------------------------------------------------- the tables
