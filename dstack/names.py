@@ -47,6 +47,12 @@ def is_valid_tag(tag: str) -> bool:
     return bool(_TAG.match(tag))
 
 
+def env_name(variable: str) -> str:
+    """The environment variable a variable reaches the provider and the jobs as: upper case, ``-`` as
+    ``_`` (``batch-size`` -> ``BATCH_SIZE``), a name a shell can read."""
+    return variable.upper().replace("-", "_")
+
+
 #: The queue of tasks that ask for no particular resources; every worker takes from it.
 DEFAULT_TASK_QUEUE = "dstack.tasks.cpu"
 

@@ -17,6 +17,7 @@ import yaml
 from dstack import builtin_providers
 from dstack.errors import ConfigError, ConfigWarning
 from dstack.messages import ProviderRepo, ProviderSpec, TagRef, WorkflowSpec
+from dstack.names import env_name
 from dstack.project import IMAGE_PROVIDER, Project, Workflow
 
 #: ``${{ name }}``; a name may hold ``-``, as early projects wrote them (``${{ batch-size }}``)
@@ -44,13 +45,6 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
             value = items.pop(0)
         overrides[name] = value
     return overrides
-
-
-def env_name(variable: str) -> str:
-    """The environment variable a variable reaches the provider and the jobs as: upper case, ``-`` as
-    ``_`` (``batch-size`` -> ``BATCH_SIZE``), a name a shell can read. ``env_of`` in
-    ``scheduler/flow.py`` makes the same names."""
-    return variable.upper().replace("-", "_")
 
 
 def workflow_order(project: Project, target: str) -> list[Workflow]:

@@ -24,7 +24,7 @@ from dstack.messages import (
     StopTask,
     encode,
 )
-from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, TASK_ACTOR, task_queue, worker_queue
+from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, TASK_ACTOR, env_name, task_queue, worker_queue
 from dstack.names import job_id as make_job_id
 from dstack.scheduler.model import JobState, Kind, RunRecord, Status, TaskRecord
 from dstack.scheduler.store import StateStore
@@ -35,9 +35,9 @@ MAX_BACKOFF_S = 600.0
 
 
 def env_of(variables: dict[str, Any]) -> dict[str, str]:
-    """Variables as environment variables: upper-case names with ``-`` as ``_`` (``batch-size`` is
-    ``BATCH_SIZE``, as ``dstack.planning.env_name`` says), text values."""
-    return {name.upper().replace("-", "_"): str(value) for name, value in variables.items()}
+    """Variables as environment variables: names as :func:`~dstack.names.env_name` makes them
+    (``batch-size`` is ``BATCH_SIZE``), text values."""
+    return {env_name(name): str(value) for name, value in variables.items()}
 
 
 class TaskFlow:

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from dstack.cli.context import out
-from dstack.planning import env_name, workflow_order
+from dstack.names import env_name
+from dstack.planning import workflow_order
 from dstack.project import Project, Workflow, find_root, load_project
 
 #: What asks for a workflow's description on `dstack run NAME ...`.

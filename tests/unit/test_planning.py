@@ -380,7 +380,7 @@ def test_hyphenated_variables_substitute_and_override(tmp_path: Path) -> None:
 
 
 def test_hyphenated_variables_reach_jobs_as_shell_names() -> None:
-    from dstack.planning import env_name
+    from dstack.names import env_name
     from dstack.scheduler.flow import env_of
     assert env_of({"batch-size": 64, "log-interval": 10, "lr": 0.1}) == {
         "BATCH_SIZE": "64", "LOG_INTERVAL": "10", "LR": "0.1"}
