@@ -7,11 +7,15 @@ bounded whatever the size of an object.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from dstack.errors import UnsafePath
+
+#: ``progress(n)``: ``n`` more bytes went over (called from the transferring thread, maybe several).
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,18 @@ class Storage(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    def put_file(self, key: str, path: Path) -> None:
-        """Upload the file at ``path`` to ``key``, streaming; the object appears whole or not at all."""
+    def put_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
+        """Upload the file at ``path`` to ``key``, streaming (large files in parts, memory bounded); the
+        object appears whole or not at all. ``progress`` is told of every bytes sent."""
 
     @abc.abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store small ``data`` at ``key``; the object appears whole or not at all."""
 
     @abc.abstractmethod
-    def get_file(self, key: str, path: Path) -> None:
-        """Download ``key`` into the file ``path`` (parents created), streaming.
+    def get_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
+        """Download ``key`` into the file ``path`` (parents created), streaming; ``path`` appears whole or
+        not at all. ``progress`` is told of every bytes received.
 
         Raises:
             ObjectNotFound: there is no object at ``key``.
@@ -70,6 +76,25 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def copy(self, source: str, target: str) -> None:
+        """Store a copy of the object at ``source`` at ``target`` (inside the storage, not through this process
+        where the backend can).
+
+        Raises:
+            ObjectNotFound: there is no object at ``source``.
+        """
+
+    @abc.abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete the objects at ``keys`` (in batches); keys with no object are no error."""
+
+    def delete_prefix(self, prefix: str) -> tuple[int, int]:
+        """Delete every object whose key starts with ``prefix``; returns how many, and their bytes."""
+        found = list(self.list(prefix))
+        self.delete(info.key for info in found)
+        return len(found), sum(info.size for info in found)
 
     @abc.abstractmethod
     def check(self) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Optional, Union
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
-from dstack.storage.base import ObjectInfo, Storage, check_key
+from dstack.storage.base import ObjectInfo, Progress, Storage, check_key
 
 #: Temporary files end with this; keys ending with it are stored but never listed.
 TMP_SUFFIX = ".dstack-tmp"
@@ -65,9 +65,9 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot write {key!r} to {self.url}: {e}") from None
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
         with open(path, "rb") as src, self._writing(key) as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
+            _copy(src, dst, progress)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._writing(key) as dst:
@@ -81,13 +81,28 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot read {key!r} from {self.url}: {e}") from None
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
         with self._open(key) as src:
             try:
                 with atomic_writer(Path(path)) as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+                    _copy(src, dst, progress)
             except OSError as e:
                 raise StorageError(f"cannot copy {key!r} from {self.url} to {path}: {e}") from None
+
+    def copy(self, source: str, target: str) -> None:
+        with self._open(source) as src, self._writing(target) as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StorageError(f"cannot delete {key!r} from {self.url}: {e}") from None
+            _remove_empty_parents(path.parent, self.root)
 
     def get_bytes(self, key: str) -> bytes:
         with self._open(key) as f:
@@ -133,6 +148,27 @@ class LocalStorage(Storage):
                 pass
         except OSError as e:
             raise StorageError(f"storage folder {self.root} is not writable: {e}") from None
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, progress: Optional[Progress]) -> None:
+    """Copy in chunks, telling ``progress`` of each."""
+    while True:
+        chunk = src.read(_CHUNK)
+        if not chunk:
+            return
+        dst.write(chunk)
+        if progress is not None:
+            progress(len(chunk))
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and the folders above it up to ``root`` while they are empty."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): stop
+            return
+        folder = folder.parent
 
 
 def _may_match(folder: str, prefix: str) -> bool:

@@ -14,9 +14,10 @@ missing object becomes :class:`ObjectNotFound`, everything else a
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -36,7 +37,7 @@ from botocore.exceptions import (
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
-from dstack.storage.base import ObjectInfo, Storage, check_key
+from dstack.storage.base import ObjectInfo, Progress, Storage, check_key
 
 _MB = 1024 * 1024
 #: Multipart above 8 MB, in 8 MB parts, at most 4 at a time (~32 MB in flight).
@@ -49,6 +50,8 @@ _OPS_CONFIG = Config(connect_timeout=10, read_timeout=60,
 _CHECK_CONFIG = Config(connect_timeout=5, read_timeout=5,
                        retries={"mode": "standard", "max_attempts": 2})
 
+#: The most keys one ``delete_objects`` request takes.
+_DELETE_BATCH = 1000
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "ExpiredToken", "InvalidToken"}
@@ -110,16 +113,16 @@ class S3Storage(Storage):
                                 f"that the server is up and reachable")
         return StorageError(f"{where}: {e}")
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
         with self._errors(key):
             self._client.upload_file(os.fspath(path), self.bucket, self._key(check_key(key)),
-                                     Config=TRANSFER)
+                                     Config=TRANSFER, Callback=progress)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):
             self._client.put_object(Bucket=self.bucket, Key=self._key(check_key(key)), Body=data)
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
         """Download beside ``path`` under a temporary name, then rename: never a half file."""
         full, path = self._key(check_key(key)), Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +130,7 @@ class S3Storage(Storage):
         os.close(fd)
         try:
             with self._errors(key):
-                self._client.download_file(self.bucket, full, tmp, Config=TRANSFER)
+                self._client.download_file(self.bucket, full, tmp, Config=TRANSFER, Callback=progress)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -159,6 +162,28 @@ class S3Storage(Storage):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][strip:], obj["Size"])
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy (``copy_object``; multipart copy above the transfer threshold)."""
+        with self._errors(source):
+            self._client.copy({"Bucket": self.bucket, "Key": self._key(check_key(source))}, self.bucket,
+                              self._key(check_key(target)), Config=TRANSFER)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """``delete_objects``, 1000 keys a request (S3's most)."""
+        pending = iter(keys)
+        while batch := [self._key(check_key(key)) for key in itertools.islice(pending, _DELETE_BATCH)]:
+            self._delete(batch)
+
+    def _delete(self, full_keys: Sequence[str]) -> None:
+        with self._errors():
+            answer = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in full_keys], "Quiet": True})
+        failed = answer.get("Errors") or []
+        if failed:
+            first = failed[0]
+            raise StorageError(f"S3 storage {self.url}: {len(failed)} object(s) not deleted; the first, "
+                               f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
 
     def check(self) -> None:
         """``head_bucket`` with short timeouts and one retry, on a client kept for this."""

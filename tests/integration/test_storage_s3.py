@@ -163,3 +163,25 @@ def test_missing_credentials(moto: MotoServer, monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(StorageError, match="credentials") as info:
         S3Storage(BUCKET).get_bytes("k")
     assert moto.endpoint_url in str(info.value)
+
+
+def test_progress_copy_and_delete(storage: S3Storage, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(9 * 1024 * 1024))  # above the multipart threshold
+    sent: list[int] = []
+    storage.put_file("runs/r/artifacts/j/big.bin", source, progress=sent.append)
+    assert sum(sent) == source.stat().st_size
+    received: list[int] = []
+    storage.get_file("runs/r/artifacts/j/big.bin", tmp_path / "back.bin", progress=received.append)
+    assert sum(received) == source.stat().st_size
+    storage.copy("runs/r/artifacts/j/big.bin", "runs/s/artifacts/j/big.bin")
+    storage.get_file("runs/s/artifacts/j/big.bin", tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    with pytest.raises(ObjectNotFound):
+        storage.copy("runs/r/missing", "runs/r/other")
+    for i in range(1005):  # more than one delete_objects request
+        storage.put_bytes(f"runs/r/logs/t/{i:05d}", b"x")
+    assert storage.delete_prefix("runs/r/") == (1006, source.stat().st_size + 1005)
+    assert list(storage.list("runs/r/")) == []
+    storage.delete(["runs/r/never-there"])
+    assert storage.exists("runs/s/artifacts/j/big.bin")

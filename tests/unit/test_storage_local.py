@@ -158,3 +158,24 @@ def test_open_storage_rejects(url: str) -> None:
     with pytest.raises(ConfigError, match="DSTACK_STORAGE_URL") as info:
         open_storage(url)
     assert "s3://bucket" in str(info.value) and "file:///" in str(info.value)
+
+
+def test_progress_copy_and_delete(storage: LocalStorage, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    sent: list[int] = []
+    storage.put_file("runs/r/artifacts/j/big.bin", source, progress=sent.append)
+    assert sum(sent) == source.stat().st_size and len(sent) > 1
+    received: list[int] = []
+    storage.get_file("runs/r/artifacts/j/big.bin", tmp_path / "back.bin", progress=received.append)
+    assert sum(received) == source.stat().st_size
+    storage.copy("runs/r/artifacts/j/big.bin", "runs/s/artifacts/j/big.bin")
+    assert storage.get_bytes("runs/s/artifacts/j/big.bin") == source.read_bytes()
+    with pytest.raises(ObjectNotFound):
+        storage.copy("runs/r/missing", "runs/r/other")
+    storage.put_bytes("runs/r/logs/t/0.msgpack", b"12345")
+    assert storage.delete_prefix("runs/r/") == (2, source.stat().st_size + 5)
+    assert list(storage.list("runs/r/")) == []
+    assert not (storage.root / "runs" / "r").exists()  # no empty folders left behind
+    storage.delete(["runs/r/never-there"])  # no error
+    assert storage.exists("runs/s/artifacts/j/big.bin")
