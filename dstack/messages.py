@@ -114,10 +114,12 @@ def run_input_folder(entry: str) -> str:
 
 @dataclass
 class ArtifactFile:
-    """One stored artifact file: its path relative to the project root, and its size in bytes."""
+    """One stored artifact file: its path relative to the project root, its size in bytes and the SHA-256
+    of its content (hex; empty in manifests written before checksums were kept)."""
 
     path: str
     size: int
+    sha256: str = ""
 
 
 @dataclass
@@ -132,6 +134,8 @@ class ArtifactManifest:
     #: the job's artifact folders
     artifacts: list[str] = field(default_factory=list)
     files: list[ArtifactFile] = field(default_factory=list)
+    #: False while the job runs (the files synced so far); True once written at the job's end
+    complete: bool = True
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -170,6 +174,10 @@ class WorkflowSpec:
     #: finished runs (names, or ``WORKFLOW:TAG``) whose artifacts its provider and jobs start with, each
     #: in its own folder (:func:`run_input_folder`); nothing of them runs again (a built-in provider's ``runs``)
     runs: list[str] = field(default_factory=list)
+    #: job caching for this workflow's jobs (``cache:`` in the workflow, ``dstack run --cache/--no-cache``)
+    cache: bool = False
+    #: the arguments ``dstack run`` gave a custom provider (``self.provider_args`` in the SDK)
+    provider_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -199,6 +207,8 @@ class JobSpec:
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
     apps: list[AppSpec] = field(default_factory=list)
+    #: reuse the result of an earlier identical job (job caching), set from the workflow's ``cache``
+    cache: bool = False
 
 
 @dataclass
@@ -226,6 +236,8 @@ class ProviderTask:
     provider_repo: Optional[ProviderRepo] = None
     env: dict[str, str] = field(default_factory=dict)
     inputs: list[ArtifactRef] = field(default_factory=list)
+    #: the arguments ``dstack run`` gave the provider (``self.provider_args`` in the SDK)
+    args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -238,6 +250,8 @@ class JobTask:
     snapshot_id: str
     master: Optional[Endpoint] = None
     inputs: list[ArtifactRef] = field(default_factory=list)
+    #: start with the job's own last synced artifacts in place (a retry, or a restart without ``--clear``)
+    resume: bool = False
     #: environment variables whose values are never shown (``dstack secrets set``)
     secrets: dict[str, str] = field(default_factory=dict)
 
@@ -296,6 +310,10 @@ class TaskFinished:
     jobs: Optional[list[JobSpec]] = None
     #: it failed because it ran past its ``max_duration`` (and is not retried)
     timed_out: bool = False
+    #: the bytes of the job's stored artifacts (``None``: a provider, or none stored)
+    artifacts_size: Optional[int] = None
+    #: ``RUN/JOB`` of the earlier job whose result this one reused (job caching), else empty
+    cached_from: str = ""
 
 
 # ----------------------------------------------------------------------------- requests
@@ -321,6 +339,8 @@ class RestartRun:
 
     run_name: str
     workflow: Optional[str] = None
+    #: start the restarted jobs from nothing, not from their last synced artifacts
+    clear: bool = False
 
 
 @dataclass
@@ -351,10 +371,11 @@ class GetRuns:
 
 @dataclass
 class StopRun:
-    """CLI -> scheduler: stop every part of a run."""
+    """CLI -> scheduler: stop every part of a run (of ``workflow`` and what depends on it, if set)."""
 
     run_name: str
     abort: bool = False
+    workflow: Optional[str] = None
 
 
 @dataclass

@@ -66,6 +66,10 @@ class JobView:
     submitted_at: Optional[float] = None
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
+    #: bytes of its stored artifacts (``None``: none stored yet)
+    artifacts_size: Optional[int] = None
+    #: ``RUN/JOB`` whose result it reused (job caching), else empty
+    cached_from: str = ""
 
     @property
     def needs(self) -> Resources:
@@ -104,6 +108,10 @@ class RunView:
     variables: dict[str, Any] = field(default_factory=dict)
     workflows: list[WorkflowView] = field(default_factory=list)
     jobs: list[JobView] = field(default_factory=list)
+    #: the tags that name it
+    tags: list[str] = field(default_factory=list)
+    #: bytes of the artifacts its jobs stored
+    artifacts_size: int = 0
 
 
 @dataclass
@@ -132,6 +140,10 @@ class TagView:
     #: the run's status, or ``unknown`` if the run is gone
     status: str
     workflows: list[str] = field(default_factory=list)
+    #: bytes of the artifacts of the run it names
+    size: int = 0
+    #: ``run`` (a run's tag) or ``upload`` (local data, ``dstack artifacts upload``)
+    kind: str = "run"
 
 
 @dataclass

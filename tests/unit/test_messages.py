@@ -144,7 +144,8 @@ def test_round_trip_keeps_nested_types() -> None:
 
 def test_payload_carries_type_and_version() -> None:
     payload = to_payload(StopRun(run_name="r1"))
-    assert payload == {"run_name": "r1", "abort": False, "type": "StopRun", "v": defaults.PROTOCOL_VERSION}
+    assert payload == {"run_name": "r1", "abort": False, "workflow": None, "type": "StopRun",
+                       "v": defaults.PROTOCOL_VERSION}
     assert unpack(encode(StopRun(run_name="r1"))) == payload
 
 
