@@ -207,8 +207,6 @@ class JobSpec:
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
     apps: list[AppSpec] = field(default_factory=list)
-    #: reuse the result of an earlier identical job (job caching), set from the workflow's ``cache``
-    cache: bool = False
 
 
 @dataclass
@@ -252,6 +250,8 @@ class JobTask:
     inputs: list[ArtifactRef] = field(default_factory=list)
     #: start with the job's own last synced artifacts in place (a retry, or a restart without ``--clear``)
     resume: bool = False
+    #: reuse the result of an earlier identical job (job caching; the workflow's ``cache``)
+    cache: bool = False
     #: environment variables whose values are never shown (``dstack secrets set``)
     secrets: dict[str, str] = field(default_factory=dict)
 

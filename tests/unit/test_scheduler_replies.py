@@ -118,10 +118,11 @@ def test_plain_form_keeps_the_json_keys_in_their_order(h: Harness) -> None:
     h.provider_creates([spec("a")])
     (run,) = plain(typed(h, GetRuns(run_name=RUN)))
     assert list(run) == ["run_name", "workflow", "status", "reason", "project", "submitted_at", "started_at",
-                         "finished_at", "variables", "workflows", "jobs"]
+                         "finished_at", "variables", "workflows", "jobs", "tags", "artifacts_size"]
     assert list(run["jobs"][1]) == ["job_id", "kind", "workflow", "status", "exit_code", "reason", "attempt",
                                     "worker", "hostname", "ports", "depends_on", "master", "image", "resources",
-                                    "provider_commit", "apps", "submitted_at", "started_at", "finished_at"]
+                                    "provider_commit", "apps", "submitted_at", "started_at", "finished_at",
+                                    "artifacts_size", "cached_from"]
     assert list(run["workflows"][0]) == ["name", "status", "reason", "depends_on", "tagged", "variables",
                                          "provider_commit", "submitted_at", "finished_at"]
     assert run["status"] == "running" and type(run["status"]) is str

@@ -10,6 +10,7 @@ import pytest
 
 from dstack.errors import ConfigError, ObjectNotFound, StorageError, UnsafePath
 from dstack.storage import ObjectInfo, open_storage
+from dstack.storage import local
 from dstack.storage.local import TMP_SUFFIX, LocalStorage
 
 
@@ -104,7 +105,7 @@ def test_failed_write_leaves_old_object_and_no_temp(storage: LocalStorage, tmp_p
         fdst.write(fsrc.read(10))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(shutil, "copyfileobj", broken_copy)
+    monkeypatch.setattr(local, "_copy", broken_copy)
     with pytest.raises(StorageError, match="No space left"):
         storage.put_file("d/obj", src)
     with pytest.raises(StorageError):
