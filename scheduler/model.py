@@ -51,6 +51,10 @@ class JobState:
     #: when its next attempt may start, while it is retrying
     retry_at: Optional[float] = None
     provider_commit: Optional[str] = None
+    #: bytes of its stored artifacts, as its last attempt reported them
+    artifacts_size: Optional[int] = None
+    #: ``RUN/JOB`` whose result it reused (job caching), else empty
+    cached_from: str = ""
 
 
 @dataclass
@@ -137,7 +141,9 @@ class TaskRecord:
             exit_code=self.exit_code, reason=self.reason, attempt=self.attempt, worker=self.worker_id,
             hostname=self.hostname, ports=self.ports, depends_on=self.depends_on, master=self.master, image=image,
             resources=_plain_resources(job), provider_commit=self.spec.provider_commit, apps=self._apps(),
-            submitted_at=self.submitted_at, started_at=self.started_at, finished_at=self.finished_at)
+            submitted_at=self.submitted_at, started_at=self.started_at, finished_at=self.finished_at,
+            artifacts_size=self.spec.artifacts_size if isinstance(self.spec, JobState) else None,
+            cached_from=self.spec.cached_from if isinstance(self.spec, JobState) else "")
 
     def workflow_view(self) -> WorkflowView:
         """The view of a workflow record."""
@@ -180,12 +186,15 @@ class RunRecord:
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
 
-    def view(self, tasks: list[TaskRecord]) -> RunView:
-        """The run, its workflows (with the variables they got) and its jobs."""
+    def view(self, tasks: list[TaskRecord], tags: Optional[list[str]] = None) -> RunView:
+        """The run, its workflows (with the variables they got), its jobs, the ``tags`` that name it and the
+        bytes of its stored artifacts."""
         workflows = [t.workflow_view() for t in tasks if t.kind is Kind.WORKFLOW]
         order = {w.name: i for i, w in enumerate(workflows)}  # dependencies first, as submitted
         target = next((w for w in workflows if w.name == self.workflow), None)
+        size = sum(t.spec.artifacts_size or 0 for t in tasks if isinstance(t.spec, JobState))
         return RunView(
+            tags=list(tags or []), artifacts_size=size,
             run_name=self.run_name, workflow=self.workflow, status=self.status, reason=self.reason,
             project=self.project, submitted_at=self.submitted_at, started_at=self.started_at,
             finished_at=self.finished_at, variables=target.variables if target else {}, workflows=workflows,

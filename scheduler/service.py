@@ -431,6 +431,10 @@ class Scheduler:
             else:
                 if not run.stop_requested:
                     self._flow.create_jobs(task, jobs)
+        if isinstance(task.spec, JobState) and event.artifacts_size is not None:
+            task.spec.artifacts_size = event.artifacts_size
+        if isinstance(task.spec, JobState):
+            task.spec.cached_from = event.cached_from
         if status is Status.FAILED and not event.timed_out and self._flow.retry_later(task, run, event.reason):
             self._flow.update_run(run)
             return
