@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import posixpath
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from dstack.errors import ConfigError
 from dstack.located_yaml import field_path, schema_problem
 from dstack.messages import ProviderSpec
 from dstack.providers.common import ArgumentError, BuiltinProvider, ParameterError, aliases, current_parameters
+from dstack.sdk.resources import current_resources
 from dstack.sdk.schemas import load_schema
 
 #: Where the built-in providers are in a provider's container: in the SDK bundle (``workers/sdk_bundle.py``).
@@ -102,6 +104,78 @@ def parameters_from_args(name: str, args: Sequence[str]) -> dict[str, Any]:
     if problem is not None:
         raise ConfigError(f"dstack run {name}: parameter '{problem.field}': {problem.message}") from None
     return data
+
+
+# ----------------------------------------------------------- dstack run WORKFLOW --OPTION VALUE
+
+
+def options_help(name: str, prog: str) -> str:
+    """The options of built-in provider ``name`` that override a workflow's parameters (``dstack run
+    WORKFLOW --gpu 2``), as argparse lists them; ``prog`` is the command they are shown for."""
+    return provider_class(name).options_parser(prog).format_help().rstrip()
+
+
+def option_names(name: str) -> list[str]:
+    """The options of built-in provider ``name`` given after a workflow's name, each as ``-r/--requirements``."""
+    parser = provider_class(name).options_parser(f"dstack run {name}")
+    return ["/".join(action.option_strings) for action in parser._actions if action.option_strings]
+
+
+def override_parameters(name: str, data: dict[str, Any], args: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``data``, the parameters of a workflow of built-in provider ``name``, with the parameters the options
+    ``args`` stand for over them (``dstack run WORKFLOW --gpu 2 --memory 32GB``); and the arguments of
+    ``args`` that are none of its options, in order (``data`` unchanged then).
+
+    An option replaces its parameter, except ``-e`` (merged into ``environment`` by name) and the
+    resources (merged into ``resources`` key by key: ``--gpu 2`` keeps the workflow's GPU model).
+    Artifacts (``-a``) are relative to the working directory, the workflow's or ``-w``'s. An older name
+    of a parameter an option sets is dropped (``python: 3.9`` under ``--version 3.11``).
+
+    Raises:
+        ConfigError: an option's value is wrong or missing; the message names it.
+    """
+    try:
+        given, unknown = provider_class(name).parameters_from_options(list(args))
+    except ArgumentError as e:
+        raise ConfigError(f"provider {name}: {e}") from None
+    if unknown:
+        return data, unknown
+    merged = {key: value for key, value in data.items() if aliases(schema(name)).get(key) not in given}
+    for key, value in given.items():
+        if key == "environment" and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        elif key == "resources":
+            merged[key] = _merge_resources(merged.get(key), value)
+        else:
+            merged[key] = value
+    working_dir = merged.get("working_dir")
+    if "artifacts" in given and isinstance(working_dir, str) and working_dir.strip("./"):
+        merged["artifacts"] = [posixpath.normpath(posixpath.join(working_dir, a)) for a in given["artifacts"]]
+    return merged, []
+
+
+def _merge_resources(base: Any, override: dict[str, Any]) -> Any:
+    """The ``resources`` of a workflow (``base``) with those of options over them, key by key; the GPUs
+    too (``--gpu 2`` over ``gpu: {count: 1, name: A100}`` is ``{count: 2, name: A100}``)."""
+    if not isinstance(base, dict):
+        return override
+    merged = {**base, **{key: value for key, value in override.items() if key != "gpu"}}
+    if "gpu" in override:
+        try:
+            merged = current_resources(merged)  # early dstack's MODEL/gpu: N as gpu: {count: N, name: MODEL}
+        except ValueError:
+            return merged  # said twice already: the check names it
+        merged["gpu"] = _gpu_merged(merged.get("gpu"), override["gpu"])
+    return merged
+
+
+def _gpu_merged(base: Any, override: Any) -> Any:
+    def as_dict(gpu: Any) -> dict[str, Any]:
+        if isinstance(gpu, dict):
+            return dict(gpu)
+        return {} if gpu is None or isinstance(gpu, bool) else {"count": gpu}
+    gpu = {**as_dict(base), **as_dict(override)}
+    return gpu["count"] if set(gpu) == {"count"} else gpu
 
 
 def _description(node: dict[str, Any], path: list[Any]) -> tuple[str, str]:

@@ -47,6 +47,8 @@ HEARTBEAT_INTERVAL = 10.0
 WORKER_TIMEOUT = 60.0
 #: Seconds a worker told to stop (SIGTERM) lets its running tasks go on before it stops them.
 DRAIN_PERIOD = 30.0
+#: Seconds between two scans of a running job's artifact folders; a file unchanged for this long is uploaded.
+ARTIFACT_SYNC_INTERVAL = 30.0
 #: Seconds the worker's intake waits for a task before it checks its capacity again.
 INTAKE_POLL_TIMEOUT = 1.0
 

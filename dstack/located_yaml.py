@@ -31,8 +31,26 @@ class LocatedList(list, _Located):
     pass
 
 
+#: What may not follow a ``:`` that starts a plain scalar inside ``[...]`` or ``{...}``.
+_NOT_PLAIN_AFTER_COLON = "\0 \t\r\n\x85\u2028\u2029,[]{}"
+
+
 class _LineLoader(yaml.SafeLoader):
-    """A safe YAML loader that remembers where every key and item was written."""
+    """A safe YAML loader that remembers where every key and item was written.
+
+    It also reads ``[:data]`` as YAML 1.2 does, a list holding ``:data`` (a ``depends-on`` entry naming a tag),
+    where PyYAML's YAML 1.1 scanner refuses a plain scalar that starts with ``:`` inside brackets.
+    """
+
+    def _colon_starts_plain(self) -> bool:
+        """At a ``:`` where a node starts inside brackets (not after a key), followed by a name."""
+        return bool(self.flow_level and self.allow_simple_key and self.peek(1) not in _NOT_PLAIN_AFTER_COLON)
+
+    def check_value(self) -> bool:
+        return not self._colon_starts_plain() and bool(super().check_value())
+
+    def check_plain(self) -> bool:
+        return (self.peek() == ":" and self._colon_starts_plain()) or bool(super().check_plain())
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LocatedDict:
         mapping = LocatedDict(super().construct_mapping(node, deep=True))

@@ -148,7 +148,8 @@ class ArtifactManifest:
 
 @dataclass
 class TagRef:
-    """``WORKFLOW:TAG`` in ``depends-on``: the artifacts of ``workflow`` in the run tagged ``tag``."""
+    """``WORKFLOW:TAG`` in ``depends-on``: the artifacts of ``workflow`` in the run tagged ``tag``; ``:TAG``
+    (``workflow`` empty): of every job of that run that left artifacts (an upload's files)."""
 
     workflow: str
     tag: str
@@ -361,12 +362,35 @@ class GetTags:
     """CLI -> scheduler: every tag with its run."""
 
 
+#: The workflow name of a run that holds local data stored by ``dstack artifacts upload``; its one job is
+#: ``upload.0``, whose artifacts are the files uploaded.
+UPLOAD_WORKFLOW = "upload"
+
+
+@dataclass
+class RecordUpload:
+    """CLI -> scheduler: local data is stored as the artifacts of job ``upload.0`` of run ``run_name`` (its files
+    and manifest are in storage already); record that run as done, with one job, and name it ``tag``. Refused,
+    with nothing recorded, when the tag or the run exists already (a resent request finds its run)."""
+
+    run_name: str
+    tag: str
+    #: the top-level paths uploaded (relative to the project folder), the job's artifact folders
+    artifacts: list[str]
+    #: bytes of the files uploaded
+    size: int
+    submitted_at: float
+    #: the folder it was uploaded from
+    project: str = ""
+
+
 @dataclass
 class GetRuns:
     """CLI -> scheduler: the runs (all, or the one named), newest first."""
 
     run_name: Optional[str] = None
-    limit: int = 50
+    #: how many of the newest runs (``None``: every run)
+    limit: Optional[int] = 50
 
 
 @dataclass
@@ -376,6 +400,16 @@ class StopRun:
     run_name: str
     abort: bool = False
     workflow: Optional[str] = None
+
+
+@dataclass
+class DeleteRuns:
+    """CLI -> scheduler: forget finished runs (their tasks, and with ``force`` the tags that name them). All or
+    nothing: an unknown or unfinished run, or a tagged one without ``force``, refuses the request. The CLI then
+    deletes their objects in storage (``runs/RUN/``)."""
+
+    run_names: list[str]
+    force: bool = False
 
 
 @dataclass
@@ -451,7 +485,8 @@ MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
                 SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags,
-                QueueOpened, WorkerReport, WorkerLeaving, GetWorkers, SetSecret, DeleteSecret, GetSecrets)
+                QueueOpened, WorkerReport, WorkerLeaving, GetWorkers, SetSecret, DeleteSecret, GetSecrets,
+                DeleteRuns, RecordUpload)
 }
 
 

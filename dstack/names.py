@@ -111,6 +111,11 @@ def snapshot_key(snapshot_id: str) -> str:
     return check_key(f"snapshots/{snapshot_id}.json")
 
 
+def run_prefix(run_name: str) -> str:
+    """Where everything a run stored lives (its logs, artifacts and manifests): ``runs/RUN/``."""
+    return f"runs/{check_key(run_name)}/"
+
+
 def log_prefix(run_name: str, task_id: str = "") -> str:
     return f"runs/{run_name}/logs/{task_id + '/' if task_id else ''}"
 
@@ -134,6 +139,17 @@ def artifacts_manifest_key(run_name: str, job_id: str) -> str:
 
 def manifests_prefix(run_name: str) -> str:
     return f"runs/{run_name}/manifests/"
+
+
+def cache_entry_key(cache_key: str) -> str:
+    """The job cache's entry for ``cache_key``: which earlier job's result an identical job reuses."""
+    return check_key(f"cache/{cache_key}.json")
+
+
+def cache_record_key(run_name: str, job_id: str) -> str:
+    """The same entry kept with the job whose result it names: deleted with its run, which makes
+    the entry stale."""
+    return check_key(f"runs/{run_name}/cache/{job_id}.json")
 
 
 _ADJECTIVES = ("amber", "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "lucky", "mellow",

@@ -6,10 +6,13 @@ reach the jobs as one environment variable.
 """
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
+import shlex
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
@@ -47,6 +50,59 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
+@dataclass
+class RunArgs:
+    """The ARGS of ``dstack run WORKFLOW ARGS``, split (:func:`split_args`)."""
+
+    #: the variables they override: ``{"epochs": "100"}``
+    variables: dict[str, str] = field(default_factory=dict)
+    #: the rest, in order, for the workflow's provider: options of a built-in one, arguments of another
+    provider_args: list[str] = field(default_factory=list)
+    #: ``-d``/``--detach`` was among them
+    detach: bool = False
+
+
+def split_args(project: Project, target: str, args: Sequence[str]) -> RunArgs:
+    """Split the ARGS of ``dstack run TARGET ARGS``: ``--name value`` (or ``--name=value``) where ``name`` is
+    a variable of the run overrides it, ``-d``/``--detach`` detaches, and the rest goes to the target's
+    provider in order (:func:`plan_run` reads it). ``--`` ends what dstack reads: whatever follows it goes
+    to the provider as written, a ``-d`` or a variable's name included.
+
+    Raises:
+        ConfigError: a variable's option has no value, or ``target`` is no workflow (the message lists them).
+    """
+    known = _known_variables(project, workflow_order(project, target))
+    split = RunArgs()
+    items = list(args)
+    while items:
+        item = items.pop(0)
+        if item == "--":
+            split.provider_args += items
+            break
+        if item in ("-d", "--detach"):
+            split.detach = True
+            continue
+        name, eq, value = item[2:].partition("=")
+        if not item.startswith("--") or name not in known:
+            split.provider_args.append(item)
+            continue
+        if not eq:
+            if not items:
+                raise ConfigError(f"--{name} needs a value (it overrides the variable {name})")
+            value = items.pop(0)
+        split.variables[name] = value
+    return split
+
+
+def provider_project(project: Project, name: str) -> Project:
+    """``project`` with a workflow ``name`` that runs the project's provider ``name`` (of
+    ``.dstack/providers.yaml``) with no parameters of its own: what ``dstack run NAME ARGS`` runs for a
+    provider that is no workflow, its ARGS going to the provider (``self.provider_args`` in the SDK)."""
+    workflow = Workflow(name=name, provider=name, data={}, help=f"the provider {name} of .dstack/providers.yaml, "
+                                                                 "run with the arguments given to it")
+    return dataclasses.replace(project, workflows={**project.workflows, name: workflow})
+
+
 def workflow_order(project: Project, target: str) -> list[Workflow]:
     """``target`` and every workflow it depends on (not through tags), each once, dependencies first.
 
@@ -68,6 +124,8 @@ def workflow_order(project: Project, target: str) -> list[Workflow]:
         workflow = project.workflows[name]
         for entry in workflow.depends_on:
             upstream, _, tag = entry.partition(":")
+            if not upstream and tag:
+                continue  # ``:TAG``: every artifact of the tagged run (an upload's files), no workflow of the project
             if upstream not in project.workflows:
                 known = ", ".join(sorted(project.workflows))
                 raise ConfigError(f"workflow '{name}' depends on '{upstream}', which is not defined "
@@ -82,19 +140,25 @@ def workflow_order(project: Project, target: str) -> list[Workflow]:
     return order
 
 
-def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] = None) -> list[WorkflowSpec]:
+def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] = None,
+             provider_args: Sequence[str] = ()) -> list[WorkflowSpec]:
     """The workflows of a run of ``target``, ready for :class:`~dstack.messages.SubmitRun`.
+
+    ``provider_args`` (:attr:`RunArgs.provider_args`) go to the target's provider: a built-in provider
+    reads them as its options, each overriding a parameter of the workflow for this run
+    (:func:`~dstack.builtin_providers.override_parameters`); another provider gets them as they are
+    (:attr:`WorkflowSpec.provider_args`).
 
     Raises:
         ConfigError: see :func:`workflow_order`; also an override naming no variable (the
-            message lists the known ones) or a placeholder naming no variable.
+            message lists the known ones), a placeholder naming no variable, or an argument
+            that is no option of the target's built-in provider (the message lists its options
+            and the variables) or makes a wrong parameter.
     """
     overrides = overrides or {}
     order = workflow_order(project, target)
     sections = project.variables
-    known = set(sections.get("global", {}))
-    for workflow in order:
-        known |= set(sections.get(workflow.name, {}))
+    known = _known_variables(project, order)
     unknown = sorted(set(overrides) - known)
     if unknown:
         listing = ", ".join(f"--{name}" for name in sorted(known)) or "none"
@@ -107,7 +171,11 @@ def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] 
         _check_env_names(project, workflow, variables)
         data = _substitute(workflow.data, variables, workflow, ())
         provider = project.provider_for(workflow)
-        if isinstance(provider, ProviderSpec) and provider.builtin:
+        builtin = isinstance(provider, ProviderSpec) and provider.builtin
+        args = list(provider_args) if workflow.name == target else []
+        if builtin and args:
+            data = _with_options(workflow, provider.name, data, args, known)
+        if builtin:
             _check_builtin_parameters(workflow, provider.name, data)
         entries = [entry.partition(":") for entry in workflow.depends_on]
         specs.append(WorkflowSpec(
@@ -117,8 +185,45 @@ def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] 
             depends_on=list(dict.fromkeys(name for name, _, tag in entries if not tag)),
             tagged=[TagRef(workflow=name, tag=tag) for name, _, tag in entries if tag],
             variables={k: v for k, v in variables.items()},
-            retry=workflow.retry, max_duration_s=workflow.max_duration_s, runs=_runs_of(provider, data)))
+            retry=workflow.retry, max_duration_s=workflow.max_duration_s, runs=_runs_of(provider, data),
+            cache=workflow.cache, provider_args=[] if builtin else args))
     return specs
+
+
+def _known_variables(project: Project, order: list[Workflow]) -> set[str]:
+    """The variables a run of the workflows ``order`` knows: the global ones and those of each of them."""
+    known = set(project.variables.get("global", {}))
+    for workflow in order:
+        known |= set(project.variables.get(workflow.name, {}))
+    return known
+
+
+def _with_options(workflow: Workflow, provider: str, data: dict[str, Any], args: list[str],
+                  variables: set[str]) -> dict[str, Any]:
+    """``data`` with the options ``args`` of its built-in ``provider`` over it (``dstack run train --gpu 2``).
+
+    Raises:
+        ConfigError: an argument is neither an option of the provider nor a variable of the run (the
+            message lists both), or makes a wrong parameter (the message names the option's parameter).
+    """
+    command = f"dstack run {workflow.name}"
+    try:
+        merged, unknown = builtin_providers.override_parameters(provider, data, args)
+    except ConfigError as e:
+        raise ConfigError(f"`{command}`: {e.message}") from None
+    if unknown:
+        first = unknown[0]
+        what = f"option {first.partition('=')[0]}" if first.startswith("-") else f"argument {first!r}"
+        listing = ", ".join(f"--{name}" for name in sorted(variables)) or "none"
+        options = ", ".join(builtin_providers.option_names(provider))
+        raise ConfigError(f"`{command}`: unknown {what}: it is neither a variable of this run ({listing}; "
+                          f".dstack/variables.yaml) nor an option of provider {provider} ({options}); "
+                          f"`{command} --help` describes them")
+    problem = builtin_providers.parameter_problem(provider, merged)
+    changed = {key for key in merged if key not in data or merged[key] != data[key]}
+    if problem is not None and (problem.field or "").split(".")[0].split("[")[0] in changed:
+        raise ConfigError(f"`{command} {shlex.join(args)}`: parameter '{problem.field}': {problem.message}")
+    return merged
 
 
 def plan_builtin_run(name: str, args: Sequence[str], working_dir: str = "") -> list[WorkflowSpec]:

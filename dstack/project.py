@@ -17,11 +17,12 @@ from dstack.messages import ProviderRepo, ProviderSpec, RetryPolicy
 from dstack.sdk.retry import Retry, parse_duration_s
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
-SYSTEM_KEYS = ("name", "provider", "help", "depends-on", "depends_on", "retry", "max_duration")
+SYSTEM_KEYS = ("name", "provider", "help", "depends-on", "depends_on", "retry", "max_duration", "cache")
 #: The provider of a workflow written in the oldest format: ``image`` and ``commands``, no ``provider``.
 IMAGE_PROVIDER = "docker"
-#: A ``depends-on`` entry: ``WORKFLOW`` or ``WORKFLOW:TAG`` (as in ``schemas/workflows.yaml``).
-_DEPENDENCY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(:[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+#: A ``depends-on`` entry: ``WORKFLOW``, ``WORKFLOW:TAG`` or ``:TAG`` (every artifact of the tagged run, such as
+#: local data that ``dstack artifacts upload`` stored); as in ``schemas/workflows.yaml``.
+_DEPENDENCY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(:[A-Za-z0-9][A-Za-z0-9_.-]*)?|:[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -32,11 +33,13 @@ class Workflow:
     provider: Union[str, dict[str, str]]
     data: dict[str, Any]
     line: int = 0
-    #: Workflow names, or ``WORKFLOW:TAG`` for the artifacts of a tagged run.
+    #: Workflow names, ``WORKFLOW:TAG`` for the artifacts of a workflow of a tagged run, or ``:TAG`` for all of them.
     depends_on: list[str] = field(default_factory=list)
     #: what its jobs get unless their provider says otherwise
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
+    #: job caching: a job reuses the result of an earlier identical job (``cache: true``; docs/caching.md)
+    cache: bool = False
     #: the line of each key of the workflow
     lines: dict[str, int] = field(default_factory=dict)
     #: what the workflow is for (``help:``), shown by `dstack workflows` and `dstack run NAME --help`
@@ -65,9 +68,10 @@ class Project:
         """
         if name not in self.workflows:
             known = ", ".join(sorted(self.workflows)) or "none"
+            own = f"; the project's providers, run so too: {', '.join(sorted(self.providers))}"
             raise ConfigError(f"no workflow named '{name}' (known workflows: {known}; built-in providers, "
-                              f"run as `dstack run PROVIDER ARGS`: {', '.join(builtin_providers.names())})",
-                              file=".dstack/workflows.yaml")
+                              f"run as `dstack run PROVIDER ARGS`: {', '.join(builtin_providers.names())}"
+                              f"{own if self.providers else ''})", file=".dstack/workflows.yaml")
         return self.workflows[name]
 
     def provider_for(self, workflow: Workflow) -> Union[ProviderSpec, ProviderRepo]:
@@ -151,7 +155,7 @@ def load_project(root: Path) -> Project:
             name=raw["name"], provider=_plain(raw.get("provider", IMAGE_PROVIDER)), data=data, line=raw.line,
             depends_on=depends_on, retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None,
             max_duration_s=max_duration_s, lines={str(k): v for k, v in raw.lines.items()},
-            help=raw.get("help"), image_only="provider" not in raw)
+            help=raw.get("help"), image_only="provider" not in raw, cache=bool(raw.get("cache", False)))
     if "variables" in docs:
         sections = docs["variables"].get("variables", {})
         project.variables = _plain(sections)
@@ -161,7 +165,7 @@ def load_project(root: Path) -> Project:
 
 
 def _dependencies(raw: Any, where: str) -> list[str]:
-    """A workflow's ``depends-on`` (or ``depends_on``) entries as ``WORKFLOW`` or ``WORKFLOW:TAG``.
+    """A workflow's ``depends-on`` (or ``depends_on``) entries as ``WORKFLOW``, ``WORKFLOW:TAG`` or ``:TAG``.
 
     Early dstack wrote a tagged dependency as a one-key map, ``- train: best``; it means ``train:best``.
 

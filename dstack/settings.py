@@ -31,6 +31,7 @@ ENV_VARS = {
     "DSTACK_HEARTBEAT_INTERVAL": "heartbeat_interval",
     "DSTACK_WORKER_TIMEOUT": "worker_timeout",
     "DSTACK_DRAIN_PERIOD": "drain_period",
+    "DSTACK_ARTIFACT_SYNC_INTERVAL": "artifact_sync_interval",
     "DSTACK_CONTAINER_ENV": "container_env",
     "DSTACK_CONTAINER_MOUNTS": "container_mounts",
 }
@@ -58,6 +59,9 @@ class Settings:
             (``DSTACK_WORKER_TIMEOUT``).
         drain_period: seconds a worker told to stop (SIGTERM) lets its running tasks go on before
             it stops them (``DSTACK_DRAIN_PERIOD``).
+        artifact_sync_interval: seconds between two scans of a running job's artifact folders by its worker;
+            a new or changed file is uploaded once it has not changed for this long, and every file at the
+            job's end (``DSTACK_ARTIFACT_SYNC_INTERVAL``).
         container_env: environment variables a worker gives every container it starts, below the
             job's own (``DSTACK_CONTAINER_ENV``, YAML such as ``{PIP_INDEX_URL: https://pypi.internal/simple}``).
         container_mounts: host folders a worker mounts into every container it starts
@@ -76,6 +80,7 @@ class Settings:
     heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
     worker_timeout: float = defaults.WORKER_TIMEOUT
     drain_period: float = defaults.DRAIN_PERIOD
+    artifact_sync_interval: float = defaults.ARTIFACT_SYNC_INTERVAL
     container_env: dict[str, str] = field(default_factory=dict)
     container_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
 
@@ -117,7 +122,7 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
             raise ConfigError(f"worker slots must be a whole number of at least 1, not {raw!r}",
                               field="DSTACK_WORKER_SLOTS")
         values["worker_slots"] = slots
-    for name in ("heartbeat_interval", "worker_timeout", "drain_period"):
+    for name in ("heartbeat_interval", "worker_timeout", "drain_period", "artifact_sync_interval"):
         if name in values:
             values[name] = _seconds(values[name], name)
     if isinstance(values.get("worker_resources"), str):

@@ -38,7 +38,8 @@ FINISHED = frozenset({Status.DONE, Status.FAILED, Status.STOPPED})
 _S = Status
 
 #: Where a task may go from each status. A task is created ``submitted``. ``submitted`` -> ``done``
-#: is a workflow record whose provider and jobs are done; -> ``failed``/``stopped``: what it waits
+#: is a workflow record whose provider and jobs are done, or the job and workflow record of local data
+#: uploaded (recorded done, nothing runs); -> ``failed``/``stopped``: what it waits
 #: on ended otherwise, or the run was stopped. ``retrying`` -> ``submitted``: its backoff passed.
 #: Finished -> ``submitted``: the run was restarted (a done master with it, for its followers).
 TASK_MOVES: Mapping[Status, frozenset[Status]] = {
@@ -52,7 +53,8 @@ TASK_MOVES: Mapping[Status, frozenset[Status]] = {
 }
 
 #: Where a run may go from each status. A run is created ``queued``; it runs from its first
-#: task's start; it ends when its last task ends; a restart makes it ``queued`` again.
+#: task's start; it ends when its last task ends (an upload's run is recorded done at once); a restart
+#: makes it ``queued`` again.
 RUN_MOVES: Mapping[Status, frozenset[Status]] = {
     _S.QUEUED: frozenset({_S.RUNNING, *FINISHED}),
     _S.RUNNING: frozenset(FINISHED),

@@ -15,11 +15,13 @@ from typing import Any, Optional
 from dstack.errors import MessageError
 from dstack.messages import (
     ClaimTask,
+    DeleteRuns,
     DeleteSecret,
     GetRuns,
     GetSecrets,
     GetTags,
     GetWorkers,
+    RecordUpload,
     Resources,
     RestartRun,
     SetSecret,
@@ -162,6 +164,14 @@ class UntagAnswer:
 
 
 @dataclass
+class DeletedRuns:
+    """The reply to ``DeleteRuns``: the runs forgotten, and the tags removed with them."""
+
+    run_names: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SecretView:
     """A secret's name and when it was last set; never its value."""
 
@@ -221,6 +231,7 @@ REPLY_TYPES: dict[type, Any] = {
     ClaimTask: ClaimAnswer, TagRun: TagAnswer, UntagRun: UntagAnswer, GetTags: list[TagView],
     WorkerReport: ReportAnswer, WorkerLeaving: Acknowledged, GetWorkers: list[WorkerView],
     SetSecret: SecretAnswer, DeleteSecret: SecretAnswer, GetSecrets: list[SecretView],
+    DeleteRuns: DeletedRuns, RecordUpload: TagView,
 }
 
 

@@ -176,7 +176,7 @@ class TaskFlow:
                 run_name=task.run_name, task_id=task.task_id, attempt=task.attempt, workflow=task.workflow,
                 data=state.data, snapshot_id=run.snapshot_id, provider=state.provider,
                 provider_repo=state.provider_repo, env=env_of(workflow.workflow_state.variables),
-                inputs=list(state.inputs))
+                inputs=list(state.inputs), args=list(state.args))
         else:
             master = None
             if task.master:
@@ -185,6 +185,7 @@ class TaskFlow:
                 master = Endpoint(hostname=record.hostname, ports=record.ports)
             message = JobTask(run_name=task.run_name, attempt=task.attempt, job=task.job_state.job,
                               snapshot_id=run.snapshot_id, master=master, inputs=list(task.job_state.inputs),
+                              cache=task.job_state.cache, resume=task.job_state.resume,
                               secrets={name: value for name, value, _ in self.store.secrets()})
             needs = message.job.resources
         task.queue = task_queue(needs)
@@ -223,6 +224,7 @@ class TaskFlow:
         assert workflow is not None
         ids = {job.job_id: make_job_id(provider.workflow, i) for i, job in enumerate(jobs)}
         producers = {ids[job.job_id] for job in jobs if job.artifacts}
+        masters = {ids[job.master] for job in jobs if job.master}  # a master and its followers run together: no caching
         defaults = workflow.workflow_state
         variables = env_of(defaults.variables)
         records = []
@@ -238,7 +240,8 @@ class TaskFlow:
             records.append(TaskRecord(
                 run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
                 status=Status.SUBMITTED, spec=JobState(job=job, inputs=list(provider.provider_state.inputs) + [
-                    ArtifactRef(provider.run_name, dep) for dep in dict.fromkeys(job.depends_on) if dep in producers]),
+                    ArtifactRef(provider.run_name, dep) for dep in dict.fromkeys(job.depends_on) if dep in producers],
+                    cache=defaults.cache and job.master is None and job.job_id not in masters),
                 depends_on=job.depends_on, deps_left=len(job.depends_on), master=job.master,
                 submitted_at=time.time()))
         for record in records:
@@ -262,6 +265,7 @@ class TaskFlow:
         delay = min(policy.backoff_s * 2 ** retries, MAX_BACKOFF_S)
         task.new_attempt()
         state.retries, state.retry_at = retries + 1, time.time() + delay
+        state.resume = True  # from the failed attempt's synced artifacts
         task.reason = f"{reason.splitlines()[0] if reason else 'failed'}; retry {retries + 1} of {policy.limit} " \
                       f"in {delay:g} s"
         self.move(task, Status.RETRYING)

@@ -1,5 +1,5 @@
 """The artifacts a workflow starts with that come from other runs, resolved when the run is submitted:
-``WORKFLOW:TAG`` entries of ``depends-on``, and the runs a built-in provider names in ``runs``
+``WORKFLOW:TAG`` and ``:TAG`` entries of ``depends-on``, and the runs a built-in provider names in ``runs``
 (tensorboard's). Each refuses, saying why, what cannot be had, so a bad submission records nothing.
 Call them inside the store's transaction.
 """
@@ -19,13 +19,17 @@ def tag_inputs(store: StateStore, spec: WorkflowSpec) -> list[ArtifactRef]:
 
 def _tagged_artifacts(store: StateStore, workflow: str, uses: str, tagged: TagRef,
                       target: str = "") -> list[ArtifactRef]:
-    """The artifacts of ``tagged`` (``WORKFLOW:TAG``), which ``workflow`` ``uses`` (depends on, names
-    in runs), put below ``target``; refuses an unknown tag or a workflow not done in the tagged run."""
+    """The artifacts of ``tagged`` (``WORKFLOW:TAG``, or ``:TAG`` for every job of the tagged run that left
+    artifacts, an upload's), which ``workflow`` ``uses`` (depends on, names in runs), put below ``target``;
+    refuses an unknown tag, a workflow not done in the tagged run, or (``:TAG``) a tagged run not finished or
+    without artifacts."""
     run_name = store.get_tag(tagged.tag)
     if run_name is None:
         known = ", ".join(t for t, _, _ in store.list_tags()) or "none"
         raise RequestRejected(f"workflow '{workflow}' {uses} {tagged.workflow}:{tagged.tag}, but there "
                               f"is no tag '{tagged.tag}' (known tags: {known})")
+    if not tagged.workflow:
+        return _run_artifacts(store, workflow, uses, tagged.tag, run_name, target)
     record = store.get_task(run_name, tagged.workflow)
     if record is None or record.status is not Status.DONE:
         state = "is not part of it" if record is None else f"is {record.status.value} there"
@@ -35,20 +39,37 @@ def _tagged_artifacts(store: StateStore, workflow: str, uses: str, tagged: TagRe
             if job.job_state.job.artifacts]
 
 
+def _run_artifacts(store: StateStore, workflow: str, uses: str, tag: str, run_name: str,
+                   target: str) -> list[ArtifactRef]:
+    """The artifacts of every job of ``run_name`` (tagged ``tag``) that left some, for ``:TAG``."""
+    run = store.get_run(run_name)
+    if run is None or not run.status.finished:
+        state = "is gone" if run is None else f"is {run.status.value}"
+        raise RequestRejected(f"workflow '{workflow}' {uses} :{tag}, but run {run_name}, which tag '{tag}' names, "
+                              f"{state}; use it once it has finished")
+    refs = [ArtifactRef(run_name, task.task_id, target) for task in store.tasks_of(run_name)
+            if _left_artifacts(task, run)]
+    if not refs:
+        raise RequestRejected(f"workflow '{workflow}' {uses} :{tag}, but run {run_name}, which tag '{tag}' names, "
+                              f"left no artifacts")
+    return refs
+
+
 def run_inputs(store: StateStore, spec: WorkflowSpec) -> list[ArtifactRef]:
     """The artifacts of the runs a workflow names in ``runs``, each below its own folder
     (:func:`~dstack.messages.run_input_folder`): of a run name, every job of that run that left
     artifacts (the jobs that are done, and those that failed or were stopped after their container
     ended, which upload theirs too); of ``WORKFLOW:TAG``, the jobs of that workflow in the tagged
-    run, as in ``depends-on``. Refuses an unknown run, a run that has not finished and a bad entry."""
+    run, as in ``depends-on`` (of ``:TAG``, every job of the tagged run that left artifacts). Refuses an
+    unknown run, a run that has not finished and a bad entry."""
     refs: list[ArtifactRef] = []
     for entry in dict.fromkeys(spec.runs):
         target = run_input_folder(entry)
         workflow, colon, tag = entry.partition(":")
         if colon:
-            if not (is_valid_name(workflow) and is_valid_tag(tag)):
-                raise RequestRejected(f"workflow '{spec.name}' names {entry!r} in runs: write a run name "
-                                      f"or WORKFLOW:TAG")
+            if not ((not workflow or is_valid_name(workflow)) and is_valid_tag(tag)):
+                raise RequestRejected(f"workflow '{spec.name}' names {entry!r} in runs: write a run name, "
+                                      f"WORKFLOW:TAG or :TAG")
             refs += _tagged_artifacts(store, spec.name, "names in runs", TagRef(workflow, tag), target)
             continue
         run = store.get_run(entry) if is_valid_name(entry) else None

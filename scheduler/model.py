@@ -36,6 +36,8 @@ class ProviderState:
     inputs: list[ArtifactRef] = field(default_factory=list)
     #: the commit of a provider from another repository, once it started
     provider_commit: Optional[str] = None
+    #: the arguments ``dstack run`` gave it (``self.provider_args`` in the SDK)
+    args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +57,12 @@ class JobState:
     artifacts_size: Optional[int] = None
     #: ``RUN/JOB`` whose result it reused (job caching), else empty
     cached_from: str = ""
+    #: its next attempt starts with its own last synced artifacts (a retry, or a restart without ``--clear``);
+    #: a first attempt never does
+    resume: bool = False
+    #: it may reuse the result of an earlier identical job (job caching: its workflow's ``cache``, and it is
+    #: no master or follower of another job)
+    cache: bool = False
 
 
 @dataclass
@@ -71,6 +79,10 @@ class WorkflowState:
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
     provider_commit: Optional[str] = None
+    #: job caching for its jobs (``cache:``, ``dstack run --cache/--no-cache``)
+    cache: bool = False
+    #: local data stored by ``dstack artifacts upload``: recorded done, nothing ran
+    uploaded: bool = False
 
 
 #: What a task is about, by its kind.

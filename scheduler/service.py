@@ -15,13 +15,17 @@ from dstack import defaults
 from dstack.errors import RequestRejected
 from dstack.jobgraph import check_job_graph, find_cycle
 from dstack.messages import (
+    UPLOAD_WORKFLOW,
     ClaimTask,
+    DeleteRuns,
     DeleteSecret,
     GetRuns,
     GetSecrets,
     GetTags,
     GetWorkers,
     Inventory,
+    JobSpec,
+    RecordUpload,
     Resources,
     RestartRun,
     SetSecret,
@@ -36,7 +40,7 @@ from dstack.messages import (
     WorkerReport,
     from_dict,
 )
-from dstack.names import is_valid_name, is_valid_tag, provider_task_id
+from dstack.names import is_valid_name, is_valid_tag, job_id, provider_task_id
 from dstack.placement import asks_for_anything, describe_needs, fits
 from dstack.scheduler import inputs
 from dstack.scheduler.flow import TaskFlow
@@ -45,6 +49,7 @@ from dstack.scheduler.store import StateStore
 from dstack.views import (
     Acknowledged,
     ClaimAnswer,
+    DeletedRuns,
     JobView,
     OpenQueue,
     ReportAnswer,
@@ -62,6 +67,12 @@ from dstack.views import (
 log = logging.getLogger(__name__)
 
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _is_relative_path(path: str) -> bool:
+    """Whether ``path`` is a relative ``/``-separated path without empty, ``.`` or ``..`` parts."""
+    parts = path.split("/")
+    return bool(path) and "\\" not in path and all(part not in ("", ".", "..") for part in parts)
 
 
 class Scheduler:
@@ -93,7 +104,8 @@ class Scheduler:
             ClaimTask: self.claim_task, RestartRun: self.restart_run, TagRun: self.tag_run,
             UntagRun: self.untag_run, GetTags: self.get_tags, WorkerReport: self.worker_report,
             WorkerLeaving: self.worker_leaving, GetWorkers: self.get_workers, SetSecret: self.set_secret,
-            DeleteSecret: self.delete_secret, GetSecrets: self.get_secrets}
+            DeleteSecret: self.delete_secret, GetSecrets: self.get_secrets, DeleteRuns: self.delete_runs,
+            RecordUpload: self.record_upload}
         handler = handlers.get(type(request))
         if handler is None:
             raise RequestRejected(f"the scheduler does not answer {type(request).__name__} requests")
@@ -165,13 +177,14 @@ class Scheduler:
                 run_name=run.run_name, task_id=provider_task_id(spec.name), kind=Kind.PROVIDER, workflow=spec.name,
                 status=Status.SUBMITTED, submitted_at=now, depends_on=list(spec.depends_on),
                 deps_left=len(spec.depends_on),
-                spec=ProviderState(data=spec.data, provider=spec.provider, provider_repo=spec.provider_repo))
+                spec=ProviderState(data=spec.data, provider=spec.provider, provider_repo=spec.provider_repo,
+                                   args=list(spec.provider_args)))
             workflow = TaskRecord(
                 run_name=run.run_name, task_id=spec.name, kind=Kind.WORKFLOW, workflow=spec.name,
                 status=Status.SUBMITTED, submitted_at=now, depends_on=[provider.task_id], deps_left=1,
                 spec=WorkflowState(depends_on=spec.depends_on, tagged=spec.tagged, tag_inputs=tag_inputs[spec.name],
                                    run_inputs=run_inputs[spec.name], variables=spec.variables, retry=spec.retry,
-                                   max_duration_s=spec.max_duration_s))
+                                   max_duration_s=spec.max_duration_s, cache=spec.cache))
             self._flow.create(workflow)
             self._flow.create(provider)
             records.append(provider)
@@ -181,7 +194,7 @@ class Scheduler:
 
     def get_runs(self, request: GetRuns) -> list[RunView]:
         runs = [self._run(request.run_name)] if request.run_name else self._store.list_runs(request.limit)
-        views = [run.view(self._store.tasks_of(run.run_name)) for run in runs]
+        views = [run.view(self._store.tasks_of(run.run_name), self._store.tags_of(run.run_name)) for run in runs]
         self._explain_waits([job for view in views for job in view.jobs])
         return views
 
@@ -206,8 +219,18 @@ class Scheduler:
         return run
 
     def stop_run(self, request: StopRun) -> RunView:
+        """Stop the run, or only ``request.workflow`` and everything downstream of it (the rest goes on)."""
         run = self._run(request.run_name)
-        if not run.status.finished:
+        if request.workflow is not None:
+            tasks = {t.task_id: t for t in self._store.tasks_of(run.run_name)}
+            self._check_workflow(run, tasks, request.workflow)
+            if not run.status.finished:
+                scope = self._downstream(tasks, request.workflow)
+                for task in tasks.values():  # workflow records first: what waits on them ends at once
+                    if task.task_id in scope:
+                        self._flow.stop(task, abort=request.abort)
+                self._flow.update_run(run)
+        elif not run.status.finished:
             run.stop_requested, run.abort = True, request.abort
             self._store.save_run(run)
             for task in self._store.tasks_of(run.run_name):
@@ -215,16 +238,25 @@ class Scheduler:
             self._flow.update_run(run)
         return run.view(self._store.tasks_of(run.run_name))
 
+    def _workflow_stopped(self, task: TaskRecord) -> bool:
+        """Whether the workflow of ``task`` was stopped (``dstack stop RUN WORKFLOW``, or the run)."""
+        workflow = self._store.get_task(task.run_name, task.workflow)
+        return workflow is not None and workflow.status is Status.STOPPED
+
+    def _check_workflow(self, run: RunRecord, tasks: dict[str, TaskRecord], workflow: str) -> None:
+        if workflow not in tasks or tasks[workflow].kind is not Kind.WORKFLOW:
+            known = ", ".join(sorted(t.task_id for t in tasks.values() if t.kind is Kind.WORKFLOW))
+            raise RequestRejected(f"run {run.run_name} has no workflow '{workflow}' (it has: {known})")
+
     def restart_run(self, request: RestartRun) -> RunView:
-        """Run the failed and stopped parts again; what is done stays done and keeps its artifacts."""
+        """Run the failed and stopped parts again; what is done stays done and keeps its artifacts. Each job
+        that runs again starts with its own last synced artifacts, or with none stored if ``request.clear``."""
         run = self._run(request.run_name)
         if not run.status.finished:
             raise RequestRejected(f"run {run.run_name} is {run.status.value}; restart it once it has ended")
         tasks = {t.task_id: t for t in self._store.tasks_of(run.run_name)}
-        if request.workflow is not None and (request.workflow not in tasks
-                                             or tasks[request.workflow].kind is not Kind.WORKFLOW):
-            known = ", ".join(sorted(t.task_id for t in tasks.values() if t.kind is Kind.WORKFLOW))
-            raise RequestRejected(f"run {run.run_name} has no workflow '{request.workflow}' (it has: {known})")
+        if request.workflow is not None:
+            self._check_workflow(run, tasks, request.workflow)
         chosen = self._restartable(tasks, request.workflow)
         if not chosen:
             raise RequestRejected(f"nothing to restart in {run.run_name}: "
@@ -247,6 +279,7 @@ class Scheduler:
             task.new_attempt()
             if isinstance(task.spec, JobState):
                 task.spec.retries = 0  # a restart gets its retries anew
+                task.spec.resume = not request.clear  # from its last synced artifacts, or (--clear) from nothing
             self._flow.move(task, Status.SUBMITTED)
         run.reason, run.finished_at = "", None
         run.stop_requested = run.abort = False
@@ -258,17 +291,20 @@ class Scheduler:
 
     def _restartable(self, tasks: dict[str, TaskRecord], workflow: Optional[str]) -> list[TaskRecord]:
         """The tasks that did not end done (of ``workflow`` and everything downstream of it, if set)."""
-        if workflow is None:
-            scope: set[str] = set(tasks)
-        else:
-            scope, pending = set(), [t.task_id for t in tasks.values() if t.workflow == workflow]
-            while pending:
-                task_id = pending.pop()
-                if task_id in scope:
-                    continue
-                scope.add(task_id)
-                pending += [d.task_id for d, _ in self._store.dependents_of(tasks[task_id].run_name, task_id)]
+        scope = set(tasks) if workflow is None else self._downstream(tasks, workflow)
         return [t for t in tasks.values() if t.task_id in scope and t.status is not Status.DONE]
+
+    def _downstream(self, tasks: dict[str, TaskRecord], workflow: str) -> set[str]:
+        """The ids of ``workflow``'s tasks (its record, provider and jobs) and of everything that waits on them."""
+        scope: set[str] = set()
+        pending = [t.task_id for t in tasks.values() if t.workflow == workflow]
+        while pending:
+            task_id = pending.pop()
+            if task_id in scope:
+                continue
+            scope.add(task_id)
+            pending += [d.task_id for d, _ in self._store.dependents_of(tasks[task_id].run_name, task_id)]
+        return scope
 
     def claim_task(self, request: ClaimTask) -> ClaimAnswer:
         task = self._store.get_task(request.run_name, request.task_id)
@@ -378,13 +414,87 @@ class Scheduler:
         return UntagAnswer(tag=request.tag)
 
     def get_tags(self, request: GetTags) -> list[TagView]:
-        tags = []
-        for tag, run_name, created_at in self._store.list_tags():
+        """Every tag with its run, the bytes of that run's artifacts and its kind (a run, or an upload)."""
+        return [self._tag_view(tag, run_name, created_at) for tag, run_name, created_at in self._store.list_tags()]
+
+    def _tag_view(self, tag: str, run_name: str, created_at: float) -> TagView:
+        run = self._store.get_run(run_name)
+        tasks = self._store.tasks_of(run_name)
+        workflows = [t for t in tasks if t.kind is Kind.WORKFLOW]
+        uploaded = any(t.workflow_state.uploaded for t in workflows)
+        return TagView(tag=tag, run_name=run_name, created_at=created_at,
+                       status=run.status.value if run else "unknown", workflows=[t.task_id for t in workflows],
+                       size=sum(t.spec.artifacts_size or 0 for t in tasks if isinstance(t.spec, JobState)),
+                       kind="upload" if uploaded else "run")
+
+    # ------------------------------------------------------------------ uploads
+
+    def record_upload(self, request: RecordUpload) -> TagView:
+        """Record local data that ``dstack artifacts upload`` stored (its files and manifest are in storage) as a
+        done run of workflow ``upload`` with one done job, ``upload.0``, whose artifacts are the files, and name it
+        with the request's tag. An existing tag or run refuses it, with nothing recorded; a resent request finds
+        its run."""
+        if not is_valid_name(request.run_name):
+            raise RequestRejected(f"invalid run name: {request.run_name!r}")
+        if not is_valid_tag(request.tag):
+            raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
+        current = self._store.get_tag(request.tag)
+        existing = self._store.get_run(request.run_name)
+        if existing is not None and current == request.run_name:  # a resent request
+            created_at = next(at for tag, _, at in self._store.list_tags() if tag == request.tag)
+            return self._tag_view(request.tag, request.run_name, created_at)
+        if current is not None:
+            raise RequestRejected(f"tag '{request.tag}' names run {current} already; choose another name, or "
+                                  f"`dstack untag {request.tag}` first")
+        if existing is not None:
+            raise RequestRejected(f"a run named '{request.run_name}' exists already")
+        if not request.artifacts or not all(_is_relative_path(path) for path in request.artifacts):
+            raise RequestRejected(f"an upload names relative paths, not {request.artifacts!r}")
+        now = time.time()
+        run = RunRecord(run_name=request.run_name, workflow=UPLOAD_WORKFLOW, status=Status.QUEUED,
+                        submitted_at=request.submitted_at, snapshot_id="", project=request.project)
+        self._flow.create_run(run)
+        upload_job = job_id(UPLOAD_WORKFLOW, 0)
+        workflow = TaskRecord(run_name=run.run_name, task_id=UPLOAD_WORKFLOW, kind=Kind.WORKFLOW,
+                              workflow=UPLOAD_WORKFLOW, status=Status.SUBMITTED, submitted_at=now,
+                              spec=WorkflowState(uploaded=True))
+        job = TaskRecord(run_name=run.run_name, task_id=upload_job, kind=Kind.JOB, workflow=UPLOAD_WORKFLOW,
+                         status=Status.SUBMITTED, submitted_at=now,
+                         spec=JobState(job=JobSpec(job_id=upload_job, image="", commands=[],
+                                                   artifacts=list(request.artifacts)),
+                                       artifacts_size=request.size))
+        for task in (workflow, job):
+            self._flow.create(task)
+        for task in (job, workflow):  # recorded done: the data is stored, nothing runs
+            task.started_at = task.finished_at = now
+            self._flow.move(task, Status.DONE)
+        run.started_at = run.finished_at = now
+        self._flow.move_run(run, Status.DONE)
+        self._store.set_tag(request.tag, run.run_name, now)
+        return self._tag_view(request.tag, run.run_name, now)
+
+    # ------------------------------------------------------------------ deleting runs
+
+    def delete_runs(self, request: DeleteRuns) -> DeletedRuns:
+        """Forget finished runs, all or none: every run is checked before anything is deleted. Their objects in
+        storage are the caller's to delete, after this (a crash in between leaves objects nothing refers to)."""
+        problems = []
+        names = list(dict.fromkeys(request.run_names))
+        for run_name in names:
             run = self._store.get_run(run_name)
-            workflows = [t.task_id for t in self._store.tasks_of(run_name) if t.kind is Kind.WORKFLOW]
-            tags.append(TagView(tag=tag, run_name=run_name, created_at=created_at,
-                                status=run.status.value if run else "unknown", workflows=workflows))
-        return tags
+            if run is None:
+                problems.append(f"no run named '{run_name}'")
+            elif not run.status.finished:
+                problems.append(f"{run_name} is {run.status.value}; stop it first (`dstack stop {run_name}`)")
+            elif not request.force and self._store.tags_of(run_name):
+                named = ", ".join(self._store.tags_of(run_name))
+                problems.append(f"{run_name} is tagged ({named}); untag it first, or delete it with --force")
+        if problems:
+            raise RequestRejected("nothing deleted: " + "; ".join(problems))
+        tags: list[str] = []
+        for run_name in names:
+            tags += self._store.delete_run(run_name, with_tags=request.force)
+        return DeletedRuns(run_names=names, tags=tags)
 
     # ------------------------------------------------------------------ events
 
@@ -409,7 +519,7 @@ class Scheduler:
         self._flow.move(task, Status.RUNNING)
         run = self._store.get_run(task.run_name)
         assert run is not None
-        if run.stop_requested:
+        if run.stop_requested or self._workflow_stopped(task):
             self._flow.stop(task, abort=run.abort)
         if run.started_at is None:
             run.started_at = task.started_at
@@ -429,7 +539,7 @@ class Scheduler:
             except ValueError as e:
                 status, event.reason = Status.FAILED, f"the provider's jobs were refused: {e}"
             else:
-                if not run.stop_requested:
+                if not run.stop_requested and not self._workflow_stopped(task):  # (`dstack stop RUN WORKFLOW`)
                     self._flow.create_jobs(task, jobs)
         if isinstance(task.spec, JobState) and event.artifacts_size is not None:
             task.spec.artifacts_size = event.artifacts_size

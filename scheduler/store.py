@@ -36,10 +36,16 @@ class StateStore(abc.ABC):
     def get_run(self, run_name: str) -> Optional[RunRecord]: ...
 
     @abc.abstractmethod
-    def list_runs(self, limit: int) -> list[RunRecord]: ...
+    def list_runs(self, limit: Optional[int]) -> list[RunRecord]:
+        """The newest ``limit`` runs (``None``: every run), newest first."""
 
     @abc.abstractmethod
     def save_run(self, run: RunRecord) -> None: ...
+
+    @abc.abstractmethod
+    def delete_run(self, run_name: str, *, with_tags: bool) -> list[str]:
+        """Forget a run: its record, tasks, edges and counters (and, ``with_tags``, the tags naming it, which
+        are returned). The caller checks that it may."""
 
     @abc.abstractmethod
     def get_task(self, run_name: str, task_id: str) -> Optional[TaskRecord]: ...
@@ -91,6 +97,10 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def list_tags(self) -> list[tuple[str, str, float]]: ...
+
+    @abc.abstractmethod
+    def tags_of(self, run_name: str) -> list[str]:
+        """The tags that name a run, by name."""
 
     @abc.abstractmethod
     def tasks_in_status(self, status: Status) -> list[TaskRecord]:
@@ -252,14 +262,23 @@ class SqliteStateStore(StateStore):
         row = self._db.execute("SELECT * FROM runs WHERE run_name = ?", (run_name,)).fetchone()
         return _run(row) if row else None
 
-    def list_runs(self, limit: int) -> list[RunRecord]:
-        rows = self._db.execute("SELECT * FROM runs ORDER BY submitted_at DESC LIMIT ?", (limit,))
+    def list_runs(self, limit: Optional[int]) -> list[RunRecord]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY submitted_at DESC LIMIT ?",
+                                (-1 if limit is None else limit,))
         return [_run(row) for row in rows]
 
     def save_run(self, run: RunRecord) -> None:
         values = [getattr(run, c) for c in _RUN_COLUMNS]
         values[2] = run.status.value
         self._db.execute(_upsert("runs", _RUN_COLUMNS, ("run_name",)), values)
+
+    def delete_run(self, run_name: str, *, with_tags: bool) -> list[str]:
+        tags = self.tags_of(run_name) if with_tags else []
+        self._db.execute("DELETE FROM tags WHERE run_name = ? AND ?", (run_name, int(with_tags)))
+        self._db.execute("DELETE FROM edges WHERE run_name = ?", (run_name,))
+        self._db.execute("DELETE FROM tasks WHERE run_name = ?", (run_name,))
+        self._db.execute("DELETE FROM runs WHERE run_name = ?", (run_name,))
+        return tags
 
     # ------------------------------------------------------------------ tasks
 
@@ -335,6 +354,10 @@ class SqliteStateStore(StateStore):
 
     def list_tags(self) -> list[tuple[str, str, float]]:
         return [tuple(row) for row in self._db.execute("SELECT tag, run_name, created_at FROM tags ORDER BY tag")]
+
+    def tags_of(self, run_name: str) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT tag FROM tags WHERE run_name = ? ORDER BY tag",
+                                                   (run_name,))]
 
     def tasks_in_status(self, status: Status) -> list[TaskRecord]:
         return [_task(row) for row in self._db.execute("SELECT * FROM tasks WHERE status = ?", (status.value,))]

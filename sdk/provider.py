@@ -1,8 +1,9 @@
 """The :class:`Provider` base class: turns a workflow into jobs.
 
 A provider runs in its own container, started by a dstack worker. It reads the workflow
-(``self.workflow``), optionally checks its parameters against a JSON Schema written in YAML,
-and returns jobs from :meth:`Provider.create_jobs`; :meth:`Provider.start` hands them to dstack.
+(``self.workflow``) and the arguments ``dstack run`` gave it (``self.provider_args``),
+optionally checks the workflow's parameters against a JSON Schema written in YAML, and returns
+jobs from :meth:`Provider.create_jobs`; :meth:`Provider.start` hands them to dstack.
 Only the standard library is needed.
 """
 from __future__ import annotations
@@ -36,10 +37,22 @@ class Provider:
             (``DSTACK_PROJECT_DIR``), as early dstack's ``schema="providers/x/schema.yaml"`` was
             written. When the data breaks the schema, the run fails with the field and the rule,
             and no job is created.
+
+    Attributes:
+        workflow: the workflow the provider is run for (:class:`~dstack.sdk.workflow.Workflow`).
+        provider_args: the arguments of ``dstack run NAME ARGS`` (``NAME`` a workflow of this provider, or
+            this provider of ``.dstack/providers.yaml``) that are no variable of the run, in order: for
+            ``dstack run NAME data.csv --epochs 3``, ``["data.csv", "--epochs", "3"]``; empty when none
+            were given. Read them as you like, with :mod:`argparse` for example::
+
+                parser = argparse.ArgumentParser(prog=f"dstack run {self.workflow.name}")
+                parser.add_argument("--epochs", type=int, default=1)
+                args = parser.parse_args(self.provider_args)
     """
 
     def __init__(self, schema: Optional[str] = None) -> None:
         self.workflow = Workflow.from_environment()
+        self.provider_args: List[str] = list(self.workflow.provider_args)
         if schema is not None:
             self._check_schema(self._resolve(schema))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dstack import defaults
+from dstack.errors import ImageNotFound
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
 #: Exit code of a container stopped by SIGTERM (128 + 15).
@@ -81,6 +82,9 @@ class FakeRuntime(ContainerRuntime):
         self.started: dict[str, FakeContainer] = {}
         #: containers left by an earlier life of a worker (listed by :meth:`managed`)
         self.leftovers: list[FakeContainer] = []
+        #: image ids by image name (:meth:`image_id`), and images the machine does not have
+        self.image_ids: dict[str, str] = {}
+        self.missing_images: set[str] = set()
 
     def start(self, spec: ContainerSpec) -> Container:
         if spec.name in self.started:  # started before: the same container
@@ -94,6 +98,13 @@ class FakeRuntime(ContainerRuntime):
 
     def managed(self) -> list[Container]:
         return [c for c in [*self.leftovers, *self.started.values()] if not c.removed]
+
+    def image_id(self, image: str) -> str:
+        """``sha256:`` and the image's name, or what :attr:`image_ids` says; an image named in
+        :attr:`missing_images` is not on the machine."""
+        if image in self.missing_images:
+            raise ImageNotFound(f"image '{image}' is not present on this worker")
+        return self.image_ids.get(image, f"sha256:{image}")
 
 
 def mounted(spec: ContainerSpec, inside: str) -> Path:

@@ -1,13 +1,14 @@
-"""Artifacts on a worker: a job's artifact folders uploaded when it ends, and the artifacts a task
-depends on put into its folder before it starts.
+"""Artifacts on a worker: artifact folders uploaded at once, reading a job's manifest, and the
+artifacts a task depends on put into its folder before it starts. (A running job's folders are kept
+in storage as it goes by :mod:`dstack.workers.artifact_sync`.)
 
 Files are stored one by one, streaming, under ``runs/RUN/artifacts/JOB/PATH``; the job's
-:class:`~dstack.messages.ArtifactManifest` is stored last, so a job whose manifest exists has all
-its files stored.
+:class:`~dstack.messages.ArtifactManifest` is stored after them, so every file a manifest lists is stored.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 from dstack.errors import ObjectNotFound, StorageError
@@ -33,13 +34,27 @@ def upload_artifacts(storage: Storage, run_name: str, job_id: str, artifacts: li
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             relative = path.relative_to(workdir).as_posix()
             key = artifact_key(run_name, job_id, relative)
+            digest = sha256_of(path)
             with_retries(functools.partial(storage.put_file, key, path), f"uploading {relative}")
-            files.append(ArtifactFile(path=relative, size=path.stat().st_size))
+            files.append(ArtifactFile(path=relative, size=path.stat().st_size, sha256=digest))
     manifest = ArtifactManifest(job_id=job_id, artifacts=list(artifacts), files=files)
     body = manifest.to_json()
     manifest_key = artifacts_manifest_key(run_name, job_id)  # last: the upload is complete
     with_retries(lambda: storage.put_bytes(manifest_key, body), "storing the manifest")
     return manifest
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read in blocks.
+
+    Raises:
+        OSError: the file could not be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_manifest(storage: Storage, run_name: str, job_id: str) -> ArtifactManifest:

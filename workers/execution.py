@@ -43,7 +43,9 @@ from dstack.names import CONTAINER_LABEL, WORKER_LABEL, container_name
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.states import Status
 from dstack.storage import Storage
-from dstack.workers.artifacts import fetch_inputs, upload_artifacts
+from dstack.workers.artifact_sync import ArtifactSyncer
+from dstack.workers.artifacts import fetch_inputs
+from dstack.workers.cache import JobCache, Lookup
 from dstack.workers.ports import PortPool
 from dstack.workers.provider_repos import ProviderRepos
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
@@ -77,6 +79,8 @@ class WorkerContext:
     #: environment variables and mounts every container gets (``DSTACK_CONTAINER_ENV``, ``..._MOUNTS``)
     container_env: dict[str, str] = field(default_factory=dict)
     container_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    #: seconds between two scans of a running job's artifact folders (``DSTACK_ARTIFACT_SYNC_INTERVAL``)
+    artifact_sync_interval: float = defaults.ARTIFACT_SYNC_INTERVAL
 
 
 @dataclass
@@ -144,6 +148,11 @@ class Execution(abc.ABC):
 
     # -------------------------------------------------------------- start
 
+    def reuse(self) -> bool:
+        """Before :meth:`start`: end the task with the result of an earlier identical one, reported and
+        cleaned up, without starting anything (job caching). Returns whether it did."""
+        return False
+
     def start(self) -> None:
         """Prepare the task's files and start its container (or find the one started before).
 
@@ -156,6 +165,7 @@ class Execution(abc.ABC):
             materialize_snapshot(self.context.storage, self.task.snapshot_id, scratch,
                                  cache=self.context.home / "blobs")
             fetch_inputs(self.context.storage, self.task.inputs, scratch)
+            self._prepare(scratch)
             scratch.rename(self.workdir)
         spec, commit = self._container_spec()
         self.container = self.context.runtime.start(spec)
@@ -163,6 +173,10 @@ class Execution(abc.ABC):
         self.context.send_event(TaskStarted(run_name=self.task.run_name, task_id=self.task.task_id,
                                             attempt=self.task.attempt, worker_id=self.context.worker_id,
                                             endpoint=endpoint, provider_commit=commit))
+
+    def _prepare(self, folder: Path) -> None:
+        """Complete the task's project folder, its inputs in place, before it becomes the task's ``workdir``."""
+        return None
 
     @abc.abstractmethod
     def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
@@ -200,6 +214,7 @@ class Execution(abc.ABC):
         assert self.container is not None
         writer = self._log_writer()
         flusher = _Ticker(writer.flush_if_due)
+        self._start_beside()
         limit = self.max_duration_s
         deadline = threading.Timer(limit, self._time_up) if limit else None
         if deadline is not None:
@@ -211,6 +226,7 @@ class Execution(abc.ABC):
             exit_info = self.container.wait()
         finally:
             flusher.stop()
+            self._stop_beside()
             if deadline is not None:
                 deadline.cancel()
         finished = self._outcome(exit_info, writer)
@@ -218,9 +234,11 @@ class Execution(abc.ABC):
             artifacts_failure = self._upload_artifacts()
             if artifacts_failure and finished.status == Status.DONE:
                 finished.status, finished.reason = Status.FAILED, artifacts_failure
+        finished.artifacts_size = self._artifacts_size()
         if finished.reason and finished.status != Status.DONE:
             writer.add_lines([f"dstack: {self.task.task_id} {finished.status.value}: {finished.reason}"])
         writer.close()
+        self._ending(finished)
         self.context.send_event(finished)
         self.container.remove()
         self._clean_up()
@@ -279,6 +297,22 @@ class Execution(abc.ABC):
         """Store what the task leaves; returns the reason of a failure, or ``None``."""
         return None
 
+    def _artifacts_size(self) -> Optional[int]:
+        """The bytes of the task's stored artifacts (``None``: it keeps none)."""
+        return None
+
+    def _start_beside(self) -> None:
+        """Start what runs beside the container while it runs (a job's artifact sync)."""
+        return None
+
+    def _stop_beside(self) -> None:
+        """Stop what :meth:`_start_beside` started, once the container has exited."""
+        return None
+
+    def _ending(self, finished: TaskFinished) -> None:
+        """Called with the task's end once its artifacts and logs are stored, before it is reported."""
+        return None
+
     # -------------------------------------------------------------- stop
 
     def _time_up(self) -> None:
@@ -322,7 +356,8 @@ class ProviderExecution(Execution):
         assert provider is not None
         self.io.mkdir(parents=True, exist_ok=True)
         (self.io / "workflow.json").write_text(json.dumps(
-            {"name": task.workflow, "provider": provider.name, "run_name": task.run_name, "data": task.data}))
+            {"name": task.workflow, "provider": provider.name, "run_name": task.run_name, "data": task.data,
+             "provider_args": task.args}))
         mounts += [(str(self.io), f"{inside}/io", False), (str(self.context.sdk_bundle), f"{inside}/sdk", True)]
         env = {**self._base_env(), "WORKFLOW_NAME": task.workflow, "DSTACK_PROJECT_DIR": defaults.CONTAINER_WORKDIR,
                "DSTACK_WORKFLOW_FILE": f"{inside}/io/workflow.json", "DSTACK_PROVIDER_OUTPUT": f"{inside}/io",
@@ -367,10 +402,47 @@ class JobExecution(Execution):
     """One job: its ports, GPUs, secrets, resource limits, time limit and artifacts."""
 
     task: JobTask
+    #: keeps the job's artifact folders in storage while it runs (none: the job has no artifacts)
+    syncer: Optional[ArtifactSyncer] = field(default=None, repr=False, compare=False)
+    #: its cache key and what the cache had (job caching), once looked up
+    cache: Optional[Lookup] = None
+
+    def __post_init__(self) -> None:
+        if self.task.job.artifacts:
+            self.syncer = ArtifactSyncer(self.context.storage, self.task.run_name, self.task.task_id,
+                                         self.task.job.artifacts, self.workdir, self.context.artifact_sync_interval)
 
     @property
     def needs(self) -> Resources:
         return self.task.job.resources
+
+    def reuse(self) -> bool:
+        """With job caching, report the job done with the artifacts and logs of an earlier identical job
+        when the cache has one (see :mod:`dstack.workers.cache`); else keep its key, to store its result
+        under it if it ends done. A key that cannot be made (an image or input missing) is no hit: the
+        job's start says what is wrong."""
+        if not self.task.cache or self.stop_requested or self.workdir.exists():
+            return False
+        try:
+            self.cache = JobCache(self.context.storage, self.context.runtime, self.context.announce).reuse(self.task)
+        except DstackError as e:
+            log.warning("job %s: no cache lookup (%s); running it", self.key, e)
+            return False
+        if self.cache.finished is None:
+            return False
+        log.info("job %s reuses the result of %s (job caching)", self.key, self.cache.finished.cached_from)
+        self.context.send_event(self.cache.finished)
+        self._clean_up()
+        return True
+
+    def _ending(self, finished: TaskFinished) -> None:
+        """A job with caching that ended done is the cache's entry for its key from now on."""
+        if self.cache is None or finished.status is not Status.DONE or self.abort:
+            return
+        try:
+            JobCache(self.context.storage, self.context.runtime).remember(self.task, self.cache)
+        except DstackError as e:
+            log.warning("job %s: its result was not stored in the cache: %s", self.key, e)
 
     @property
     def max_duration_s(self) -> Optional[float]:
@@ -413,16 +485,43 @@ class JobExecution(Execution):
     def _memory_limit_mib(self) -> Optional[int]:
         return self.task.job.resources.memory_mib
 
+    def _prepare(self, folder: Path) -> None:
+        """A job that resumes (a retry, a restart without ``--clear``) gets its own last stored artifacts,
+        over its inputs; a later attempt that does not resume starts with none stored.
+
+        Raises:
+            DstackError: storage failed, or a stored file is missing.
+        """
+        if self.syncer is None:
+            return
+        if self.task.resume:
+            count = self.syncer.restore(folder)
+            log.info("task %s resumes with its %d stored artifact files", self.key, count)
+        elif self.task.attempt > 1:
+            freed = self.syncer.clear()
+            log.info("task %s starts from nothing: %d bytes of stored artifacts deleted", self.key, freed)
+
+    def _start_beside(self) -> None:
+        if self.syncer is not None:
+            self.syncer.start()
+
+    def _stop_beside(self) -> None:
+        if self.syncer is not None:
+            self.syncer.stop()
+
     def _upload_artifacts(self) -> Optional[str]:
-        """Upload the job's artifact folders, file by file, streaming; then the manifest."""
-        if not self.task.job.artifacts:
+        """The final sync of the job's artifact folders: every new or changed file, streaming; the stored
+        files that are gone deleted; then the manifest, complete."""
+        if self.syncer is None:
             return None
         try:
-            upload_artifacts(self.context.storage, self.task.run_name, self.task.task_id, self.task.job.artifacts,
-                             self.workdir)
+            self.syncer.finish()
         except (DstackError, OSError) as e:
             return f"uploading artifacts failed: {e}"
         return None
+
+    def _artifacts_size(self) -> Optional[int]:
+        return self.syncer.stored_bytes if self.syncer is not None else None
 
 
 def _ports_env(prefix: str, ports: list[int]) -> dict[str, str]:

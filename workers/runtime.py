@@ -89,6 +89,14 @@ class ContainerRuntime(abc.ABC):
     def managed(self) -> list[Container]:
         """Every container dstack started on this machine, running or not."""
 
+    @abc.abstractmethod
+    def image_id(self, image: str) -> str:
+        """The id of ``image`` on this machine (its content: another build under the same name has another id).
+
+        Raises:
+            ImageNotFound: the image is not on this machine.
+        """
+
 
 #: The container's main process: runs the task's script (``$1``) and stops it (SIGTERM to every
 #: process of the container) when the container is stopped, or when its standard input ends. The
@@ -230,6 +238,14 @@ class DockerRuntime(ContainerRuntime):
     def managed(self) -> list[Container]:
         found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL})
         return [DockerContainer(c, self.network) for c in found]
+
+    def image_id(self, image: str) -> str:
+        try:
+            return str(self._client.images.get(image).id)
+        except docker.errors.ImageNotFound:
+            raise _image_missing(image) from None
+        except docker.errors.APIError as e:
+            raise RuntimeErrorInContainer(f"Docker could not inspect image '{image}': {e.explanation or e}") from None
 
 
 def _image_missing(image: str) -> ImageNotFound:

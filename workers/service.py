@@ -72,7 +72,8 @@ class Worker:
             sdk_bundle=build_sdk_bundle(self.home / "sdk"),
             send_event=self.events.send,
             announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"), ports=PortPool(),
-            container_env=settings.container_env, container_mounts=settings.container_mounts)
+            container_env=settings.container_env, container_mounts=settings.container_mounts,
+            artifact_sync_interval=settings.artifact_sync_interval)
         self._executions: dict[str, Execution] = {}
         self._early_stops: dict[str, bool] = {}
         self._lock = threading.Lock()
@@ -241,6 +242,8 @@ class Worker:
     def _run(self, execution: Execution) -> None:
         try:
             try:
+                if execution.reuse():  # job caching: an earlier identical job's result, and nothing runs
+                    return
                 execution.start()
             except DstackError as e:
                 log.warning("task %s failed to start: %s", execution.key, e)

@@ -1,11 +1,13 @@
 """What every command shares: the consoles it prints to, and the settings with the clients built from them."""
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import click
 from rich.console import Console
 
+from dstack.messages import GetRuns
 from dstack.rpc import RpcClient
 from dstack.settings import Settings, load_settings
 from dstack.storage import Storage, open_storage
@@ -36,3 +38,35 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+def on_terminal() -> bool:
+    """Whether a person can answer: standard input is a terminal."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def confirm(question: str) -> bool:
+    """Ask ``question [y/N]`` on the terminal; no (or Ctrl-C, or end of input) unless the answer is yes."""
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:
+        err.print()
+        return False
+
+
+#: Seconds shell completion waits for the scheduler before completing nothing.
+COMPLETION_TIMEOUT = 2.0
+
+
+def complete_run_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a RUN argument: the names of recent runs that start with ``incomplete``; nothing,
+    quietly, when the broker or the scheduler cannot be asked."""
+    try:
+        with RpcClient(load_settings().broker_url, timeout=COMPLETION_TIMEOUT) as rpc:
+            runs = rpc.call(GetRuns(limit=200))
+    except Exception:  # a completion never fails aloud
+        return []
+    return [run.run_name for run in runs if run.run_name.startswith(incomplete)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Optional
 
 from rich.console import Console
@@ -27,14 +27,29 @@ REFRESH_INTERVAL = 10.0
 FOLLOW_ATTEMPTS = 10
 
 
-class LogPrinter:
-    """Prints log lines once each, marked with their job, optionally for one job only."""
+class WorkflowTasks(Container[str]):
+    """The tasks of one workflow of a run (its provider and its jobs, also those not created yet): their ids are
+    ``WORKFLOW.SUFFIX`` (:func:`dstack.names.job_id`, :func:`dstack.names.provider_task_id`)."""
 
-    def __init__(self, storage: Storage, run_name: str, job: Optional[str] = None) -> None:
+    def __init__(self, workflow: str) -> None:
+        self.workflow = workflow
+
+    def __contains__(self, task_id: object) -> bool:
+        return isinstance(task_id, str) and task_id.split(".", 1)[0] == self.workflow
+
+
+class LogPrinter:
+    """Prints log lines once each, marked with their job: of the tasks in ``tasks`` only (``None``: every task),
+    and of those only the lines logged at or after ``since`` (a unix time; ``None``: all)."""
+
+    def __init__(self, storage: Storage, run_name: str, tasks: Optional[Container[str]] = None,
+                 since: Optional[float] = None) -> None:
         self._storage = storage
         self._run_name = run_name
-        self._job = job
-        self.seen: dict[str, int] = {}  # task -> chunks printed
+        self._tasks = tasks
+        self._since = since
+        self.seen: dict[str, int] = {}  # task -> chunks read (printed, or older than since)
+        self.printed = 0
 
     def catch_up(self) -> None:
         """Print what storage holds that was not printed yet."""
@@ -43,12 +58,14 @@ class LogPrinter:
                 yield chunk
                 self.seen[chunk.task_id] = chunk.number + 1
 
-        streams = stored_chunks(self._storage, self._run_name, self._job or "", skip=self.seen)
-        for _ts, task_id, line in merged_lines({task: counted(c) for task, c in streams.items()}):
-            self._print(task_id, line)
+        one = next(iter(self._tasks)) if isinstance(self._tasks, (set, frozenset)) and len(self._tasks) == 1 else ""
+        streams = stored_chunks(self._storage, self._run_name, one, skip=self.seen)
+        selected = {task: counted(c) for task, c in streams.items() if self._selects(task)}
+        for ts, task_id, line in merged_lines(selected):
+            self._print(task_id, ts, line)
 
     def live(self, chunk: LogChunk) -> None:
-        if self._job and chunk.task_id != self._job:
+        if not self._selects(chunk.task_id):
             return
         expected = self.seen.get(chunk.task_id, 0)
         if chunk.number < expected:
@@ -56,21 +73,30 @@ class LogPrinter:
         if chunk.number > expected:  # missed some: storage has them
             self.catch_up()
             return
-        for _ts, line in chunk.lines:
-            self._print(chunk.task_id, line)
+        for ts, line in chunk.lines:
+            self._print(chunk.task_id, ts, line)
         self.seen[chunk.task_id] = expected + 1
 
-    def _print(self, task_id: str, line: str) -> None:
+    def _selects(self, task_id: str) -> bool:
+        return self._tasks is None or task_id in self._tasks
+
+    def _print(self, task_id: str, ts: float, line: str) -> None:
+        if self._since is not None and ts < self._since:
+            return
         sys.stdout.write(f"{task_id} | {line}\n")
         sys.stdout.flush()
+        self.printed += 1
 
 
-def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *, job: Optional[str] = None,
-           show_status: bool = True, err: Optional[Console] = None) -> RunView:
-    """Print logs (and status changes) of ``run_name`` until it ends; return the final run view."""
+def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *,
+           tasks: Optional[Container[str]] = None, since: Optional[float] = None,
+           show_status: bool = True, err: Optional[Console] = None, printer: Optional[LogPrinter] = None) -> RunView:
+    """Print logs (and status changes) of ``run_name`` until it ends; return the final run view. ``tasks`` and
+    ``since`` select the lines as in :class:`LogPrinter`; a ``printer`` given (following again) is used instead,
+    and prints nothing it printed before."""
     err = err or Console(stderr=True)
     subscription = Subscription(broker_url, run_name)
-    printer = LogPrinter(storage, run_name, job)
+    printer = printer or LogPrinter(storage, run_name, tasks, since)
     statuses: dict[str, str] = {}
     try:
         run = _refresh(rpc, run_name, statuses, err if show_status else None)
@@ -131,6 +157,8 @@ def _show_changes(jobs: list[JobView], statuses: dict[str, str], err: Optional[C
             detail = f": {job.reason}"
         if job.status in (Status.DONE, Status.FAILED) and job.exit_code is not None:
             detail = f" (exit code {job.exit_code})"
+        if job.cached_from:  # job caching: nothing ran
+            detail = f" (cached from {job.cached_from})"
         if job.reason and job.status in (Status.FAILED, Status.STOPPED):
             detail += f": {job.reason}"
         where = endpoint(job)

@@ -13,7 +13,7 @@ import click
 from rich.markup import escape
 
 from dstack import __version__
-from dstack.cli import artifacts, runs, secrets, services, workflows
+from dstack.cli import apps, artifacts, cleanup, runs, secrets, services, workflows
 from dstack.cli.context import err
 from dstack.errors import ConfigWarning, DstackError
 
@@ -56,6 +56,7 @@ def cli() -> None:
 
 
 for command in (runs.run, runs.restart, runs.status, runs.logs, runs.stop, runs.tag, runs.untag, runs.tags,
+                cleanup.delete, cleanup.prune, apps.app,
                 workflows.workflows,
                 secrets.secrets, artifacts.artifacts,
                 services.scheduler, services.worker, services.workers, services.up):

@@ -5,12 +5,13 @@ import time
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dstack.messages import Allocation, Resources
 from dstack.placement import asks_for_anything, describe_inventory, describe_needs
 from dstack.states import Status
-from dstack.views import JobView, RunView, WorkerView
+from dstack.views import JobView, RunView, TagView, WorkerView
 
 STATUS_STYLES: dict[Status, str] = {
     Status.SUBMITTED: "dim", Status.QUEUED: "yellow", Status.RUNNING: "cyan", Status.RETRYING: "yellow",
@@ -25,6 +26,17 @@ def ago(timestamp: Optional[float]) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit} ago"
     return f"{int(seconds)} s ago"
+
+
+def human_size(size: Optional[float]) -> str:
+    """``1.5 GB``, ``320.0 KB``, ``12 B`` (decimal units, as storage bills them); ``-`` for ``None``."""
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def duration(started: Optional[float], finished: Optional[float]) -> str:
@@ -53,15 +65,19 @@ def endpoint(job: JobView) -> str:
 def runs_table(runs: list[RunView]) -> Table:
     """Runs, each followed by its jobs."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("RUN / JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "PORTS / URL", "REASON"):
+    for column in ("RUN / JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "TAGS", "ARTIFACTS",
+                   "PORTS / URL", "REASON"):
         table.add_column(column, overflow="fold")
     for run in runs:
         table.add_row(f"[bold]{run.run_name}[/]", run.workflow, styled(run.status), "",
-                      ago(run.submitted_at), duration(run.started_at, run.finished_at), "", first_line(run.reason))
+                      ago(run.submitted_at), duration(run.started_at, run.finished_at), escape(", ".join(run.tags)),
+                      human_size(run.artifacts_size) if run.artifacts_size else "-", "", first_line(run.reason))
         for job in run.jobs:
             exit_code = "" if job.exit_code is None else str(job.exit_code)
-            table.add_row(f"  {job.job_id}", "", styled(job.status), exit_code, ago(job.submitted_at),
-                          duration(job.started_at, job.finished_at), endpoint(job), first_line(job.reason))
+            status = styled(job.status) + (f" (cached from {escape(job.cached_from)})" if job.cached_from else "")
+            table.add_row(f"  {job.job_id}", "", status, exit_code, ago(job.submitted_at),
+                          duration(job.started_at, job.finished_at), "", human_size(job.artifacts_size),
+                          endpoint(job), first_line(job.reason))
     return table
 
 
@@ -111,3 +127,20 @@ def _holding(allocation: Allocation) -> str:
     held = f": {describe_needs(needs)}" if asks_for_anything(needs) else ""
     gpus = f" (GPU {','.join(allocation.gpu_ids)})" if allocation.gpu_ids else ""
     return f"{allocation.run_name}/{allocation.task_id}{held}{gpus}"
+
+
+def print_tags(console: Console, tags: list[TagView]) -> None:
+    """Tags as a table: the run each names, its kind (a run, or local data uploaded), its status, the size of
+    its artifacts, its workflows and when it was made."""
+    if not tags:
+        console.print("No tags yet. Tag a run with [bold]dstack tag RUN NAME[/], or store local data with "
+                      "[bold]dstack artifacts upload PATH --tag NAME[/].")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("TAG", "KIND", "RUN", "STATUS", "SIZE", "WORKFLOWS", "CREATED"):
+        table.add_column(column, overflow="fold", justify="right" if column == "SIZE" else "left")
+    for tag in tags:
+        status = styled(Status(tag.status)) if tag.status in Status._value2member_map_ else tag.status
+        table.add_row(f"[bold]{escape(tag.tag)}[/]", tag.kind, tag.run_name, status, human_size(tag.size),
+                      ", ".join(tag.workflows), ago(tag.created_at))
+    console.print(table)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import click
 import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from dstack import builtin_providers
 from dstack.cli.context import out
+from dstack.errors import ConfigError
+from dstack.messages import ProviderRepo, ProviderSpec
 from dstack.names import env_name
 from dstack.planning import workflow_order
 from dstack.project import Project, Workflow, find_root, load_project
@@ -58,9 +61,11 @@ def summary(workflow: Workflow) -> dict[str, Any]:
 
 def asks_help(args: list[str]) -> bool:
     """Whether the arguments of `dstack run WORKFLOW ARGS` ask for its description: ``-h`` or ``--help``
-    where an option may stand (not as the value of ``--name value``)."""
+    where an option may stand (not as the value of ``--name value``, nor after ``--``: the provider's)."""
     items = iter(args)
     for item in items:
+        if item == "--":
+            return False
         if item in HELP_OPTIONS:
             return True
         if item.startswith("--") and "=" not in item and item not in ("--detach",):
@@ -70,13 +75,21 @@ def asks_help(args: list[str]) -> bool:
 
 def describe(project: Project, name: str) -> str:
     """What `dstack run NAME --help` prints: the workflow, its provider, help, dependencies, parameters,
-    and the variables of its run with the command-line options that override them."""
+    the variables of its run with the command-line options that override them, and the options of its
+    provider (a built-in one's, which override its parameters) or that it takes arguments (another one)."""
     workflow = project.workflow(name)
     item = summary(workflow)
     provider = item["provider"] + (f" from {item['provider_repo']}" if item["provider_repo"] else "")
     if workflow.image_only:
         provider += " (the workflow names an image and no provider)"
-    lines = [f"Usage: dstack run {name} [--VARIABLE VALUE ...] [-d]", "", f"Workflow {name}, provider {provider}."]
+    try:
+        spec: Union[ProviderSpec, ProviderRepo, None] = project.provider_for(workflow)
+    except ConfigError:
+        spec = None  # an unknown provider: `dstack run` says so
+    builtin = isinstance(spec, ProviderSpec) and spec.builtin
+    rest = "[OPTIONS ...] [-d]" if builtin else "[ARGS ...] [-d] [-- ARGS ...]"
+    lines = [f"Usage: dstack run {name} [--VARIABLE VALUE ...] {rest}", "",
+             f"Workflow {name}, provider {provider}."]
     if workflow.help:
         lines += ["", *(f"  {line}" for line in workflow.help.strip().splitlines())]
     if workflow.depends_on:
@@ -90,7 +103,25 @@ def describe(project: Project, name: str) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
         lines += ["", "Variables (.dstack/variables.yaml; override with --NAME VALUE; the jobs read them as $NAME):"]
         lines += [f"  {option:<{widths[0]}}  {env:<{widths[1]}}  {section}" for option, env, section in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + provider_arguments(name, spec))
+
+
+def provider_arguments(name: str, spec: Union[ProviderSpec, ProviderRepo, None]) -> list[str]:
+    """The lines of `dstack run NAME --help` about what NAME's provider takes after its name: a built-in
+    provider's options (as argparse lists them), each overriding a parameter for this run; that another
+    provider gets what is no variable as its arguments (``self.provider_args``)."""
+    if spec is None:
+        return []
+    if isinstance(spec, ProviderSpec) and spec.builtin:
+        options = builtin_providers.options_help(spec.name, f"dstack run {name}")
+        return ["", f"Options of provider {spec.name}, after the workflow's name: each overrides its parameter",
+                "for this run (-e is merged into environment, the resource options into resources):",
+                *(f"  {line}" if line else "" for line in options.splitlines())]
+    where = (f".dstack/providers.yaml: image {spec.image}, commands: {' && '.join(spec.commands)}"
+             if isinstance(spec, ProviderSpec) else f"provider {spec.name} of {spec.url}")
+    return ["", f"Arguments of provider {spec.name} ({where}):",
+            "  the ARGS that are no variable go to it as they are, and everything after `--` as written",
+            "  (self.provider_args in the SDK), to read them as it likes (with argparse, for example)."]
 
 
 def run_variables(project: Project, name: str) -> dict[str, tuple[Any, str]]:

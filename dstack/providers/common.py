@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from functools import cached_property
-from typing import Any, NoReturn, Optional, Union
+from typing import Any, ClassVar, NoReturn, Optional, TypeVar, Union
 
 from dstack import Job, Provider, ResourceRequirements
 from dstack.sdk.resources import current_resources
@@ -117,6 +117,9 @@ def _text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+
+
 class ArgumentError(ValueError):
     """``dstack run NAME ARGS`` was given arguments the provider does not take."""
 
@@ -127,7 +130,26 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith(prefix):  # arguments that take the rest of the line are never missing
             rest = {a.dest for a in self._actions if a.nargs == argparse.REMAINDER}
             message = prefix + ", ".join(n for n in message[len(prefix):].split(", ") if n not in rest)
-        raise ArgumentError(f"{message}\n{self.format_usage().rstrip()}")
+        usage = self.format_usage().rstrip()
+        raise ArgumentError(f"{message}\n{usage}" if usage else message)
+
+
+class _OptionsParser(_Parser):
+    """A provider's parser without its positional arguments: the options given after a workflow's name
+    (``dstack run train --gpu 2``), each overriding the workflow's parameter. Remembers the provider's
+    own options (:meth:`BuiltinProvider.add_arguments` adds them here; the common ones go to a group)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog=prog, usage=argparse.SUPPRESS, add_help=False, allow_abbrev=False)
+        self.own: list[argparse.Action] = []
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action:
+        if name_or_flags and name_or_flags[0][:1] not in self.prefix_chars:
+            return argparse.Action([], dest=name_or_flags[0])  # a positional argument: not an option
+        kwargs.pop("required", None)  # the workflow has it already; an option only overrides it
+        action = super().add_argument(*name_or_flags, **kwargs)
+        self.own.append(action)
+        return action
 
 
 class BuiltinProvider(Provider):
@@ -145,6 +167,9 @@ class BuiltinProvider(Provider):
     name = ""
     #: what it does, in one line (``dstack run NAME -h``)
     summary = ""
+    #: the parameter each of its options sets given after a workflow's name, where it is not the option's
+    #: ``dest`` (``{"command": "commands"}``: ``dstack run WORKFLOW -c 'make'`` sets ``commands``)
+    option_parameters: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         super().__init__(schema="schema.yaml")
@@ -194,6 +219,20 @@ class BuiltinProvider(Provider):
                          epilog="Options go before the first positional argument; what follows the "
                                 "script or command is passed on to it.")
         cls.add_arguments(parser)
+        return cls._add_common_options(parser)
+
+    @classmethod
+    def options_parser(cls, prog: str) -> _OptionsParser:
+        """The parser of the options given after the name of a workflow of this provider (``dstack run
+        WORKFLOW --gpu 2``): the provider's own options and the common ones, without its positional
+        arguments, help or abbreviations; ``prog`` is the command it is shown for."""
+        parser = _OptionsParser(prog)
+        cls.add_arguments(parser)
+        cls._add_common_options(parser)
+        return parser
+
+    @classmethod
+    def _add_common_options(cls, parser: _P) -> _P:
         common = parser.add_argument_group("common options")
         common.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
                             help="an environment variable of the job (repeatable)")
@@ -220,21 +259,49 @@ class BuiltinProvider(Provider):
             ArgumentError: the arguments are wrong; the message ends with the usage.
         """
         args = cls.parser().parse_args(argv)
-        data: dict[str, Any] = {}
-        for item in args.env:
-            name, eq, value = item.partition("=")
-            if not eq or not name:
-                raise ArgumentError(f"--env {item!r}: write NAME=VALUE")
-            data.setdefault("environment", {})[name] = value
-        data.update(nonempty(args, artifacts="artifact", working_dir="working_dir", before_run="before_run"))
-        resources = given(args, cpu="cpu", memory="memory", shm_size="shm_size")
-        gpu = given(args, count="gpu", name="gpu_name", memory="gpu_memory")
-        if gpu:
-            resources["gpu"] = gpu if set(gpu) != {"count"} else gpu["count"]
-        if resources:
-            data["resources"] = resources
+        data = common_parameters(args)
         data.update(cls.parameters(args))
         return data
+
+    @classmethod
+    def parameters_from_options(cls, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The parameters the options ``argv``, given after a workflow's name, stand for (those that
+        were given only), and the arguments of ``argv`` that are none of the options, in order.
+
+        Raises:
+            ArgumentError: an option's value is wrong or missing (``--gpu two``, ``--memory`` last).
+        """
+        parser = cls.options_parser(f"dstack run {cls.name}")
+        args, unknown = parser.parse_known_args(argv)
+        data = common_parameters(args)
+        for action in parser.own:
+            value = getattr(args, action.dest)
+            if value is not None and value != action.default:
+                data[cls.option_parameters.get(action.dest, action.dest)] = value
+        return data, unknown
+
+
+def common_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The common parameters (``environment``, ``artifacts``, ``working_dir``, ``before_run``,
+    ``resources``) whose options were given in ``args``.
+
+    Raises:
+        ArgumentError: an ``--env`` is not ``NAME=VALUE``.
+    """
+    data: dict[str, Any] = {}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ArgumentError(f"--env {item!r}: write NAME=VALUE")
+        data.setdefault("environment", {})[name] = value
+    data.update(nonempty(args, artifacts="artifact", working_dir="working_dir", before_run="before_run"))
+    resources = given(args, cpu="cpu", memory="memory", shm_size="shm_size")
+    gpu = given(args, count="gpu", name="gpu_name", memory="gpu_memory")
+    if gpu:
+        resources["gpu"] = gpu if set(gpu) != {"count"} else gpu["count"]
+    if resources:
+        data["resources"] = resources
+    return data
 
 
 def given(args: argparse.Namespace, /, **options: str) -> dict[str, Any]:

@@ -92,11 +92,23 @@ def render_index() -> str:
               "- It runs in the project of the current folder (the nearest folder with `.dstack/` at or above it, or "
               "the current folder itself), snapshotted as for any run; the current folder, relative to the project "
               "root, is the working directory unless `-w` says otherwise.",
+              "", "## Options after a workflow's name", "",
+              "For a workflow of a built-in provider, `dstack run WORKFLOW ARGS` also takes the provider's options "
+              "(those of `dstack run PROVIDER ARGS`, without its positional arguments), each overriding the "
+              "workflow's parameter for this run, after its variables are substituted; the result is checked "
+              "against the schema as the workflow is:", "",
+              "```bash",
+              "dstack run train --gpu 2 --memory 32GB --epochs 100   # --epochs: a variable of the run",
+              "```", "",
+              "`-e` is merged into `environment` and the resource options into `resources`, key by key (`--gpu 2` "
+              "keeps the workflow's GPU model); the other options replace their parameter. Anything that is neither "
+              "an option nor a variable of the run is refused, naming both; `dstack run WORKFLOW --help` lists them. "
+              "See [the CLI](../cli.md#dstack-run).",
               "", "## Names", "",
               "A provider defined in the project's `.dstack/providers.yaml` with the same name as a built-in one hides "
               "the built-in one: `provider: NAME` in `.dstack/workflows.yaml` then means the project's provider. "
-              "Likewise `dstack run NAME` runs the project's workflow `NAME` if there is one, and the built-in "
-              "provider only otherwise."]
+              "Likewise `dstack run NAME` runs the project's workflow `NAME` if there is one, else the project's "
+              "provider `NAME` (with ARGS as its arguments), and the built-in provider only otherwise."]
     return _page(lines)
 
 

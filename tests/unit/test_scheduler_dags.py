@@ -841,7 +841,7 @@ def test_a_failed_run_counts_with_the_jobs_whose_container_ended(h: Dag) -> None
     ("no-such-run", "workflow 'board' names run 'no-such-run' in runs, but there is no run named 'no-such-run'"),
     ("../x", "workflow 'board' names run '../x' in runs, but there is no run named '../x'"),
     ("data:nope", "workflow 'board' names in runs data:nope, but there is no tag 'nope' (known tags: best)"),
-    ("data:bad tag", "workflow 'board' names 'data:bad tag' in runs: write a run name or WORKFLOW:TAG"),
+    ("data:bad tag", "workflow 'board' names 'data:bad tag' in runs: write a run name, WORKFLOW:TAG or :TAG"),
     ("going-run-0004", "workflow 'board' names run 'going-run-0004' in runs, which is queued; name it once it "
                        "has finished"),
 ])

@@ -10,6 +10,7 @@ from dstack.errors import MessageError
 from dstack.messages import (
     Allocation,
     ClaimTask,
+    DeleteRuns,
     DeleteSecret,
     Endpoint,
     GetRuns,
@@ -17,6 +18,7 @@ from dstack.messages import (
     GetTags,
     GetWorkers,
     Inventory,
+    RecordUpload,
     Resources,
     RestartRun,
     SetSecret,
@@ -77,6 +79,9 @@ def test_every_reply_of_the_scheduler_round_trips(h: Harness) -> None:
     other = SubmitRun(run_name="other-run-0001", workflow=WF, snapshot_id="snap-2", submitted_at=1.0,
                       workflows=[WorkflowSpec(name=WF, data={}, provider=PROVIDER)])
     requests += [other, StopRun(other.run_name), RestartRun(other.run_name)]  # its provider never started
+    requests += [RecordUpload(run_name="quiet-heron-1234", tag="dataset", artifacts=["data"], size=10,
+                              submitted_at=1.0)]
+    requests += [GetRuns(limit=None), DeleteRuns(["quiet-heron-1234"], force=True)]  # a done run, tagged
     for request in requests:
         reply = typed(h, request)
         assert over_the_wire(request, reply) == reply, request

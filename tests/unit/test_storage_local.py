@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from dstack.errors import ConfigError, ObjectNotFound, StorageError, UnsafePath
-from dstack.storage import ObjectInfo, open_storage
-from dstack.storage import local
+from dstack.storage import ObjectInfo, local, open_storage
 from dstack.storage.local import TMP_SUFFIX, LocalStorage
 
 

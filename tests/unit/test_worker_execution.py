@@ -2,6 +2,7 @@
 artifacts and inputs, and a provider's jobs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -230,7 +231,8 @@ def test_a_provider_gets_the_workflow_and_the_sdk(h: Harness) -> None:
         seen["env"] = spec.env
 
     h.run(h.provider(Script(on_start=look)))
-    assert seen["workflow"] == {"name": "train", "provider": "p", "run_name": RUN, "data": {"n": 1}}
+    assert seen["workflow"] == {"name": "train", "provider": "p", "run_name": RUN, "data": {"n": 1},
+                                "provider_args": []}
     assert seen["env"]["DSTACK_PROVIDER_OUTPUT"] == "/dstack/io" and seen["env"]["PYTHONUSERBASE"] == "/dstack/sdk"
 
 
@@ -311,11 +313,15 @@ def test_artifacts_are_uploaded_under_their_keys_and_the_manifest_last(h: Harnes
                        artifacts_manifest_key(RUN, "train.0")]
     assert h.storage.get_bytes(artifact_key(RUN, "train.0", "out/sub/b.txt")) == b"bbb"
     stored = h.storage.get_bytes(artifacts_manifest_key(RUN, "train.0"))
-    # the stored form is unchanged: JSON with these keys, in this order
+    sha_a, sha_b = hashlib.sha256(b"aa").hexdigest(), hashlib.sha256(b"bbb").hexdigest()
+    # the stored form: JSON with these keys, in this order; the end of the job makes it complete
     assert stored == json.dumps({"job_id": "train.0", "artifacts": ["out"], "files": [
-        {"path": "out/a.txt", "size": 2}, {"path": "out/sub/b.txt", "size": 3}]}).encode()
+        {"path": "out/a.txt", "size": 2, "sha256": sha_a}, {"path": "out/sub/b.txt", "size": 3, "sha256": sha_b}],
+        "complete": True}).encode()
     assert ArtifactManifest.from_json(stored) == ArtifactManifest(
-        job_id="train.0", artifacts=["out"], files=[ArtifactFile("out/a.txt", 2), ArtifactFile("out/sub/b.txt", 3)])
+        job_id="train.0", artifacts=["out"], files=[ArtifactFile("out/a.txt", 2, sha_a),
+                                                    ArtifactFile("out/sub/b.txt", 3, sha_b)])
+    assert finished.artifacts_size == 5
 
 
 def test_artifact_folders_exist_before_the_job_starts(h: Harness) -> None:

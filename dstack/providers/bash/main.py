@@ -17,6 +17,7 @@ from dstack.providers.common import (
 class BashProvider(BuiltinProvider):
     name = "bash"
     summary = "Run shell commands in one job: `dstack run bash -c 'echo hi'` or `dstack run bash SCRIPT [ARGS...]`."
+    option_parameters = {"command": "commands"}  # `dstack run WORKFLOW -c CMD` replaces the workflow's commands
 
     def create_jobs(self) -> list[Job]:
         commands = pip_install(self.data.get("requirements")) + self.data["commands"]

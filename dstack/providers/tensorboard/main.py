@@ -48,6 +48,7 @@ class TensorboardProvider(BuiltinProvider):
     name = "tensorboard"
     summary = ("Serve TensorBoard for a folder of logs (`dstack run tensorboard runs`) or for earlier runs, "
                "each under its own name (`dstack run tensorboard RUN [RUN ...]`); `dstack status` shows its URL.")
+    option_parameters = {"run": "runs"}  # `dstack run WORKFLOW --run NAME` replaces the workflow's runs
 
     def create_jobs(self) -> list[Job]:
         runs = list(dict.fromkeys(self.data.get("runs") or []))
