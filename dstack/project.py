@@ -114,14 +114,20 @@ def find_root(start: Path, required: bool = True) -> Optional[Path]:
                       "that has .dstack/workflows.yaml")
 
 
+def has_project_files(root: Path) -> bool:
+    """Whether ``root/.dstack`` holds workflows or providers (a project of providers alone runs them by name)."""
+    return any((root / ".dstack" / f"{name}.yaml").exists() for name in ("workflows", "providers"))
+
+
 def load_project(root: Path) -> Project:
-    """Load and validate the ``.dstack/`` files under ``root``."""
+    """Load and validate the ``.dstack/`` files under ``root``; ``workflows.yaml`` may be missing only where
+    ``providers.yaml`` is there."""
     project = Project(root=root)
     docs = {}
     for name in ("workflows", "providers", "variables"):
         path, shown = root / ".dstack" / f"{name}.yaml", f".dstack/{name}.yaml"
         if not path.exists():
-            if name == "workflows":
+            if name == "workflows" and not (root / ".dstack" / "providers.yaml").exists():
                 raise ConfigError("the file is missing; create it (see the README), or run a built-in "
                                   "provider without one, e.g. `dstack run python train.py`", file=shown)
             continue
@@ -137,7 +143,7 @@ def load_project(root: Path) -> Project:
                               line=raw.line, field=f"providers[{i}].name")
         project.providers[raw["name"]] = ProviderSpec(name=raw["name"], image=raw["image"],
                                                       commands=list(raw["commands"]))
-    for i, raw in enumerate(docs["workflows"]["workflows"]):
+    for i, raw in enumerate(docs.get("workflows", {}).get("workflows", [])):
         if raw["name"] in project.workflows:
             raise ConfigError(f"workflow '{raw['name']}' is defined twice", file=".dstack/workflows.yaml",
                               line=raw.line, field=f"workflows[{i}].name")

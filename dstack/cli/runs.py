@@ -22,7 +22,7 @@ from dstack.errors import ConfigError, DstackError
 from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec, plain
 from dstack.names import new_run_name
 from dstack.planning import plan_builtin_run, plan_run, provider_project, split_args
-from dstack.project import Project, find_root, load_project
+from dstack.project import Project, find_root, has_project_files, load_project
 from dstack.rpc import RpcClient
 from dstack.snapshot import upload_snapshot
 from dstack.states import Status
@@ -54,12 +54,12 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
                                         are (self.provider_args in the SDK)
 
     -d goes before WORKFLOW, or among a workflow's ARGS (before `--`, after which ARGS go to the
-    provider as written). Exits 0 when the run is done,
-    1 when it failed or was stopped. Ctrl-C stops following, not the run.
+    provider as written). Exits 0 when the run is done, 1 when it failed or was stopped. Ctrl-C asks
+    whether to stop the run on a terminal; otherwise (or when told no) it stops following, not the run.
     """
     cwd = Path.cwd()
     root = find_root(cwd, required=False)
-    project = load_project(root) if root is not None and (root / ".dstack" / "workflows.yaml").exists() else None
+    project = load_project(root) if root is not None and has_project_files(root) else None
     if project is not None and workflow not in project.workflows and workflow in project.providers:
         project = provider_project(project, workflow)  # a provider of .dstack/providers.yaml, run with ARGS
     if project is not None and workflow in project.workflows and asks_help(list(args)):

@@ -322,7 +322,7 @@ def test_a_project_provider_hides_a_built_in_one(tmp_path: Path) -> None:
 
 
 def test_missing_workflows_file(tmp_path: Path) -> None:
-    error = load_error(write_project(tmp_path, workflows=None))
+    error = load_error(write_project(tmp_path, workflows=None, providers=None))
     assert error.file == ".dstack/workflows.yaml"
     assert "missing" in error.message
 

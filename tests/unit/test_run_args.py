@@ -18,7 +18,7 @@ from dstack.cli.workflows import asks_help, describe
 from dstack.errors import ConfigError
 from dstack.messages import ProviderSpec, ProviderTask, RestartRun, SubmitRun, WorkflowSpec
 from dstack.planning import plan_run, provider_project, split_args
-from dstack.project import Project, load_project
+from dstack.project import Project, has_project_files, load_project
 from dstack.sdk import Job, Provider, Workflow
 from dstack.sdk.provider import OUTPUT_DIR_ENV
 from dstack.sdk.workflow import WORKFLOW_FILE_ENV
@@ -216,6 +216,21 @@ def test_a_provider_of_providers_yaml_run_by_its_name(project: Project) -> None:
     assert (spec.name, spec.data, spec.provider_args, spec.variables) == ("solo", {}, ["data.csv", "--lr", "1"],
                                                                         {"epochs": 2})
     assert spec.provider == ProviderSpec(name="solo", image="python:3.11", commands=["python3 providers/solo/main.py"])
+
+
+def test_a_project_of_providers_alone_runs_them_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / ".dstack"
+    folder.mkdir()
+    (folder / "providers.yaml").write_text(PROVIDERS)
+    assert has_project_files(tmp_path)
+    alone = load_project(tmp_path)
+    assert alone.workflows == {} and "solo" in alone.providers
+    [spec] = plan_run(provider_project(alone, "solo"), "solo", {}, ["data.csv"])
+    assert spec.provider_args == ["data.csv"]
+    (folder / "providers.yaml").unlink()
+    assert not has_project_files(tmp_path)
+    with pytest.raises(ConfigError, match="workflows.yaml"):
+        load_project(tmp_path)
 
 
 def test_provider_args_reach_the_provider_task_and_survive_a_restart(tmp_path: Path) -> None:
