@@ -15,7 +15,7 @@ from rich.console import Console
 from dstack.cli.follow import _show_changes
 from dstack.cli.render import runs_table
 from dstack.errors import ConfigError, ObjectNotFound
-from dstack.logs import LogChunk, LogWriter, merged_lines, stored_chunks
+from dstack.logs import LogChunk, LogWriter
 from dstack.messages import (
     ArtifactFile,
     ArtifactManifest,
@@ -39,19 +39,16 @@ from dstack.names import (
 )
 from dstack.planning import plan_run
 from dstack.project import load_project
-from dstack.snapshot import upload_snapshot
 from dstack.states import Status
-from dstack.storage.local import LocalStorage
 from dstack.views import JobView, RunView
 from dstack.workers.cache import CacheEntry, JobCache, cache_ingredients, cache_key, project_digest
-from dstack.workers.execution import Execution, JobExecution, WorkerContext
-from dstack.workers.ports import PortPool
-from dstack.workers.provider_repos import ProviderRepos
+from dstack.workers.execution import Execution, JobExecution
 from dstack.workers.runtime import ContainerSpec
-from tests.fakes import FakeRuntime, Script, workdir
+from tests.fakes import Script, workdir
 from tests.scheduler_harness import PROVIDER, Harness, spec
+from tests.worker_harness import RUN, WorkerHarness
 
-RUN, OTHER = "brave-otter-1", "calm-heron-2"
+OTHER = "calm-heron-2"
 
 # ----------------------------------------------------------------------------- the key
 
@@ -139,31 +136,12 @@ def test_an_input_without_checksums_is_known_by_where_it_is_stored() -> None:
 # ----------------------------------------------------------------------------- on a worker
 
 
-class Worker:
-    """A worker's context on local storage and a fake runtime; events and live chunks are kept."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.storage = LocalStorage(tmp_path / "storage")
-        self.runtime = FakeRuntime()
-        self.events: list[Any] = []
-        self.announced: list[tuple[str, str, bytes]] = []
-        self.project = tmp_path / "project"
-        self.project.mkdir()
-        (self.project / "train.py").write_text("print('hi')\n")
-        self.tmp_path = tmp_path
-
-    def context(self) -> WorkerContext:
-        return WorkerContext(
-            worker_id="w1", hostname="host-a", home=self.tmp_path / "home", storage=self.storage,
-            runtime=self.runtime, sdk_bundle=self.tmp_path / "sdk", send_event=self.events.append, has_gpus=False,
-            announce=lambda *item: self.announced.append(item), provider_repos=ProviderRepos(self.tmp_path / "repos"),
-            ports=PortPool())
+class Worker(WorkerHarness):
+    """The worker harness, running a task as the worker does: reused from the cache, else started."""
 
     def task(self, run: str = RUN, attempt: int = 1, cache: bool = True, **job: Any) -> JobTask:
-        options: dict[str, Any] = {"image": "python:3.11", "commands": ["python train.py"], "artifacts": ["model"],
-                                   **job}
-        return JobTask(run_name=run, attempt=attempt, job=JobSpec(job_id="train.0", **options),
-                       snapshot_id=upload_snapshot(self.project, self.storage)[0], cache=cache)
+        options: dict[str, Any] = {"image": "python:3.11", "artifacts": ["model"], **job}
+        return self.job(run=run, attempt=attempt, cache=cache, snapshot_id=self.snapshot(), **options)
 
     def run(self, task: JobTask, output: str = "", exit_code: int = 0) -> TaskFinished:
         """What the worker does with a task (as ``Worker._run``): reuse, else start and follow."""
@@ -171,23 +149,18 @@ class Worker:
                                                  on_start=lambda spec: write_model(spec, output))
         self.events.clear()
         self.announced.clear()
-        execution = Execution.for_task(task, self.context())
+        execution = Execution.for_task(task, self.context)
         execution.save()
         if not execution.reuse():
             execution.start()
             execution.follow()
         assert not execution.folder.exists()  # cleaned up either way
-        finished = self.events[-1]
-        assert isinstance(finished, TaskFinished)
-        return finished
+        return self.finished()
 
     def ran(self, task: JobTask) -> bool:
         """Whether the task's container was started."""
         return any(c.spec.env.get("RUN_NAME") == task.run_name and c.spec.env.get("JOB_ATTEMPT") == str(task.attempt)
                    for c in self.runtime.started.values())
-
-    def lines(self, run: str) -> list[str]:
-        return [line for _, _, line in merged_lines(stored_chunks(self.storage, run, "train.0"))]
 
 
 def write_model(spec: ContainerSpec, text: str) -> None:
@@ -224,7 +197,7 @@ def test_a_hit_reuses_artifacts_and_logs_and_starts_nothing(w: Worker) -> None:
     assert w.storage.get_bytes(artifact_key(OTHER, "train.0", "model/weights.txt")) == b"weights of epoch 1\n"
     manifest = ArtifactManifest.from_json(w.storage.get_bytes(artifacts_manifest_key(OTHER, "train.0")))
     assert [f.path for f in manifest.files] == ["model/weights.txt"]
-    assert w.lines(OTHER) == w.lines(RUN) == ["epoch 1"]
+    assert w.log_lines(run=OTHER) == w.log_lines(run=RUN) == ["epoch 1"]
     assert [(exchange, run) for exchange, run, _ in w.announced] == [(LOGS_EXCHANGE, OTHER)]
 
 
@@ -235,7 +208,7 @@ def test_a_hit_after_earlier_attempts_numbers_the_reused_logs_after_theirs(w: Wo
     writer.close()
     finished = w.run(w.task(run=OTHER, attempt=2))
     assert finished.cached_from == f"{RUN}/train.0" and finished.attempt == 2
-    assert w.lines(OTHER) == ["attempt 1 failed", "epoch 1"]
+    assert w.log_lines(run=OTHER) == ["attempt 1 failed", "epoch 1"]
     assert LogChunk.decode(w.storage.get_bytes(log_chunk_key(OTHER, "train.0", 1))).number == 1
     # and a job reused from OTHER would get only the lines of its successful attempt
     entry = CacheEntry.from_json(w.storage.get_bytes(cache_entry_key(JobCache(w.storage, w.runtime).key(
@@ -256,7 +229,7 @@ def test_a_changed_ingredient_runs_the_job(w: Worker, change: str) -> None:
         (w.project / "train.py").write_text("print('changed')\n")
     second = w.task(run=OTHER, **options)
     finished = w.run(second, "epoch 2\n")
-    assert w.ran(second) and finished.cached_from == "" and w.lines(OTHER) == ["epoch 2"]
+    assert w.ran(second) and finished.cached_from == "" and w.log_lines(run=OTHER) == ["epoch 2"]
 
 
 def test_editing_the_files_the_cli_reads_keeps_a_hit(w: Worker) -> None:
@@ -300,7 +273,7 @@ def test_a_stale_entry_is_a_miss(w: Worker, loss: str) -> None:
     second = w.task(run=OTHER)
     finished = w.run(second, "epoch 2\n")
     assert w.ran(second) and finished.status is Status.DONE and finished.cached_from == ""
-    assert w.lines(OTHER) == ["epoch 2"]
+    assert w.log_lines(run=OTHER) == ["epoch 2"]
     # and its result is the entry now
     assert w.run(w.task(run="third-run-3")).cached_from == f"{OTHER}/train.0"
 
@@ -316,7 +289,7 @@ def test_a_source_deleted_while_it_is_copied_is_a_miss_and_leaves_nothing_copied
 
     w.storage.copy = copy_then_lose_the_manifest  # type: ignore[method-assign]
     second = w.task(run=OTHER)
-    execution = Execution.for_task(second, w.context())
+    execution = Execution.for_task(second, w.context)
     assert execution.reuse() is False and not list(w.storage.list(f"runs/{OTHER}/"))
     assert not w.ran(second)  # the caller starts it now
 
@@ -336,7 +309,7 @@ def test_without_caching_nothing_is_looked_up_or_stored(w: Worker) -> None:
 def test_a_missing_image_is_no_hit_and_the_start_says_why(w: Worker) -> None:
     w.run(w.task(), "epoch 1\n")
     w.runtime.missing_images.add("python:3.11")
-    execution = Execution.for_task(w.task(run=OTHER), w.context())
+    execution = Execution.for_task(w.task(run=OTHER), w.context)
     assert isinstance(execution, JobExecution)
     assert execution.reuse() is False and execution.cache is None
 

@@ -10,56 +10,23 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from dstack.messages import ArtifactManifest, ArtifactRef, JobSpec, JobTask, TaskFinished
+from dstack.messages import ArtifactRef, JobTask, TaskFinished
 from dstack.names import artifact_key, artifacts_manifest_key
-from dstack.snapshot import upload_snapshot
 from dstack.states import Status
-from dstack.storage.local import LocalStorage
 from dstack.workers.artifacts import upload_artifacts
-from dstack.workers.execution import Execution, WorkerContext
-from dstack.workers.ports import PortPool
-from dstack.workers.provider_repos import ProviderRepos
+from dstack.workers.execution import Execution
 from dstack.workers.runtime import ContainerSpec
-from tests.fakes import FakeRuntime, Script, workdir
+from tests.fakes import Script, workdir
+from tests.worker_harness import RUN, WorkerHarness
 
-RUN, JOB = "brave-otter-1", "train.0"
-
-
-class CountingStorage(LocalStorage):
-    """Local storage that keeps the keys of the artifact files uploaded."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.uploaded: list[str] = []
-
-    def put_file(self, key: str, path: Path, progress: Any = None) -> None:
-        super().put_file(key, path, progress)
-        if "/artifacts/" in key:
-            self.uploaded.append(key)
+JOB = "train.0"
 
 
-class Worker:
-    """A worker's context on local storage and a fake runtime that syncs every 50 ms."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.storage = CountingStorage(tmp_path / "storage")
-        self.runtime = FakeRuntime()
-        self.events: list[Any] = []
-        project = tmp_path / "project"
-        project.mkdir()
-        (project / "train.py").write_text("print('hi')\n")
-        self.snapshot_id = upload_snapshot(project, self.storage)[0]
-        self.context = WorkerContext(
-            worker_id="w1", hostname="host-a", home=tmp_path / "home", storage=self.storage, runtime=self.runtime,
-            sdk_bundle=tmp_path / "sdk", send_event=self.events.append, has_gpus=False,
-            announce=lambda *item: None, provider_repos=ProviderRepos(tmp_path / "repos"), ports=PortPool(),
-            artifact_sync_interval=0.05)
+class Worker(WorkerHarness):
+    """The worker harness, following a task in a thread (the fixture's syncs every 50 ms)."""
 
     def task(self, attempt: int = 1, resume: bool = False, script: Optional[Script] = None) -> JobTask:
-        if script is not None:
-            self.runtime.scripts[JOB] = script
-        return JobTask(run_name=RUN, attempt=attempt, resume=resume, snapshot_id=self.snapshot_id,
-                       job=JobSpec(job_id=JOB, image="alpine", commands=["python train.py"], artifacts=["out"]))
+        return self.job(JOB, script, attempt=attempt, resume=resume, artifacts=["out"])
 
     def run(self, task: JobTask, while_running: Optional[Callable[[Execution], None]] = None) -> TaskFinished:
         execution = Execution.for_task(task, self.context)
@@ -69,17 +36,12 @@ class Worker:
         if while_running is not None:
             while_running(execution)
         follower.join()
-        finished = self.events[-1]
-        assert isinstance(finished, TaskFinished)
-        return finished
-
-    def manifest(self) -> ArtifactManifest:
-        return ArtifactManifest.from_json(self.storage.get_bytes(artifacts_manifest_key(RUN, JOB)))
+        return self.finished()
 
 
 @pytest.fixture
 def w(tmp_path: Path) -> Worker:
-    return Worker(tmp_path)
+    return Worker(tmp_path, artifact_sync_interval=0.05)
 
 
 def writes(files: dict[str, str], age: float = 0.0) -> Callable[[ContainerSpec], None]:

@@ -11,16 +11,12 @@ from typing import Any, Callable, Optional
 import pytest
 
 from dstack.errors import StorageError
-from dstack.logs import merged_lines, stored_chunks
 from dstack.messages import (
     AppSpec,
     ArtifactFile,
     ArtifactManifest,
     ArtifactRef,
     JobSpec,
-    JobTask,
-    ProviderSpec,
-    ProviderTask,
     Resources,
     RetryPolicy,
     TaskFinished,
@@ -29,68 +25,16 @@ from dstack.messages import (
 from dstack.names import LOGS_EXCHANGE, artifact_key, artifacts_manifest_key
 from dstack.sdk import GPU, App, Job, ResourceRequirements, Retry
 from dstack.sdk.job import jobs_to_dicts
-from dstack.snapshot import upload_snapshot
 from dstack.states import Status
-from dstack.storage.local import LocalStorage
 from dstack.workers.artifacts import upload_artifacts
-from dstack.workers.execution import Execution, JobExecution, ProviderExecution, WorkerContext
-from dstack.workers.ports import PortPool
-from dstack.workers.provider_repos import ProviderRepos
+from dstack.workers.execution import Execution, JobExecution, ProviderExecution
 from dstack.workers.runtime import ContainerSpec
-from tests.fakes import FakeRuntime, Script, provider_io, workdir
-
-RUN = "brave-otter-1"
-
-
-class RecordingStorage(LocalStorage):
-    """Local storage that records the keys written, in order, and can fail file uploads."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.written: list[str] = []
-        self.fail_uploads: Optional[BaseException] = None
-
-    def put_file(self, key: str, path: Path) -> None:  # type: ignore[override]
-        if self.fail_uploads is not None and "/artifacts/" in key:
-            raise self.fail_uploads
-        super().put_file(key, path)
-        self.written.append(key)
-
-    def put_bytes(self, key: str, data: bytes) -> None:  # type: ignore[override]
-        super().put_bytes(key, data)
-        self.written.append(key)
+from tests.fakes import Script, provider_io, workdir
+from tests.worker_harness import RUN, WorkerHarness
 
 
-class Harness:
-    """A worker's context on local storage and a fake runtime; events and live chunks are kept."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.storage = RecordingStorage(tmp_path / "storage")
-        self.runtime = FakeRuntime()
-        self.events: list[Any] = []
-        self.announced: list[tuple[str, str, bytes]] = []
-        project = tmp_path / "project"
-        project.mkdir()
-        (project / "train.py").write_text("print('hi')\n")
-        self.snapshot_id = upload_snapshot(project, self.storage)[0]
-        self.context = WorkerContext(
-            worker_id="w1", hostname="host-a", home=tmp_path / "home", storage=self.storage, runtime=self.runtime,
-            sdk_bundle=tmp_path / "sdk", send_event=self.events.append, has_gpus=False,
-            announce=lambda *item: self.announced.append(item), provider_repos=ProviderRepos(tmp_path / "repos"),
-            ports=PortPool())
-
-    def job(self, task_id: str = "train.0", script: Optional[Script] = None, **job: Any) -> JobTask:
-        if script is not None:
-            self.runtime.scripts[task_id] = script
-        options: dict[str, Any] = {"image": "alpine", "commands": ["python train.py"], **job}
-        return JobTask(run_name=RUN, attempt=1, job=JobSpec(job_id=task_id, **options), snapshot_id=self.snapshot_id)
-
-    def provider(self, script: Optional[Script] = None) -> ProviderTask:
-        if script is not None:
-            self.runtime.scripts["train.provider"] = script
-        return ProviderTask(run_name=RUN, task_id="train.provider", attempt=1, workflow="train", data={"n": 1},
-                            snapshot_id=self.snapshot_id,
-                            provider=ProviderSpec(name="p", image="python:3.11", commands=["python -m p"]))
+class Harness(WorkerHarness):
+    """The worker harness, running a task to its end in this thread."""
 
     def run(self, task: Any, before_follow: Optional[Callable[[Execution], None]] = None) -> TaskFinished:
         """Start the task, follow it to its end and return what it reported."""
@@ -105,9 +49,6 @@ class Harness:
         assert not execution.folder.exists()  # cleaned up
         assert self.runtime.started[execution.container.name].removed  # type: ignore[union-attr]
         return finished
-
-    def log_lines(self, task_id: str) -> list[str]:
-        return [line for _, _, line in merged_lines(stored_chunks(self.storage, RUN, task_id))]
 
 
 @pytest.fixture
