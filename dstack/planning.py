@@ -60,12 +60,15 @@ class RunArgs:
     provider_args: list[str] = field(default_factory=list)
     #: ``-d``/``--detach`` was among them
     detach: bool = False
+    #: ``--cache`` (True) or ``--no-cache`` (False) was among them, the last one winning; ``None``: neither
+    cache: Optional[bool] = None
 
 
 def split_args(project: Project, target: str, args: Sequence[str]) -> RunArgs:
     """Split the ARGS of ``dstack run TARGET ARGS``: ``--name value`` (or ``--name=value``) where ``name`` is
-    a variable of the run overrides it, ``-d``/``--detach`` detaches, and the rest goes to the target's
-    provider in order (:func:`plan_run` reads it). ``--`` ends what dstack reads: whatever follows it goes
+    a variable of the run overrides it, ``-d``/``--detach`` detaches, ``--cache``/``--no-cache`` turn job caching
+    on or off for the run (as they do before ``TARGET``), and the rest goes to the target's provider in order
+    (:func:`plan_run` reads it). ``--`` ends what dstack reads: whatever follows it goes
     to the provider as written, a ``-d`` or a variable's name included.
 
     Raises:
@@ -83,6 +86,9 @@ def split_args(project: Project, target: str, args: Sequence[str]) -> RunArgs:
             split.detach = True
             continue
         name, eq, value = item[2:].partition("=")
+        if item in ("--cache", "--no-cache") and name not in known:  # a variable of that name wins
+            split.cache = item == "--cache"
+            continue
         if not item.startswith("--") or name not in known:
             split.provider_args.append(item)
             continue

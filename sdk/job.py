@@ -18,7 +18,7 @@ class Job:
         ports: ports the container opens; ``0`` asks for any free port. The ports actually used
             reach the job as ``JOB_PORT_<i>`` (and ``PORT_<i>``) and are shown by ``dstack status``.
         working_dir: folder to run in, relative to the project root (the default).
-        artifacts: folders, relative to the project root, uploaded when the job ends.
+        artifacts: folders, relative to the project root, synced to storage while the job runs and when it ends.
         resources: CPUs, memory and GPUs the job needs.
         depends_on: jobs that must be done before this one starts.
         master: a job this one talks to; this job starts once the master runs and gets

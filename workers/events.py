@@ -10,6 +10,7 @@ import functools
 import logging
 import queue
 import threading
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import dramatiq
@@ -26,19 +27,25 @@ class EventSender:
 
     def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
-        self._queue: queue.Queue[Optional[tuple[Any, threading.Event]]] = queue.Queue()
+        self._queue: queue.Queue[Optional[_Pending]] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 
     def send(self, event: Any) -> None:
-        """Send ``event``; returns once RabbitMQ has it (the broker may be restarting meanwhile)."""
+        """Send ``event``; returns once RabbitMQ has it (the broker may be restarting meanwhile).
+
+        Raises:
+            Exception: what sending it raised in the sender thread (a bug: the thread goes on with the next).
+        """
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
                 self._thread.start()
-        sent = threading.Event()
-        self._queue.put((event, sent))
-        sent.wait()
+        pending = _Pending(event)
+        self._queue.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
 
     def close(self) -> None:
         with self._lock:
@@ -50,10 +57,23 @@ class EventSender:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            pending = self._queue.get()
+            if pending is None:
                 return
-            event, sent = item
-            retry(functools.partial(send, self._broker, EVENTS_QUEUE, EVENT_ACTOR, event),
-                  what=f"cannot send {type(event).__name__} for {event.task_id} yet")
-            sent.set()
+            event = pending.event
+            try:
+                retry(functools.partial(send, self._broker, EVENTS_QUEUE, EVENT_ACTOR, event),
+                      what=f"cannot send {type(event).__name__} for {getattr(event, 'task_id', '?')} yet")
+            except Exception as e:  # handed to the caller; the thread serves the next event
+                pending.error = e
+            finally:
+                pending.done.set()
+
+
+@dataclass
+class _Pending:
+    """An event waiting to be sent, and how its sending ended."""
+
+    event: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Optional[Exception] = None

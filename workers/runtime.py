@@ -236,7 +236,9 @@ class DockerRuntime(ContainerRuntime):
         return shlex.join(argv)
 
     def managed(self) -> list[Container]:
-        found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL})
+        # ignore_removed: a container removed between the listing and its inspection (another worker of this
+        # machine cleaning up its own) is left out, instead of failing this worker's start
+        found = self._client.containers.list(all=True, filters={"label": CONTAINER_LABEL}, ignore_removed=True)
         return [DockerContainer(c, self.network) for c in found]
 
     def image_id(self, image: str) -> str:

@@ -57,6 +57,9 @@ RUN WORKFLOW    the jobs of one of its workflows
 RUN JOB         one job (e.g. train.0)
 :TAG            every job of the tagged run (an upload's files)"""
 
+#: after a job whose stored artifacts are not final: it runs, or it ended without a final sync (its worker was lost)
+_PARTIAL = " (partial)"
+
 
 @click.group()
 def artifacts() -> None:
@@ -140,6 +143,9 @@ def resolve(context: Context, target: str, which: Optional[str]) -> Selection:
     else:
         run_name, job_ids = target, None
     manifests = read_manifests(context.storage, run_name, job_ids)
+    if not manifests and job_ids is None and not target.startswith(":"):
+        with context.rpc() as rpc:  # nothing stored: is there such a run at all? (an unknown one is told so)
+            rpc.call(GetRuns(run_name=run_name))
     if not manifests:
         named = f"{', '.join(job_ids)} of run {run_name}" if job_ids else f"run '{run_name}'"
         raise DstackError(f"no artifacts stored for {named} in {context.storage.url}")
@@ -209,7 +215,7 @@ def artifacts_list(context: Context, target: str, which: Optional[str], total: b
             table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
         for manifest in manifests:
             for entry in manifest.files:
-                table.add_row(manifest.job_id + ("" if manifest.complete else " (running)"), entry.path,
+                table.add_row(manifest.job_id + _PARTIAL * (not manifest.complete), entry.path,
                               human_size(entry.size))
         out.print(table)
     else:
@@ -230,20 +236,21 @@ def _listing(selection: Selection, total: bool) -> dict[str, Any]:
 
 
 def _print_totals(manifests: list[ArtifactManifest]) -> None:
-    rows = [(m.job_id + ("" if m.complete else " (running)"), len(m.files), sum(f.size for f in m.files))
-            for m in manifests]
+    rows = [(m.job_id, len(m.files), sum(f.size for f in m.files)) for m in manifests]
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
-    if not out.is_terminal:
+    if not out.is_terminal:  # the job id alone, as `list` prints it piped (`--json` says which are complete)
         for job, count, size in rows:
             click.echo(f"{job}\t{count}\t{size}")
         return
+    partial = {m.job_id for m in manifests if not m.complete}
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("JOB")
     table.add_column("FILES", justify="right")
     table.add_column("SIZE", justify="right")
     for i, (job, count, size) in enumerate(rows):
         style = "bold" if i == len(rows) - 1 else None
-        table.add_row(job, str(count), human_size(size), style=style)
+        table.add_row(job + _PARTIAL * (job in partial and i < len(rows) - 1), str(count), human_size(size),
+                      style=style)
     out.print(table)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Container, Iterator
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 
 from dstack.broker import Backoff, retry
 from dstack.cli.render import endpoint
@@ -164,4 +165,4 @@ def _show_changes(jobs: list[JobView], statuses: dict[str, str], err: Optional[C
         where = endpoint(job)
         if where:
             detail = " at " + where
-        err.print(f"[dim]{job.job_id} {job.status.value}{detail}[/]", highlight=False)
+        err.print(f"[dim]{job.job_id} {job.status.value}{escape(detail)}[/]", highlight=False)

@@ -71,18 +71,28 @@ def runs_table(runs: list[RunView]) -> Table:
     for run in runs:
         table.add_row(f"[bold]{run.run_name}[/]", run.workflow, styled(run.status), "",
                       ago(run.submitted_at), duration(run.started_at, run.finished_at), escape(", ".join(run.tags)),
-                      human_size(run.artifacts_size) if run.artifacts_size else "-", "", first_line(run.reason))
+                      human_size(run.artifacts_size) if run.artifacts_size else "-", "",
+                      escape(short_reason(run.reason)))
         for job in run.jobs:
             exit_code = "" if job.exit_code is None else str(job.exit_code)
             status = styled(job.status) + (f" (cached from {escape(job.cached_from)})" if job.cached_from else "")
             table.add_row(f"  {job.job_id}", "", status, exit_code, ago(job.submitted_at),
                           duration(job.started_at, job.finished_at), "", human_size(job.artifacts_size),
-                          endpoint(job), first_line(job.reason))
+                          escape(endpoint(job)), escape(short_reason(job.reason)))
     return table
 
 
 def first_line(text: str) -> str:
     return (text or "").split("\n", 1)[0]
+
+
+def short_reason(text: str) -> str:
+    """A reason on one line: its first line, and its last when it has more (``exit code 1; last lines: ...``
+    ends with the job's last line of output, which says most about why)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 def print_runs(console: Console, runs: list[RunView], detailed: bool = False) -> None:

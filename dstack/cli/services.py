@@ -1,8 +1,10 @@
 """The commands that run the services (scheduler, worker, or both with ``up``) and list the live workers."""
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -66,11 +68,27 @@ def workers(context: Context, as_json: bool) -> None:
         print_workers(out, found)
 
 
+def die_with_parent(parent: int) -> Any:
+    """What a child of ``parent`` runs before its program (``preexec_fn``): on Linux, it is sent SIGTERM when
+    ``parent`` dies, even by SIGKILL, so that no scheduler or worker of a killed `dstack up` goes on alone (and a
+    second `dstack up` starts no second scheduler beside it). Elsewhere it does nothing."""
+    def arrange() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return  # no prctl: not Linux
+        if os.getppid() != parent:  # the parent died before the call: nobody is left to signal it
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arrange
+
+
 @click.command()
 @pass_context
 def up(context: Context) -> None:
     """Run a scheduler and one worker on this machine, in the foreground, until Ctrl-C."""
-    children = [subprocess.Popen([sys.executable, "-m", "dstack.cli.main", name]) for name in ("scheduler", "worker")]
+    children = [subprocess.Popen([sys.executable, "-m", "dstack.cli.main", name],
+                                 preexec_fn=die_with_parent(os.getpid()))
+                for name in ("scheduler", "worker")]
     def stop_all(*_: Any) -> None:
         for child in children:
             if child.poll() is None:

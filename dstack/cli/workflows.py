@@ -68,7 +68,7 @@ def asks_help(args: list[str]) -> bool:
             return False
         if item in HELP_OPTIONS:
             return True
-        if item.startswith("--") and "=" not in item and item not in ("--detach",):
+        if item.startswith("--") and "=" not in item and item not in ("--detach", "--cache", "--no-cache"):
             next(items, None)  # its value
     return False
 
@@ -94,6 +94,9 @@ def describe(project: Project, name: str) -> str:
         lines += ["", *(f"  {line}" for line in workflow.help.strip().splitlines())]
     if workflow.depends_on:
         lines += ["", f"Depends on: {', '.join(workflow.depends_on)} (their artifacts are its inputs)"]
+    if workflow.cache:
+        lines += ["", "Job caching: on (cache: true): a job identical to an earlier done one reuses its result; "
+                      "--no-cache runs every job"]
     if workflow.data:
         parameters = yaml.safe_dump(workflow.data, sort_keys=False, default_flow_style=False).rstrip()
         lines += ["", "Parameters (.dstack/workflows.yaml):", *(f"  {line}" for line in parameters.splitlines())]

@@ -237,7 +237,8 @@ class BuiltinProvider(Provider):
         common.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
                             help="an environment variable of the job (repeatable)")
         common.add_argument("-a", "--artifact", action="append", default=[], metavar="PATH",
-                            help="a folder uploaded when the job ends, relative to the working directory (repeatable)")
+                            help="a folder synced to storage while the job runs and when it ends, relative to "
+                                 "the working directory (repeatable)")
         common.add_argument("-w", "--working-dir", metavar="DIR",
                             help="the folder the commands run in, relative to the project root "
                                  "(default: the current folder)")

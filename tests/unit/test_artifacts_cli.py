@@ -133,7 +133,7 @@ def test_totals_per_job_and_in_all(context: FakeContext) -> None:
                         "jobs: prepare.0, train.0, train.1)"),
     ((":nope",), "no tag named 'nope' (known tags: best)"),
     (("ghost-run-0001", "train"), "no run named 'ghost-run-0001'"),
-    (("ghost-run-0001",), "no artifacts stored for run 'ghost-run-0001'"),
+    (("ghost-run-0001",), "no run named 'ghost-run-0001'"),
 ])
 def test_what_names_nothing_is_an_error_that_says_what_exists(context: FakeContext, args: tuple[str, ...],
                                                               message: str) -> None:

@@ -17,6 +17,7 @@ from dstack.broker import Backoff, make_broker, retry, task_payload
 from dstack.errors import BrokerUnavailable, MessageError, SchedulerUnavailable, ServiceUnavailable
 from dstack.live import Publisher
 from dstack.messages import pack
+from dstack.workers import events
 from dstack.workers.events import EventSender
 
 #: Nothing listens here: whatever tries to connect fails at once.
@@ -193,3 +194,21 @@ def test_an_event_sender_starts_its_thread_only_with_the_first_event(restore_dra
     sender = EventSender(make_broker(NOWHERE))
     assert sender._thread is None
     sender.close()
+
+
+def test_a_failure_in_the_event_sender_reaches_its_caller_and_the_next_event_is_sent(
+        restore_dramatiq_globals: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Any] = []
+
+    def fake_send(broker: Any, queue: str, actor: str, event: Any) -> None:
+        if event == "bad":
+            raise RuntimeError("cannot encode it")
+        sent.append(event)
+
+    monkeypatch.setattr(events, "send", fake_send)
+    sender = EventSender(make_broker(NOWHERE))
+    with pytest.raises(RuntimeError, match="cannot encode it"):
+        sender.send("bad")
+    sender.send("good")  # the thread lives on: no later send blocks forever
+    sender.close()
+    assert sent == ["good"]
