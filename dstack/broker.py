@@ -4,22 +4,25 @@ went away.
 
 The rest of dstack builds on these primitives. pika's and Dramatiq's connection errors are
 handled here only: they become :class:`~dstack.errors.BrokerUnavailable`, or are what
-:func:`retry` rides out (:data:`CONNECTION_ERRORS`).
+:func:`retry` rides out (:func:`connection_errors`).
+
+Dramatiq is imported only by what uses it (:func:`make_broker`, :func:`consumer`, :func:`enqueue`, ...,
+and the names :class:`MsgpackEncoder`, :data:`DramatiqConnectionError` and :data:`CONNECTION_ERRORS`, made
+when first imported): the CLI talks to the scheduler with pika alone and does not pay for loading Dramatiq.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any, Callable, NamedTuple, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar
 
-import dramatiq
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.middleware import Retries, TimeLimit
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
@@ -37,12 +40,30 @@ Channel = BlockingChannel
 
 #: pika's error for a connection or channel that broke (or was closed).
 AMQPError = pika.exceptions.AMQPError
-#: Dramatiq's error for a broker connection that failed or broke (``ConnectionError`` in older releases).
-DramatiqConnectionError: type[Exception] = (getattr(dramatiq.errors, "BrokerConnectionError", None)
-                                            or dramatiq.errors.ConnectionError)
-#: Errors that mean the broker went away (or was never there): what :func:`retry` tries again after.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    BrokerUnavailable, AMQPError, DramatiqConnectionError)
+
+if TYPE_CHECKING:
+    import dramatiq
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    #: Dramatiq's error for a broker connection that failed or broke (``ConnectionError`` in older releases).
+    DramatiqConnectionError: type[Exception]
+    #: Errors that mean the broker went away (or was never there), Dramatiq's included.
+    CONNECTION_ERRORS: tuple[type[BaseException], ...]
+
+    class MsgpackEncoder(dramatiq.Encoder):
+        """Dramatiq encoder: Dramatiq's message envelope, msgpack-encoded, with a size limit."""
+
+        def encode(self, data: dramatiq.encoder.MessageData) -> bytes: ...
+
+        def decode(self, data: bytes) -> dramatiq.encoder.MessageData: ...
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the broker went away (or was never there): what :func:`retry` tries again after.
+    Dramatiq's connection error is one of them once Dramatiq is loaded; before, nothing can raise it."""
+    if "dramatiq" in sys.modules:
+        return _dramatiq_part()["CONNECTION_ERRORS"]
+    return (BrokerUnavailable, AMQPError)
 
 
 # ----------------------------------------------------------------------------- connections
@@ -138,17 +159,38 @@ def consume(channel: Channel, queue_name: str, *, timeout: float, auto_ack: bool
 # ----------------------------------------------------------------------------- Dramatiq
 
 
-class MsgpackEncoder(dramatiq.Encoder):
-    """Dramatiq encoder: Dramatiq's message envelope, msgpack-encoded, with a size limit."""
+@functools.cache
+def _dramatiq_part() -> dict[str, Any]:
+    """The names of this module that need Dramatiq, made on first use (see :func:`__getattr__`)."""
+    import dramatiq
 
-    def encode(self, data: dramatiq.encoder.MessageData) -> bytes:
-        return pack(data)
+    class MsgpackEncoder(dramatiq.Encoder):
+        """Dramatiq encoder: Dramatiq's message envelope, msgpack-encoded, with a size limit."""
 
-    def decode(self, data: bytes) -> dramatiq.encoder.MessageData:
-        try:
-            return unpack(data)
-        except MessageError as e:
-            raise dramatiq.DecodeError(str(e), data, e) from None
+        def encode(self, data: dramatiq.encoder.MessageData) -> bytes:
+            return pack(data)
+
+        def decode(self, data: bytes) -> dramatiq.encoder.MessageData:
+            try:
+                return unpack(data)
+            except MessageError as e:
+                raise dramatiq.DecodeError(str(e), data, e) from None
+
+    MsgpackEncoder.__qualname__ = "MsgpackEncoder"
+    connection_error: type[Exception] = (getattr(dramatiq.errors, "BrokerConnectionError", None)
+                                         or dramatiq.errors.ConnectionError)
+    return {"MsgpackEncoder": MsgpackEncoder, "DramatiqConnectionError": connection_error,
+            "CONNECTION_ERRORS": (BrokerUnavailable, AMQPError, connection_error)}
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`MsgpackEncoder`, :data:`DramatiqConnectionError` and :data:`CONNECTION_ERRORS`, which import
+    Dramatiq, when first asked for (PEP 562)."""
+    part = _dramatiq_part() if name in ("MsgpackEncoder", "DramatiqConnectionError", "CONNECTION_ERRORS") else {}
+    if name not in part:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = part[name]
+    return part[name]
 
 
 def make_broker(url: str) -> RabbitmqBroker:
@@ -161,7 +203,11 @@ def make_broker(url: str) -> RabbitmqBroker:
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), so they are left
     out, and Dramatiq refuses an actor that asks for one. Nothing connects until first used.
     """
-    dramatiq.set_encoder(MsgpackEncoder())
+    import dramatiq
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    from dramatiq.middleware import Retries, TimeLimit
+
+    dramatiq.set_encoder(_dramatiq_part()["MsgpackEncoder"]())
     middleware = [TimeLimit(), Retries(max_retries=3, min_backoff=1000, max_backoff=30_000)]
     broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
     dramatiq.set_broker(broker)
@@ -173,6 +219,8 @@ def consumer(broker: dramatiq.Broker, handler: Callable[[Any], None], *, queue_n
     """Make ``handler`` the Dramatiq actor ``actor_name`` on ``queue_name`` (``options``: its
     ``max_retries``, ``time_limit``, ``throws``) and return a Dramatiq worker with ``threads``
     threads consuming that queue; it connects once started."""
+    import dramatiq
+
     dramatiq.actor(broker=broker, actor_name=actor_name, queue_name=queue_name, **options)(handler)
     return dramatiq.Worker(broker, queues={queue_name}, worker_threads=threads)
 
@@ -185,18 +233,22 @@ def declare_queue(broker: dramatiq.Broker, queue_name: str) -> None:
     Raises:
         BrokerUnavailable: RabbitMQ refused or dropped the connection.
     """
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
     try:
         if isinstance(broker, RabbitmqBroker):
             broker.declare_queue(queue_name, ensure=True)
         else:
             broker.declare_queue(queue_name)
-    except DramatiqConnectionError as e:
+    except _dramatiq_part()["DramatiqConnectionError"] as e:
         raise BrokerUnavailable(f"cannot declare queue {queue_name}: {e}") from None
 
 
 def enqueue(broker: dramatiq.Broker, queue_name: str, actor_name: str, payload: Any) -> None:
     """Enqueue ``payload`` (plain data) for the Dramatiq actor ``actor_name`` on ``queue_name``;
     returns once RabbitMQ confirmed it. Raises Dramatiq's connection error as it comes."""
+    import dramatiq
+
     broker.declare_queue(queue_name)
     broker.enqueue(dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(payload,),
                                     kwargs={}, options={}))
@@ -210,7 +262,7 @@ def send(broker: dramatiq.Broker, queue_name: str, actor_name: str, message: Any
     """
     try:
         enqueue(broker, queue_name, actor_name, to_payload(message))
-    except DramatiqConnectionError as e:
+    except _dramatiq_part()["DramatiqConnectionError"] as e:
         raise BrokerUnavailable(f"cannot publish to RabbitMQ: {e}") from None
 
 
@@ -221,6 +273,8 @@ def task_payload(body: bytes) -> Any:
     Raises:
         MessageError: ``body`` is no Dramatiq message with a payload.
     """
+    import dramatiq
+
     try:
         return dramatiq.Message.decode(body).args[0]
     except (dramatiq.DecodeError, IndexError) as e:
@@ -257,15 +311,15 @@ class Backoff:
 
 def retry(action: Callable[[], T], *, what: str, stopping: Optional[threading.Event] = None,
           backoff: Optional[Backoff] = None, attempts: Optional[int] = None,
-          errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS,
+          errors: Optional[tuple[type[BaseException], ...]] = None,
           before_retry: Optional[Callable[[BaseException], None]] = None,
           level: int = logging.WARNING) -> Optional[T]:
     """Call ``action`` until it returns, and return what it returned: the one reconnect loop.
 
     ``action`` is typically a session (connect, then serve until told to stop) or one send.
-    When it raises one of ``errors`` (by default: the broker went away), the error is logged at
-    ``level`` saying ``what`` failed, the next wait of ``backoff`` passes, ``before_retry`` gets
-    the error (to make a new connection, say) and ``action`` is called again.
+    When it raises one of ``errors`` (by default :func:`connection_errors`: the broker went away), the
+    error is logged at ``level`` saying ``what`` failed, the next wait of ``backoff`` passes,
+    ``before_retry`` gets the error (to make a new connection, say) and ``action`` is called again.
 
     Returns ``None``, without calling ``action`` (again), once ``stopping`` is set; a wait ends
     as soon as it is set. Any other error propagates, and so does the last one when ``attempts``
@@ -276,7 +330,9 @@ def retry(action: Callable[[], T], *, what: str, stopping: Optional[threading.Ev
     while stopping is None or not stopping.is_set():
         try:
             return action()
-        except errors as e:
+        except BaseException as e:
+            if not isinstance(e, errors if errors is not None else connection_errors()):
+                raise
             tries += 1
             if attempts is not None and tries >= attempts:
                 raise

@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import jsonschema
 import yaml
 
 from dstack.errors import ConfigError
@@ -113,6 +112,8 @@ def _schema(name: str) -> dict[str, Any]:
 
 def schema_problem(instance: Any, schema: dict[str, Any]) -> Optional[tuple[list[Union[str, int]], str]]:
     """The most relevant way ``instance`` breaks ``schema``: where (a path) and what is wrong; ``None`` if it fits."""
+    import jsonschema  # here, not at the top: loading it takes tens of milliseconds, and only validation needs it
+
     validator = jsonschema.Draft7Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -565,8 +566,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise MessageError(f"{where}: expected a map")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
+        hints, names = _fields_of(tp)
         unknown = set(value) - names
         if unknown:
             raise MessageError(f"{where}: unknown fields {sorted(unknown)}")
@@ -584,6 +584,13 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise MessageError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
     return value
+
+
+@functools.cache
+def _fields_of(tp: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """The resolved type hints and the field names of the dataclass ``tp``: resolved once per class, since
+    evaluating the hints (strings here) took most of the time of decoding a long reply."""
+    return typing.get_type_hints(tp), frozenset(f.name for f in dataclasses.fields(tp))
 
 
 def pack(data: Any) -> bytes:

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from dstack import defaults
 from dstack.errors import ConfigError
 
@@ -159,6 +157,8 @@ def container_mounts(raw: object) -> list[tuple[str, str, bool]]:
             is one of dstack's own (``/workflow``, ``/dstack``).
     """
     if isinstance(raw, str):
+        import yaml  # here, not at the top: only some settings are YAML, and the CLI starts faster without it
+
         text = raw.strip()
         entries = yaml.safe_load(text) if text.startswith("[") else [e for e in text.split(",") if e.strip()]
     else:
@@ -189,6 +189,8 @@ def yaml_mapping(text: str, field: str, example: str = "{cpu: 8, memory: 64GB, g
     Raises:
         ConfigError: not YAML, or not a mapping; the message names ``field``.
     """
+    import yaml
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -210,6 +212,8 @@ def _seconds(raw: object, name: str) -> float:
 
 
 def _read_config_file(path: Path) -> dict[str, object]:
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 from rich.console import Console
@@ -10,7 +10,9 @@ from rich.console import Console
 from dstack.messages import GetRuns
 from dstack.rpc import RpcClient
 from dstack.settings import Settings, load_settings
-from dstack.storage import Storage, open_storage
+
+if TYPE_CHECKING:  # a storage backend is imported when first opened: most commands only ask the scheduler
+    from dstack.storage import Storage
 
 #: Width used when the output is not a terminal (pipes, files), so tables are not folded.
 PIPE_WIDTH = 200
@@ -30,6 +32,8 @@ class Context:
     @property
     def storage(self) -> Storage:
         if self._storage is None:
+            from dstack.storage import open_storage
+
             self._storage = open_storage(self.settings.storage_url)
         return self._storage
 

@@ -1,26 +1,62 @@
 """``dstack``: run workflows, follow them, fetch their artifacts; run the services.
 
 The commands live in one module per subject (runs, workflows, secrets, artifacts, services); this one makes
-the group.
+the group. A command's module is imported only when that command runs (or the group's help or shell completion
+lists them all), so that ``dstack --version`` and every command load only what they use (issue 14, item 4).
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from typing import Any, Optional, TextIO
 
 import click
-from rich.markup import escape
 
 from dstack import __version__
-from dstack.cli import apps, artifacts, cleanup, runs, secrets, services, workflows
-from dstack.cli.context import err
 from dstack.errors import ConfigWarning, DstackError
+
+#: Every command: its name, and the ``module:attribute`` that makes it, imported when first needed.
+COMMANDS: dict[str, str] = {
+    "run": "dstack.cli.runs:run",
+    "restart": "dstack.cli.runs:restart",
+    "status": "dstack.cli.runs:status",
+    "logs": "dstack.cli.runs:logs",
+    "stop": "dstack.cli.runs:stop",
+    "tag": "dstack.cli.runs:tag",
+    "untag": "dstack.cli.runs:untag",
+    "tags": "dstack.cli.runs:tags",
+    "delete": "dstack.cli.cleanup:delete",
+    "prune": "dstack.cli.cleanup:prune",
+    "app": "dstack.cli.apps:app",
+    "workflows": "dstack.cli.workflows:workflows",
+    "secrets": "dstack.cli.secrets:secrets",
+    "artifacts": "dstack.cli.artifacts:artifacts",
+    "scheduler": "dstack.cli.services:scheduler",
+    "worker": "dstack.cli.services:worker",
+    "workers": "dstack.cli.services:workers",
+    "up": "dstack.cli.services:up",
+}
 
 
 class DstackGroup(click.Group):
     """Shows dstack errors as one clear line instead of a traceback, and warnings about the project's
-    files (:class:`~dstack.errors.ConfigWarning`) as ``warning:`` lines."""
+    files (:class:`~dstack.errors.ConfigWarning`) as ``warning:`` lines.
+
+    Its commands are :data:`COMMANDS`, imported by name when asked for (click's lazy group pattern).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module_name, attribute = COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{COMMANDS[cmd_name]} is no click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings():
@@ -29,7 +65,10 @@ class DstackGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except DstackError as e:
-                err.print(f"[red]error:[/] {e}")
+                from rich.markup import escape
+
+                from dstack.cli.context import err
+                err.print(f"[red]error:[/] {escape(str(e))}")
                 sys.exit(1)
 
 
@@ -39,6 +78,9 @@ _python_showwarning = warnings.showwarning
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Optional[TextIO] = None, line: Optional[str] = None) -> None:
     if issubclass(category, ConfigWarning):
+        from rich.markup import escape
+
+        from dstack.cli.context import err
         err.print(f"[yellow]warning:[/] {escape(str(message))}")
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
@@ -53,14 +95,6 @@ def cli() -> None:
     snapshots the project, and the workflow's provider turns it into jobs. Configuration comes
     from DSTACK_BROKER_URL, DSTACK_STORAGE_URL and DSTACK_HOME (see the README).
     """
-
-
-for command in (runs.run, runs.restart, runs.status, runs.logs, runs.stop, runs.tag, runs.untag, runs.tags,
-                cleanup.delete, cleanup.prune, apps.app,
-                workflows.workflows,
-                secrets.secrets, artifacts.artifacts,
-                services.scheduler, services.worker, services.workers, services.up):
-    cli.add_command(command)
 
 
 def main() -> None:
