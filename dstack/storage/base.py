@@ -7,12 +7,26 @@ bounded whatever the size of an object.
 from __future__ import annotations
 
 import abc
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 from dstack.errors import UnsafePath
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The mode ``open()`` gives a new file (0666 less the umask): a file written under a temporary name (which
+#: ``mkstemp`` makes 0600) gets it before it is renamed, so a job running as another user can read it.
+NEW_FILE_MODE = 0o666 & ~_umask()
 
 #: ``progress(n)``: ``n`` more bytes went over (called from the transferring thread, maybe several).
 Progress = Callable[[int], None]
@@ -69,6 +83,25 @@ class Storage(abc.ABC):
             ObjectNotFound: there is no object at ``key``.
         """
 
+    @contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[BinaryIO]:
+        """Yield a stream of the ``length`` bytes of ``key`` from ``offset`` (to read in chunks: memory stays
+        bounded). Backends that can read a range directly override this; this one downloads the object to a
+        temporary file first.
+
+        Raises:
+            ObjectNotFound: there is no object at ``key``.
+        """
+        fd, tmp = tempfile.mkstemp(prefix=".range.", suffix=".dstack-tmp")
+        os.close(fd)
+        try:
+            self.get_file(key, Path(tmp))
+            with open(tmp, "rb") as f:
+                f.seek(offset)
+                yield limited(f, length)
+        finally:
+            os.unlink(tmp)
+
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""
@@ -99,3 +132,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def check(self) -> None:
         """Raise :class:`~dstack.errors.StorageError` naming the storage if it cannot be reached."""
+
+
+class _Limited:
+    """A read-only view of the next ``length`` bytes of ``stream``."""
+
+    def __init__(self, stream: BinaryIO, length: int) -> None:
+        self._stream, self._left = stream, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
+def limited(stream: BinaryIO, length: int) -> BinaryIO:
+    """``stream`` cut to its next ``length`` bytes (for :meth:`Storage.open_range`)."""
+    return _Limited(stream, length)  # type: ignore[return-value]  # reads like a BinaryIO

@@ -18,7 +18,7 @@ from typing import BinaryIO, Optional, Union
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
-from dstack.storage.base import ObjectInfo, Progress, Storage, check_key
+from dstack.storage.base import NEW_FILE_MODE, ObjectInfo, Progress, Storage, check_key, limited
 
 #: Temporary files end with this; keys ending with it are stored but never listed.
 TMP_SUFFIX = ".dstack-tmp"
@@ -35,6 +35,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, path)
@@ -88,6 +89,12 @@ class LocalStorage(Storage):
                     _copy(src, dst, progress)
             except OSError as e:
                 raise StorageError(f"cannot copy {key!r} from {self.url} to {path}: {e}") from None
+
+    @contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[BinaryIO]:
+        with self._open(key) as f:
+            f.seek(offset)
+            yield limited(f, length)
 
     def copy(self, source: str, target: str) -> None:
         with self._open(source) as src, self._writing(target) as dst:

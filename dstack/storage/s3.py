@@ -14,13 +14,14 @@ missing object becomes :class:`ObjectNotFound`, everything else a
 """
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 import boto3
 from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
@@ -37,7 +38,7 @@ from botocore.exceptions import (
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
-from dstack.storage.base import ObjectInfo, Progress, Storage, check_key
+from dstack.storage.base import NEW_FILE_MODE, ObjectInfo, Progress, Storage, check_key, limited
 
 _MB = 1024 * 1024
 #: Multipart above 8 MB, in 8 MB parts, at most 4 at a time (~32 MB in flight).
@@ -131,6 +132,7 @@ class S3Storage(Storage):
         try:
             with self._errors(key):
                 self._client.download_file(self.bucket, full, tmp, Config=TRANSFER, Callback=progress)
+            os.chmod(tmp, NEW_FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -143,6 +145,21 @@ class S3Storage(Storage):
         with self._errors(key):
             resp = self._client.get_object(Bucket=self.bucket, Key=self._key(check_key(key)))
             return resp["Body"].read()
+
+    @contextmanager
+    def open_range(self, key: str, offset: int, length: int) -> Iterator[BinaryIO]:
+        """One ranged ``get_object``, its body streamed."""
+        if length <= 0:
+            yield limited(io.BytesIO(), 0)
+            return
+        with self._errors(key):
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(check_key(key)),
+                                           Range=f"bytes={offset}-{offset + length - 1}")
+        body = resp["Body"]
+        try:
+            yield limited(_Body(body, self, key), length)  # type: ignore[arg-type]  # reads like a BinaryIO
+        finally:
+            body.close()
 
     def exists(self, key: str) -> bool:
         try:
@@ -191,3 +208,14 @@ class S3Storage(Storage):
             self._check_client = self._make_client(_CHECK_CONFIG)
         with self._errors():
             self._check_client.head_bucket(Bucket=self.bucket)
+
+
+class _Body:
+    """A streaming ``get_object`` body whose read errors become dstack errors."""
+
+    def __init__(self, body: Any, storage: S3Storage, key: str) -> None:
+        self._body, self._storage, self._key = body, storage, key
+
+    def read(self, size: int = -1) -> bytes:
+        with self._storage._errors(self._key):
+            return bytes(self._body.read(size if size >= 0 else None))

@@ -13,6 +13,7 @@ import pytest
 
 from dstack.errors import ObjectNotFound, StorageError, UnsafePath
 from dstack.storage import ObjectInfo, open_storage
+from dstack.storage.base import NEW_FILE_MODE
 from dstack.storage.s3 import S3Storage
 from tests.s3server import MotoServer, free_port, start_moto_server
 
@@ -174,6 +175,7 @@ def test_progress_copy_and_delete(storage: S3Storage, tmp_path: Path) -> None:
     received: list[int] = []
     storage.get_file("runs/r/artifacts/j/big.bin", tmp_path / "back.bin", progress=received.append)
     assert sum(received) == source.stat().st_size
+    assert (tmp_path / "back.bin").stat().st_mode & 0o777 == NEW_FILE_MODE  # not mkstemp's 0600
     storage.copy("runs/r/artifacts/j/big.bin", "runs/s/artifacts/j/big.bin")
     storage.get_file("runs/s/artifacts/j/big.bin", tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()

@@ -178,3 +178,15 @@ def test_progress_copy_and_delete(storage: LocalStorage, tmp_path: Path) -> None
     assert not (storage.root / "runs" / "r").exists()  # no empty folders left behind
     storage.delete(["runs/r/never-there"])  # no error
     assert storage.exists("runs/s/artifacts/j/big.bin")
+
+
+def test_files_written_get_the_mode_open_gives_not_mkstemps(storage: LocalStorage, tmp_path: Path) -> None:
+    """A job running as another user than the worker can read its inputs (mkstemp makes files 0600)."""
+    source = tmp_path / "in.txt"
+    source.write_text("data")
+    storage.put_file("runs/r/artifacts/j/in.txt", source)
+    storage.get_file("runs/r/artifacts/j/in.txt", tmp_path / "out" / "in.txt")
+    (tmp_path / "plain.txt").write_text("x")
+    expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (storage.root / "runs/r/artifacts/j/in.txt").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "out" / "in.txt").stat().st_mode & 0o777 == expected
