@@ -133,13 +133,17 @@ class Scheduler:
         self._flow.changed = {}
         with self._store.transaction():
             result = change()
-            updates = []
-            for run_name, tasks in self._flow.changed.items():
+        changed, self._flow.changed = self._flow.changed, {}
+        # the tasks this change released reach the workers first (the critical path of a chain of jobs);
+        # the followers' updates are built afterwards, from the same committed state
+        self.flush_outbox()
+        updates = []
+        with self._store.transaction():
+            for run_name, tasks in changed.items():
                 run = self._store.get_run(run_name)
                 if run is not None:
                     jobs = self._explain_waits([t.job_view() for t in tasks.values() if t.kind is not Kind.WORKFLOW])
                     updates.append((run_name, RunUpdate(run=run.view([]), jobs=jobs)))
-        self.flush_outbox()
         for run_name, update in updates:
             self._notify(run_name, update)
         return result

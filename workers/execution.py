@@ -98,6 +98,9 @@ class Execution(abc.ABC):
     timed_out: bool = False
     #: the job's ports, those it asked any port for (0) chosen by this worker
     ports: list[int] = field(default_factory=list)
+    #: called once the task's end is reported, before its container is removed and its folder deleted
+    #: (the worker frees its slot then: what is left to do uses none of what the task held)
+    on_reported: Optional[Callable[[], None]] = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def for_task(task: Any, context: WorkerContext) -> Execution:
@@ -163,7 +166,7 @@ class Execution(abc.ABC):
             scratch = self.folder / "work.partial"
             shutil.rmtree(scratch, ignore_errors=True)
             materialize_snapshot(self.context.storage, self.task.snapshot_id, scratch,
-                                 cache=self.context.home / "blobs")
+                                 cache=self.context.home / "blobs", manifests=self.context.home / "snapshots")
             fetch_inputs(self.context.storage, self.task.inputs, scratch)
             self._prepare(scratch)
             scratch.rename(self.workdir)
@@ -210,7 +213,13 @@ class Execution(abc.ABC):
     # -------------------------------------------------------------- follow to the end
 
     def follow(self) -> None:
-        """Ship the logs until the container exits, then upload artifacts and report the end."""
+        """Ship the logs until the container exits, then upload artifacts and report the end.
+
+        On the way from the container's exit to the reported end (the critical path of a chain of jobs),
+        the last log chunk is stored while the exit is read and the artifacts' final sync runs: every line
+        is stored before the end is reported (a follower reads storage once the run has ended), in the time
+        of the longer of the two. The container is removed and the folder deleted after the report.
+        """
         assert self.container is not None
         writer = self._log_writer()
         flusher = _Ticker(writer.flush_if_due)
@@ -220,28 +229,47 @@ class Execution(abc.ABC):
         if deadline is not None:
             deadline.daemon = True
             deadline.start()
+        closing: Optional[_Background] = None
         try:
             for data in self.container.logs():
                 writer.feed(data)
+            closing = _Background(writer.close, name=f"{self.key} logs")
             exit_info = self.container.wait()
+        except BaseException:
+            if closing is not None:
+                closing.wait()  # no chunk is stored beside those of the task's abandon()
+            raise
         finally:
             flusher.stop()
             self._stop_beside()
             if deadline is not None:
                 deadline.cancel()
+        assert closing is not None
+        try:
+            finished = self._end(exit_info, writer, closing)
+        finally:
+            closing.wait()  # after an error too: no chunk is stored beside those of the task's abandon()
+        self._ending(finished)
+        self.context.send_event(finished)
+        self._reported()
+        self.container.remove()
+        self._clean_up()
+
+    def _end(self, exit_info: ExitInfo, writer: LogWriter, closing: _Background) -> TaskFinished:
+        """How the task ended, its artifacts and logs stored (``closing`` stores the last log chunk)."""
+        if exit_info.exit_code != 0:
+            closing.result()  # the reason may quote the last lines: read back from storage
         finished = self._outcome(exit_info, writer)
         if not self.abort:
             artifacts_failure = self._upload_artifacts()
             if artifacts_failure and finished.status == Status.DONE:
                 finished.status, finished.reason = Status.FAILED, artifacts_failure
         finished.artifacts_size = self._artifacts_size()
+        closing.result()  # raises what storing the logs raised (then the task is abandoned)
         if finished.reason and finished.status != Status.DONE:
             writer.add_lines([f"dstack: {self.task.task_id} {finished.status.value}: {finished.reason}"])
-        writer.close()
-        self._ending(finished)
-        self.context.send_event(finished)
-        self.container.remove()
-        self._clean_up()
+            writer.close()
+        return finished
 
     def abandon(self, reason: str) -> None:
         """Report the task failed for ``reason`` (it did not start, or its end was not seen),
@@ -251,9 +279,16 @@ class Execution(abc.ABC):
         writer.close()
         self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
                                              attempt=self.task.attempt, status=Status.FAILED, reason=reason))
+        self._reported()
         if self.container is not None:
             self.container.remove()
         self._clean_up()
+
+    def _reported(self) -> None:
+        """The task's end is reported: tell :attr:`on_reported`, once."""
+        callback, self.on_reported = self.on_reported, None
+        if callback is not None:
+            callback()
 
     def _clean_up(self) -> None:
         self.context.ports.give_back(self.ports)
@@ -528,6 +563,31 @@ def _ports_env(prefix: str, ports: list[int]) -> dict[str, str]:
     """``{PREFIX0: port, PREFIX1: ...}``: a job's ports as environment variables (``PORT_<i>`` is early
     dstack's name of ``JOB_PORT_<i>``)."""
     return {f"{prefix}{i}": str(port) for i, port in enumerate(ports)}
+
+
+class _Background:
+    """Runs ``action`` once in a thread; :meth:`result` waits for it and raises what it raised."""
+
+    def __init__(self, action: Callable[[], None], name: str) -> None:
+        self._action = action
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._action()
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class _Ticker:

@@ -1,6 +1,7 @@
 """The worker service: takes the tasks that fit what it has free, runs them, obeys stop requests."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -229,8 +230,9 @@ class Worker:
         return True
 
     def _launch(self, execution: Execution, allocation: Allocation) -> None:
-        """Start a claimed task in its own thread, holding ``allocation`` until it ends."""
+        """Start a claimed task in its own thread, holding ``allocation`` until its end is reported."""
         execution.allocation = allocation
+        execution.on_reported = functools.partial(self._release, execution)  # before its container is removed
         execution.save()
         with self._lock:
             self._executions[execution.key] = execution
@@ -259,8 +261,14 @@ class Worker:
             with self._lock:
                 self._executions.pop(execution.key, None)
                 self._early_stops.pop(execution.key, None)
-            if execution.allocation is not None:
-                self.capacity.release(execution.allocation)
+            self._release(execution)
+
+    def _release(self, execution: Execution) -> None:
+        """Give back what ``execution`` holds, once: when its end is reported, or when its thread ends."""
+        with self._lock:
+            allocation, execution.allocation = execution.allocation, None
+        if allocation is not None:
+            self.capacity.release(allocation)
 
     def _claim(self, task: Any) -> ClaimAnswer:
         if self._rpc is None:
