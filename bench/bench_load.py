@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import docker
 
 from bench.bench_noop import WORKER_ID, _remove_leftover_containers, machine
+from bench.procfs import proc_status, process_cpu_s
 from dstack.names import WORKER_LABEL
 from tests.projects import graph_project
 from tests.s3server import free_port
@@ -109,21 +110,6 @@ class HitCounter:
 # --------------------------------------------------------------------------- memory sampler
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (KiB) and Threads of ``pid`` (empty once it is gone)."""
-    wanted = {"VmRSS", "VmHWM", "Threads"}
-    figures: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in wanted:
-                    figures[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return figures
-
-
 class MemorySampler(threading.Thread):
     """Samples VmRSS and Threads of the service processes (themselves, not their children)."""
 
@@ -145,16 +131,6 @@ class MemorySampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(5)
-
-
-def process_cpu_s(pid: int) -> Optional[float]:
-    """User + system CPU seconds of ``pid`` so far (itself, not its children; None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pids_named(*names: str) -> dict[str, int]:

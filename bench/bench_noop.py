@@ -1,8 +1,8 @@
 """Overhead of dstack on no-op jobs, against the same containers started directly with Docker.
 
-Starts a private RabbitMQ vhost, a scheduler and one worker (real processes, embedded local
-storage in a temp folder), then times ``dstack run`` on three workflows whose jobs all run
-``true`` in ``python:3.9``:
+Starts a private RabbitMQ vhost, a scheduler and one worker (real processes; ``--storage``: the
+embedded local storage in a temp folder, S3 on a moto server over HTTP, or both side by side), then
+times ``dstack run`` on workflows whose jobs all run ``true`` in ``python:3.9``:
 
 * ``single-1``: one job (dstack's fixed cost per run);
 * ``chain-20``: 20 jobs, each depending on the previous one;
@@ -10,11 +10,15 @@ storage in a temp folder), then times ``dstack run`` on three workflows whose jo
 * ``fanin-1000``: 999 independent jobs, then one that depends on all of them.
 
 The baseline starts the same containers with the Docker SDK at the same concurrency: one
-after the other for the chain, through a ``ThreadPoolExecutor(slots)`` for the fan-out.
+after the other for the chain, through a ``ThreadPoolExecutor(slots)`` for the fan-out. The
+issue-14 goals are printed as ratios with PASS/FAIL (bench/goals.py). ``--compare REF`` runs
+another commit next to the working tree (bench/compare.py); the opt-in ``noop-10000`` and
+``runs-2000`` cases measure throughput on 4 workers (bench/scale.py).
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.bench_noop [--repeat 3] [--slots 4] [--json out.json]
+    .venv/bin/python -m bench.bench_noop [--repeat 3] [--slots 4] [--storage local|s3|both]
+        [--compare REF] [--cases single-1,chain-20,...] [--scale 1.0] [--json out.json]
 
 Needs RabbitMQ at 127.0.0.1:5672, the Docker engine and the ``python:3.9`` image (the
 same as the integration tests). See bench/README.md.
@@ -25,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -38,8 +43,12 @@ from typing import Any, Optional
 
 import docker
 
+from bench import goals, scale
+from bench.compare import Checkout, imported_from
+from bench.scale import SCALE_CASES
 from dstack.names import WORKER_LABEL
 from tests.projects import graph_project
+from tests.s3server import MotoServer, start_moto_server
 from tests.services import REPO_ROOT, TEST_IMAGE, Cluster, Vhost, run_name_of, write_project
 
 NOOP = ["/bin/sh", "-c", "true"]
@@ -269,29 +278,173 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _remove_leftover_containers(client: docker.DockerClient) -> None:
-    for container in client.containers.list(all=True, filters={"label": f"{WORKER_LABEL}={WORKER_ID}"}):
+def _remove_leftover_containers(client: docker.DockerClient, worker_id: str = WORKER_ID) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"{WORKER_LABEL}={worker_id}"}):
         try:
             container.remove(force=True)
         except docker.errors.DockerException:
             pass
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+STORAGES = ("local", "s3")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line; ``args.cases`` and ``args.scale_cases`` are lists of case names and
+    ``args.storages`` the storages to run on, in order."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is shown")
     parser.add_argument("--slots", type=int, default=4, help="worker slots, and the direct baseline's threads")
     parser.add_argument("--json", type=Path, help="write the raw figures (every run) to this file")
     parser.add_argument("--cases", default=",".join(c.name for c in CASES),
-                        help="comma-separated cases to run (default: all)")
+                        help="comma-separated cases to run (default: the four interleaved ones; "
+                             f"opt-in: {', '.join(c.name for c in SCALE_CASES)})")
+    parser.add_argument("--storage", choices=(*STORAGES, "both"), default="local",
+                        help="the cluster's storage: the embedded local one, S3 on a moto server over HTTP "
+                             "(as the tests), or both side by side in one run (default: local)")
+    parser.add_argument("--compare", metavar="REF",
+                        help="also run the commit REF (checked out in a temp git worktree, imported from there "
+                             "with this venv), interleaved with the working tree's")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="size factor of the scale cases (noop-10000, runs-2000), e.g. 0.1 to try them")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (scheduler and worker logs)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the scheduler and worker with py-spy (pip install py-spy) during the "
                              "measured runs; collapsed stacks (idle included, per thread) go to DIR")
     args = parser.parse_args(argv)
-    wanted = [c for c in CASES if c.name in args.cases.split(",")]
-    if not wanted:
-        parser.error(f"no such case in {args.cases!r}")
+    names = [n.strip() for n in args.cases.split(",") if n.strip()]
+    known = {c.name for c in CASES} | {c.name for c in SCALE_CASES}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"no such case {', '.join(unknown) or repr(args.cases)}; cases: {', '.join(sorted(known))}")
+    args.cases = [c.name for c in CASES if c.name in names]
+    args.scale_cases = [c.name for c in SCALE_CASES if c.name in names]
+    args.storages = list(STORAGES) if args.storage == "both" else [args.storage]
+    if args.repeat < 1 or args.slots < 1:
+        parser.error("--repeat and --slots must be at least 1")
+    if not 0 < args.scale <= 10:
+        parser.error("--scale must be in (0, 10]")
+    return args
+
+
+class Setup:
+    """One cluster to measure: a version of dstack (the working tree or a --compare checkout) on one
+    storage, with its own vhost, scheduler, worker(s), project copy and (S3) bucket."""
+
+    def __init__(self, version: str, storage: str, env: dict[str, str], index: int) -> None:
+        self.version, self.storage, self.env = version, storage, env
+        self.label = f"{version}/{storage}"
+        self.worker_id = f"{WORKER_ID}-{index}"
+        self.worker_ids = [self.worker_id]
+        self.vhost: Optional[Vhost] = None
+        self.cluster: Optional[Cluster] = None
+        self.project = Path()
+
+    def start(self, root: Path, slots: int, workflows: list[dict[str, Any]]) -> Cluster:
+        self.vhost = Vhost()
+        self.cluster = Cluster(root / "cluster", self.vhost.url, self.env)
+        self.cluster.start_scheduler()
+        self.cluster.start_worker(self.worker_id, slots=slots)
+        self.project = write_project(root / "project", graph_project(workflows))
+        return self.cluster
+
+    def add_workers(self, total: int, slots: int) -> None:
+        """Start more workers until the cluster has ``total``."""
+        assert self.cluster is not None
+        while len(self.worker_ids) < total:
+            worker_id = f"{self.worker_id}-{len(self.worker_ids) + 1}"
+            self.cluster.start_worker(worker_id, slots=slots)
+            self.worker_ids.append(worker_id)
+
+    def services(self) -> dict[str, int]:
+        """The cluster's processes: name -> pid."""
+        assert self.cluster is not None
+        return {name: p.pid for name, p in self.cluster.processes.items()}
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.vhost is not None:
+            self.vhost.delete()
+
+
+def container_start(client: docker.DockerClient) -> float:
+    """Seconds of one ``containers.create`` + ``start`` of the no-op container (then waited for and
+    removed, untimed): the unit of the fixed-cost and chain-gap goals."""
+    began = time.perf_counter()
+    container = client.containers.create(TEST_IMAGE, NOOP, network_mode="host")
+    container.start()
+    elapsed = time.perf_counter() - began
+    container.wait()
+    container.remove(force=True)
+    return elapsed
+
+
+def print_goals(results: list[tuple[str, list[goals.Goal]]], start_s: float) -> None:
+    print(f"\ngoals (issue 14), one container start (create + start, median) {start_s * 1000:.0f} ms:")
+    for label, found in results:
+        for goal in found:
+            print(f"  {label:<24} {goal.describe()}")
+    print("(ratios on a loaded machine read worse than on an idle one: compare the setups of this run)")
+
+
+def print_side_by_side(tables: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """One line per case and setup: end-to-end, direct, ratio, chain gap."""
+    print("\nside by side (medians):")
+    print(f"  {'case':<11} {'setup':<24} {'dstack e2e s':>12} {'direct s':>9} {'ratio':>6} {'chain gap ms':>12}")
+    cases = [c.name for c in CASES]
+    for case in cases:
+        for label, rows in tables:
+            for r in rows:
+                if r["case"] == case:
+                    gap = r["chain_gap_median_s"]
+                    print(f"  {case:<11} {label:<24} {r['dstack_end_to_end_s']:>12.2f} {r['docker_direct_s']:>9.2f} "
+                          f"{r['ratio']:>5.2f}x {'-' if gap != gap else f'{gap * 1000:.0f}':>12}")
+
+
+def run_scale_case(setup: Setup, case: scale.ScaleCase, factor: float, slots: int,
+                   log: Any) -> dict[str, Any]:
+    """One scale case on ``setup``'s cluster (grown to 4 workers); its figures, checked."""
+    assert setup.cluster is not None
+    cluster = setup.cluster
+    setup.add_workers(scale.SCALE_WORKERS, slots)
+    runs, jobs = case.sized(factor)
+    tasks = runs * (jobs + 1)  # each run: its provider and its jobs
+    counts = scale.split(runs, case.clis)
+    project = setup.project
+
+    def submit() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+
+        def one_cli(count: int) -> None:
+            for _ in range(count):
+                began = time.time()
+                result = cluster.dstack("run", case.workflow, "-d", cwd=project, timeout=RUN_TIMEOUT)
+                out.append({"began": began, "ended": time.time(), "rc": result.returncode,
+                            "run_name": run_name_of(result), "stderr": result.stderr[-2000:]})
+
+        with ThreadPoolExecutor(len(counts)) as pool:
+            list(pool.map(one_cli, counts))
+        return out
+
+    reader = scale.StateReader(cluster.root / "scheduler-home" / "scheduler" / "state.db")
+    try:
+        log(f"{setup.label} {case.name}: {runs} run(s) of {jobs} job(s) by {len(counts)} CLI(s) "
+            f"on {len(setup.worker_ids)} workers")
+        services = setup.services()
+        figures = scale.measure(submit, tasks, case.block(factor), reader, services["scheduler"], services,
+                                timeout=max(600.0, tasks * 1.0), log=log)
+    finally:
+        reader.close()
+    figures.update({"runs": runs, "jobs_per_run": jobs, "clis": len(counts), "workers": len(setup.worker_ids),
+                    "problems": scale.problems(figures, runs)})
+    return figures
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    wanted = [c for c in CASES if c.name in args.cases]
+    scale_wanted = [c for c in SCALE_CASES if c.name in args.scale_cases]
 
     client = docker.from_env()
     try:
@@ -306,58 +459,118 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)  # clean up (finally below) on SIGTERM as on Ctrl-C
     root = Path(tempfile.mkdtemp(prefix="dstack-bench-"))
     profilers: list[subprocess.Popen] = []
-    vhost: Optional[Vhost] = None
-    cluster: Optional[Cluster] = None
+    setups: list[Setup] = []
+    moto: Optional[MotoServer] = None
+    checkout: Optional[Checkout] = None
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    failed = False
     try:
-        vhost = Vhost()
-        cluster = Cluster(root / "cluster", vhost.url, {"DSTACK_STORAGE_URL": (root / "storage").as_uri()})
-        cluster.start_scheduler()
-        cluster.start_worker(WORKER_ID, slots=args.slots)
-        project = write_project(root / "project", graph_project([c.workflow() for c in CASES]))
-        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-        log(f"cluster up in {root} (vhost {vhost.name}); warming up")
-        dstack_run(cluster, project, CASES[0])  # first run fills caches (snapshot blobs, bytecode)
+        versions: list[tuple[str, dict[str, str]]] = [("tree", {})]
+        if args.compare:
+            checkout = Checkout(REPO_ROOT, args.compare)
+            found = imported_from({**os.environ, **checkout.env()}, sys.executable, cwd=REPO_ROOT)
+            if any(not path.startswith(str(checkout.layout)) for path in found.values()):
+                raise RuntimeError(f"the checkout of {args.compare} does not import from its layout: {found}")
+            log(f"--compare: {checkout.label} \"{checkout.subject}\" in {checkout.worktree}")
+            versions.append((checkout.label, checkout.env()))
+        if "s3" in args.storages:
+            moto = start_moto_server()
+        workflows = [c.workflow() for c in CASES]
+        workflows += [scale.noop_workflow(c.workflow, c.sized(args.scale)[1], TEST_IMAGE)
+                      for c in scale_wanted if c.workflow not in {w["name"] for w in workflows}]
+        for version, version_env in versions:
+            for storage in args.storages:
+                if storage == "s3":
+                    assert moto is not None
+                    bucket = f"bench-{len(setups)}-{os.getpid()}"
+                    moto.create_bucket(bucket)
+                    storage_env = {**moto.env(), "DSTACK_STORAGE_URL": f"s3://{bucket}/dstack"}
+                else:
+                    storage_env = {"DSTACK_STORAGE_URL": (root / f"storage-{len(setups)}").as_uri()}
+                setup = Setup(version, storage, {**storage_env, **version_env}, len(setups))
+                setups.append(setup)
+                setup.start(root / f"setup-{len(setups)}", args.slots, workflows)
+                log(f"{setup.label}: cluster up (vhost {setup.vhost.name if setup.vhost else '?'}); warming up")
+                assert setup.cluster is not None
+                dstack_run(setup.cluster, setup.project, CASES[0])  # fills caches (snapshot blobs, bytecode)
         _docker_noop(client)
+        log(f"{len(setups)} setup(s) in {root}")
 
         if args.profile:
-            profilers = start_profilers(cluster, args.profile)
+            for setup in setups:
+                assert setup.cluster is not None
+                profilers += start_profilers(setup.cluster, args.profile / re.sub(r"[^\w.]+", "-", setup.label))
         load_before = os.getloadavg()
-        raw: dict[str, list[dict[str, Any]]] = {c.name: [] for c in wanted}
+        raw: dict[str, dict[str, list[dict[str, Any]]]] = {s.label: {c.name: [] for c in wanted} for s in setups}
         direct: dict[str, list[float]] = {c.name: [] for c in wanted}
-        cli_times: list[float] = []
-        for attempt in range(args.repeat):
-            cli_times.append(cli_startup(cluster))
-            for case in wanted:  # interleaved, so drift of the machine hits both sides alike
-                figures = dstack_run(cluster, project, case)
-                raw[case.name].append(figures)
+        cli_times: dict[str, list[float]] = {s.label: [] for s in setups}
+        starts: list[float] = []
+        for attempt in range(args.repeat if wanted else 0):
+            starts += [container_start(client) for _ in range(5)]
+            for setup in setups:
+                assert setup.cluster is not None
+                cli_times[setup.label].append(cli_startup(setup.cluster))
+            for case in wanted:  # interleaved, so drift of the machine hits every side alike
+                for setup in setups:
+                    assert setup.cluster is not None
+                    figures = dstack_run(setup.cluster, setup.project, case)
+                    raw[setup.label][case.name].append(figures)
+                    log(f"[{attempt + 1}/{args.repeat}] {case.name} {setup.label}: "
+                        f"dstack {figures['end_to_end']:.2f} s "
+                        f"(jobs span {figures['jobs_span']:.2f} s, provider {figures['provider']:.2f} s)")
                 direct[case.name].append(case.run_direct(client, args.slots))
-                log(f"[{attempt + 1}/{args.repeat}] {case.name}: dstack {figures['end_to_end']:.2f} s "
-                    f"(jobs span {figures['jobs_span']:.2f} s, provider {figures['provider']:.2f} s), "
-                    f"direct {direct[case.name][-1]:.2f} s")
+                log(f"[{attempt + 1}/{args.repeat}] {case.name}: direct {direct[case.name][-1]:.2f} s")
         stop_profilers(profilers)
         profilers = []
 
-        rows = summarize(raw, direct)
-        print_table(rows, args.repeat, args.slots, _median(cli_times))
-        print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+        start_s = _median(starts)
+        tables = [(s.label, summarize(raw[s.label], direct)) for s in setups] if wanted else []
+        goal_results = [(label, goals.evaluate_all(rows, start_s)) for label, rows in tables]
+        for label, rows in tables:
+            print(f"\n=== {label}", end="")
+            print_table(rows, args.repeat, args.slots, _median(cli_times[label]))
+        if tables:
+            if len(tables) > 1:
+                print_side_by_side(tables)
+            print_goals(goal_results, start_s)
+
+        scale_results: dict[str, dict[str, Any]] = {s.label: {} for s in setups}
+        for big in scale_wanted:
+            for setup in setups:
+                figures = run_scale_case(setup, big, args.scale, args.slots, log)
+                scale_results[setup.label][big.name] = figures
+                print("\n" + "\n".join(scale.report(big.name, figures, setup.label)))
+                for problem in figures["problems"]:
+                    failed = True
+                    print(f"{setup.label} {big.name}: PROBLEM: {problem}")
+                if figures["problems"] and setup.cluster is not None:
+                    print(setup.cluster.logs(), file=sys.stderr)
+        print(f"\nload average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
               f"on {os.cpu_count()} CPUs: other work on the machine skews the figures")
         if args.json:
             args.json.write_text(json.dumps({
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "loadavg_before": load_before,
-                "repeat": args.repeat,
-                "slots": args.slots, "image": TEST_IMAGE, "cli_startup_s": cli_times,
-                "dstack": raw, "docker_direct_s": direct, "summary": rows,
-            }, indent=2))
+                "repeat": args.repeat, "slots": args.slots, "image": TEST_IMAGE, "scale_factor": args.scale,
+                "compare": {"ref": checkout.ref, "commit": checkout.commit} if checkout else None,
+                "container_start_s": starts, "cli_startup_s": cli_times, "docker_direct_s": direct,
+                "dstack": raw, "summary": dict(tables),
+                "goals": {label: [{**vars(g), "passed": g.passed} for g in found] for label, found in goal_results},
+                "scale": scale_results,
+            }, indent=2, default=str))
             log(f"raw figures written to {args.json}")
-        return 0
+        return 1 if failed else 0
     finally:
         stop_profilers(profilers)
-        if cluster is not None:
-            cluster.stop()
-        _remove_leftover_containers(client)
-        if vhost is not None:
-            vhost.delete()
-        if args.keep:
+        for setup in setups:
+            setup.stop()
+        for setup in setups:
+            for worker_id in setup.worker_ids:
+                _remove_leftover_containers(client, worker_id)
+        if moto is not None:
+            moto.stop()
+        if checkout is not None:
+            checkout.remove()
+        if args.keep or failed:
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,32 +1,31 @@
-"""The commands about runs: run, restart, status, logs, stop, and the tags that name runs."""
+"""The commands about runs: run, restart, status, logs, stop, and the tags that name runs.
+
+What only ``run`` and following need (the project, planning, snapshots, logs) is imported in the functions
+that use it, so that ``dstack status`` and the tag commands load neither jsonschema nor YAML (issue 14).
+"""
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from collections.abc import Container
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
-from rich.markup import escape
 
-from dstack import builtin_providers
 from dstack.cli.context import Context, complete_run_names, confirm, err, on_terminal, out, pass_context
 from dstack.cli.follow import LogPrinter, WorkflowTasks, follow
 from dstack.cli.render import print_runs, print_tags
 from dstack.cli.timespec import Since
-from dstack.cli.workflows import asks_help, describe
 from dstack.errors import ConfigError, DstackError
 from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec, plain
-from dstack.names import new_run_name
-from dstack.planning import plan_builtin_run, plan_run, provider_project, split_args
-from dstack.project import Project, find_root, has_project_files, load_project
-from dstack.rpc import RpcClient
-from dstack.snapshot import upload_snapshot
 from dstack.states import Status
 from dstack.views import RunView, TagView
+
+if TYPE_CHECKING:
+    from dstack.project import Project
+    from dstack.rpc import RpcClient
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -53,10 +52,21 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
                                         ARGS that are no variables go to a custom provider as they
                                         are (self.provider_args in the SDK)
 
-    -d goes before WORKFLOW, or among a workflow's ARGS (before `--`, after which ARGS go to the
-    provider as written). Exits 0 when the run is done, 1 when it failed or was stopped. Ctrl-C asks
-    whether to stop the run on a terminal; otherwise (or when told no) it stops following, not the run.
+    -d, --cache and --no-cache go before WORKFLOW, or among a workflow's ARGS (before `--`, after
+    which ARGS go to the provider as written). Exits 0 when the run is done, 1 when it failed or was
+    stopped. Ctrl-C asks whether to stop the run on a terminal; otherwise (or when told no) it stops
+    following, not the run.
     """
+    import shlex
+
+    from rich.markup import escape
+
+    from dstack.cli.workflows import asks_help, describe
+    from dstack.names import new_run_name
+    from dstack.planning import provider_project
+    from dstack.project import find_root, has_project_files, load_project
+    from dstack.snapshot import SNAPSHOT_STATE_DIR, upload_snapshot
+
     cwd = Path.cwd()
     root = find_root(cwd, required=False)
     project = load_project(root) if root is not None and has_project_files(root) else None
@@ -75,7 +85,8 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
         for spec in workflows:
             spec.cache = cache
     with context.rpc() as rpc:  # reaching the broker before uploading anything
-        snapshot_id, files, uploaded = upload_snapshot(root, context.storage)
+        snapshot_id, files, uploaded = upload_snapshot(root, context.storage,
+                                                        context.settings.home / SNAPSHOT_STATE_DIR)
         run_name = new_run_name()
         rpc.call(SubmitRun(run_name=run_name, workflow=workflow, workflows=workflows, snapshot_id=snapshot_id,
                            submitted_at=time.time(), project=str(root)))
@@ -94,6 +105,10 @@ def _plan(name: str, args: list[str], cwd: Path, project: Optional[Project]) -> 
     Raises:
         ConfigError: neither, or the project or ARGS are wrong.
     """
+    from dstack import builtin_providers
+    from dstack.planning import plan_builtin_run, plan_run, split_args
+    from dstack.project import find_root
+
     if builtin_providers.is_builtin(name) and (project is None or name not in project.workflows):
         root = find_root(cwd, required=False) or cwd
         return root, plan_builtin_run(name, args, working_dir=cwd.relative_to(root).as_posix()), False
@@ -103,7 +118,11 @@ def _plan(name: str, args: list[str], cwd: Path, project: Optional[Project]) -> 
                           "provider, e.g. `dstack run python train.py`")
     project.workflow(name)  # an unknown name is told as such, before its arguments
     split = split_args(project, name, args)
-    return project.root, plan_run(project, name, split.variables, split.provider_args), split.detach
+    specs = plan_run(project, name, split.variables, split.provider_args)
+    if split.cache is not None:  # --cache/--no-cache among ARGS, as before the name (which win over these)
+        for spec in specs:
+            spec.cache = split.cache
+    return project.root, specs, split.detach
 
 
 @click.command()
@@ -146,9 +165,11 @@ def _follow_to_end(context: Context, rpc: RpcClient, run_name: str) -> None:
         rpc = context.rpc()
         rpc.call(StopRun(run_name=run_name))
         err.print(f"stopping {run_name}; Ctrl-C again detaches")
+    from rich.markup import escape
+
     done = final.status is Status.DONE
     message = f"{run_name} {final.status.value}" + (f": {final.reason}" if final.reason else "")
-    err.print(f"[{'green' if done else 'red'}]{message}[/]")
+    err.print(f"[{'green' if done else 'red'}]{escape(message)}[/]")
     sys.exit(0 if done else 1)
 
 
