@@ -25,7 +25,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
+
+import pytest
 
 #: Credentials moto accepts (it accepts any); never real ones.
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -129,3 +133,27 @@ def start_moto_server(timeout: float = 20.0) -> MotoServer:
     server.stop()
     raise RuntimeError(f"moto server {problem} (is moto[server] installed?); its output:\n"
                        f"{log_text[-4000:]}")
+
+
+#: AWS settings of the environment that would send boto3 elsewhere than the test server.
+_OTHER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN",
+                       "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                       "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+@contextmanager
+def moto_in_environment(bucket: str) -> Iterator[MotoServer]:
+    """A server with ``bucket``, its settings in this process's environment (as in production, where
+    boto3 reads them) and other AWS settings out of it; all undone and the server stopped on exit."""
+    server = start_moto_server()
+    try:
+        server.create_bucket(bucket)
+        with pytest.MonkeyPatch.context() as mp:
+            for name in _OTHER_AWS_SETTINGS:
+                mp.delenv(name, raising=False)
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254
+            for name, value in server.env().items():
+                mp.setenv(name, value)
+            yield server
+    finally:
+        server.stop()

@@ -14,7 +14,7 @@ from dstack.errors import ObjectNotFound
 from dstack.names import snapshot_key
 from dstack.snapshot import materialize_snapshot, upload_snapshot
 from dstack.storage.s3 import S3Storage
-from tests.s3server import MotoServer, start_moto_server
+from tests.s3server import MotoServer, moto_in_environment
 from tests.services import write_project
 
 pytestmark = pytest.mark.integration
@@ -24,17 +24,8 @@ BUCKET = "dstack-snapshots"
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    server = start_moto_server()
-    try:
-        server.create_bucket(BUCKET)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.delenv("AWS_PROFILE", raising=False)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            for name, value in server.env().items():
-                mp.setenv(name, value)
-            yield server
-    finally:
-        server.stop()
+    with moto_in_environment(BUCKET) as server:
+        yield server
 
 
 def test_open_range_on_s3(moto: MotoServer) -> None:

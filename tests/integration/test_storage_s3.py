@@ -15,7 +15,7 @@ from dstack.errors import ObjectNotFound, StorageError, UnsafePath
 from dstack.storage import ObjectInfo, open_storage
 from dstack.storage.base import NEW_FILE_MODE
 from dstack.storage.s3 import S3Storage
-from tests.s3server import MotoServer, free_port, start_moto_server
+from tests.s3server import MotoServer, free_port, moto_in_environment
 
 pytestmark = pytest.mark.integration
 
@@ -25,20 +25,8 @@ BUCKET = "dstack-test"
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
     """One server for the module; its settings in the environment, as in production."""
-    server = start_moto_server()
-    try:
-        server.create_bucket(BUCKET)
-        with pytest.MonkeyPatch.context() as mp:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN",
-                         "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                         "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
-                mp.delenv(name, raising=False)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254
-            for name, value in server.env().items():
-                mp.setenv(name, value)
-            yield server
-    finally:
-        server.stop()
+    with moto_in_environment(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
