@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 
@@ -47,30 +47,27 @@ def parse_since(text: str, now: Optional[float] = None) -> float:
     return moment.timestamp()  # a naive time is local time
 
 
-class Duration(click.ParamType):
+class _TimeParam(click.ParamType):
+    """A click parameter read by ``parse`` (a number is taken as it is)."""
+
+    def __init__(self, name: str, parse: Callable[[str], float]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return self._parse(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def Duration() -> click.ParamType:  # noqa: N802 - used as a click type, like click.Path()
     """A click parameter: a duration, in seconds."""
-
-    name = "duration"
-
-    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+    return _TimeParam("duration", parse_duration)
 
 
-class Since(click.ParamType):
+def Since() -> click.ParamType:  # noqa: N802 - used as a click type, like click.Path()
     """A click parameter: a point in time (a duration ago, or an ISO time), as a unix time."""
-
-    name = "since"
-
-    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_since(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
+    return _TimeParam("since", parse_since)
