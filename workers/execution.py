@@ -265,7 +265,16 @@ class Execution(abc.ABC):
             if artifacts_failure and finished.status == Status.DONE:
                 finished.status, finished.reason = Status.FAILED, artifacts_failure
         finished.artifacts_size = self._artifacts_size()
-        closing.result()  # raises what storing the logs raised (then the task is abandoned)
+        try:
+            closing.result()
+        except DstackError as e:  # storage out for longer than its retries: the end is reported all the same
+            log.warning("task %s: its last log lines are not stored: %s", self.key, e)
+            failure = f"storing its logs failed: {e}"
+            if finished.status is Status.DONE:
+                finished.status, finished.reason = Status.FAILED, failure
+            else:
+                finished.reason = f"{finished.reason}; {failure}" if finished.reason else failure
+            return finished
         if finished.reason and finished.status != Status.DONE:
             writer.add_lines([f"dstack: {self.task.task_id} {finished.status.value}: {finished.reason}"])
             writer.close()
@@ -276,7 +285,10 @@ class Execution(abc.ABC):
         remove its container if there is one, and clean up."""
         writer = self._log_writer()
         writer.add_lines([f"dstack: {self.task.task_id} failed: {reason}"])
-        writer.close()
+        try:
+            writer.close()
+        except DstackError as e:  # storage is out: the end is reported all the same
+            log.warning("task %s: its failure is not in its logs: %s", self.key, e)
         self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
                                              attempt=self.task.attempt, status=Status.FAILED, reason=reason))
         self._reported()

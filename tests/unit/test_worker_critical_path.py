@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from dstack import logs
+from dstack.errors import StorageError
 from dstack.messages import TaskFinished, TaskStarted
 from dstack.states import Status
 from dstack.workers.execution import Execution
@@ -87,6 +89,27 @@ def test_logs_that_cannot_be_stored_report_no_end_and_leave_the_container(h: Wor
     with pytest.raises(RuntimeError, match="storage is gone"):
         execution.follow()
     assert [type(e) for e in h.events] == [TaskStarted] and not container.removed and not reported
+
+
+def test_logs_storage_out_past_its_retries_still_reports_the_end(h: WorkerHarness,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage outage longer than the retries: the job's end is reported, failed, saying why; it never hangs."""
+    monkeypatch.setattr(logs, "with_retries", lambda action, what: action())  # give up at once
+    execution = started(h, h.job(script=Script(output=[b"x\n"])))
+    put_bytes = h.storage.put_bytes
+
+    def failing(key: str, data: bytes) -> None:
+        if "/logs/" in key:
+            raise StorageError("storage is out")
+        put_bytes(key, data)
+
+    h.storage.put_bytes = failing  # type: ignore[method-assign]
+    execution.follow()
+    finished = h.events[-1]
+    assert isinstance(finished, TaskFinished) and finished.status is Status.FAILED
+    assert finished.reason == "storing its logs failed: storage is out"
+    execution.abandon("worker error")  # its own log line cannot be stored either: the end still goes out
+    assert isinstance(h.events[-1], TaskFinished) and h.events[-1].reason == "worker error"
 
 
 def test_abandon_reports_before_removing(h: WorkerHarness) -> None:
