@@ -138,8 +138,7 @@ def test_no_scheduler_is_named(tmp_path: Path, vhost: object, s3: object) -> Non
 
 
 def test_unknown_run_is_named(cluster: Cluster) -> None:
-    for command in (["status", "no-such-run"], ["logs", "no-such-run"], ["stop", "no-such-run"]):
+    for command in (["status", "no-such-run"], ["logs", "no-such-run"], ["stop", "no-such-run"],
+                    ["artifacts", "list", "no-such-run"], ["artifacts", "download", "no-such-run"]):
         result = cluster.dstack(*command)
         assert result.returncode == 1 and "no run named 'no-such-run'" in result.stderr, command
-    result = cluster.dstack("artifacts", "list", "no-such-run")
-    assert result.returncode == 1 and "no artifacts stored for run 'no-such-run'" in result.stderr
