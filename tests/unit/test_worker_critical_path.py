@@ -72,18 +72,23 @@ def test_a_failure_quotes_the_lines_stored_beside_the_exit_and_adds_its_line(h: 
     assert h.log_lines() == ["a", "b", f"dstack: train.0 failed: {finished.reason}"]
 
 
-def test_logs_that_cannot_be_stored_report_no_end_and_leave_the_container(h: WorkerHarness) -> None:
-    """The task is then abandoned by the worker (a failure with a reason), as before."""
-    execution = started(h, h.job(script=Script(output=[b"x\n"])))
-    container = h.runtime.started[execution.container.name]  # type: ignore[union-attr]
+def fail_log_writes(h: WorkerHarness, error: Exception) -> None:
+    """From now on, storing a log chunk raises ``error``; other writes go through."""
     put_bytes = h.storage.put_bytes
 
     def failing(key: str, data: bytes) -> None:
         if "/logs/" in key:
-            raise RuntimeError("storage is gone")
+            raise error
         put_bytes(key, data)
 
     h.storage.put_bytes = failing  # type: ignore[method-assign]
+
+
+def test_logs_that_cannot_be_stored_report_no_end_and_leave_the_container(h: WorkerHarness) -> None:
+    """The task is then abandoned by the worker (a failure with a reason), as before."""
+    execution = started(h, h.job(script=Script(output=[b"x\n"])))
+    container = h.runtime.started[execution.container.name]  # type: ignore[union-attr]
+    fail_log_writes(h, RuntimeError("storage is gone"))
     reported: list[bool] = []
     execution.on_reported = lambda: reported.append(True)
     with pytest.raises(RuntimeError, match="storage is gone"):
@@ -96,14 +101,7 @@ def test_logs_storage_out_past_its_retries_still_reports_the_end(h: WorkerHarnes
     """A storage outage longer than the retries: the job's end is reported, failed, saying why; it never hangs."""
     monkeypatch.setattr(logs, "with_retries", lambda action, what: action())  # give up at once
     execution = started(h, h.job(script=Script(output=[b"x\n"])))
-    put_bytes = h.storage.put_bytes
-
-    def failing(key: str, data: bytes) -> None:
-        if "/logs/" in key:
-            raise StorageError("storage is out")
-        put_bytes(key, data)
-
-    h.storage.put_bytes = failing  # type: ignore[method-assign]
+    fail_log_writes(h, StorageError("storage is out"))
     execution.follow()
     finished = h.events[-1]
     assert isinstance(finished, TaskFinished) and finished.status is Status.FAILED
