@@ -107,6 +107,11 @@ def _ignored(relative: str, is_dir: bool, specs: list[tuple[str, pathspec.GitIgn
 
 
 def file_digest(path: Union[str, os.PathLike[str]]) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read in blocks: snapshot contents and artifact checksums.
+
+    Raises:
+        OSError: the file could not be read.
+    """
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -30,10 +30,9 @@ from typing import Optional
 from dstack.errors import DstackError, ObjectNotFound, StorageError
 from dstack.messages import ArtifactFile, ArtifactManifest
 from dstack.names import artifact_key, artifacts_manifest_key, artifacts_prefix
-from dstack.snapshot import safe_join
+from dstack.snapshot import file_digest, safe_join
 from dstack.storage import Storage
 from dstack.storage.retry import with_retries
-from dstack.workers.artifacts import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ class ArtifactSyncer:
     def _upload(self, path: str, state: FileState, final: bool) -> int:
         """Upload one file (unless its content is the stored one); returns 1 if it was sent, else 0."""
         full = self.workdir / path
-        digest = sha256_of(full)
+        digest = file_digest(full)
         stored = self._stored.get(path)
         if stored is not None and stored.sha256 == digest:
             self._stored[path] = _Stored(state, digest)  # touched, not changed

@@ -8,13 +8,12 @@ Files are stored one by one, streaming, under ``runs/RUN/artifacts/JOB/PATH``; t
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 from dstack.errors import ObjectNotFound, StorageError
 from dstack.messages import ArtifactFile, ArtifactManifest, ArtifactRef
 from dstack.names import artifact_key, artifacts_manifest_key
-from dstack.snapshot import safe_join
+from dstack.snapshot import file_digest, safe_join
 from dstack.storage import Storage
 from dstack.storage.retry import with_retries
 
@@ -34,7 +33,7 @@ def upload_artifacts(storage: Storage, run_name: str, job_id: str, artifacts: li
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             relative = path.relative_to(workdir).as_posix()
             key = artifact_key(run_name, job_id, relative)
-            digest = sha256_of(path)
+            digest = file_digest(path)
             with_retries(functools.partial(storage.put_file, key, path), f"uploading {relative}")
             files.append(ArtifactFile(path=relative, size=path.stat().st_size, sha256=digest))
     manifest = ArtifactManifest(job_id=job_id, artifacts=list(artifacts), files=files)
@@ -42,19 +41,6 @@ def upload_artifacts(storage: Storage, run_name: str, job_id: str, artifacts: li
     manifest_key = artifacts_manifest_key(run_name, job_id)  # last: the upload is complete
     with_retries(lambda: storage.put_bytes(manifest_key, body), "storing the manifest")
     return manifest
-
-
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of the file at ``path`` (hex), read in blocks.
-
-    Raises:
-        OSError: the file could not be read.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(storage: Storage, run_name: str, job_id: str) -> ArtifactManifest:
