@@ -31,6 +31,7 @@ from dstack.messages import (
     Endpoint,
     JobSpec,
     JobTask,
+    ProviderSpec,
     ProviderTask,
     Resources,
     TaskFinished,
@@ -47,6 +48,7 @@ from dstack.workers.artifact_sync import ArtifactSyncer
 from dstack.workers.artifacts import fetch_inputs
 from dstack.workers.cache import JobCache, Lookup
 from dstack.workers.ports import PortPool
+from dstack.workers.provider_process import runs_as_process, start_provider_process
 from dstack.workers.provider_repos import ProviderRepos
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
@@ -170,8 +172,7 @@ class Execution(abc.ABC):
             fetch_inputs(self.context.storage, self.task.inputs, scratch)
             self._prepare(scratch)
             scratch.rename(self.workdir)
-        spec, commit = self._container_spec()
-        self.container = self.context.runtime.start(spec)
+        self.container, commit = self._launch()
         endpoint = Endpoint(hostname=self.context.hostname, ports=self.container.published_ports(self.ports))
         self.context.send_event(TaskStarted(run_name=self.task.run_name, task_id=self.task.task_id,
                                             attempt=self.task.attempt, worker_id=self.context.worker_id,
@@ -180,6 +181,12 @@ class Execution(abc.ABC):
     def _prepare(self, folder: Path) -> None:
         """Complete the task's project folder, its inputs in place, before it becomes the task's ``workdir``."""
         return None
+
+    def _launch(self) -> tuple[Container, Optional[str]]:
+        """Start the task's container (or find the one started before); the commit of its provider's
+        repository when it comes from another one."""
+        spec, commit = self._container_spec()
+        return self.context.runtime.start(spec), commit
 
     @abc.abstractmethod
     def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
@@ -389,6 +396,30 @@ class ProviderExecution(Execution):
         """The folder the provider reads the workflow from and writes its result to."""
         return self.folder / "io"
 
+    def _launch(self) -> tuple[Container, Optional[str]]:
+        """A built-in provider runs as a process of the worker (``workers/provider_process.py``); any other
+        in a container."""
+        task = self.task
+        if task.provider is None or not runs_as_process(task.provider.name, task.provider.builtin,
+                                                        task.provider_repo is not None):
+            return super()._launch()
+        self._write_workflow(task.provider)
+        env = {**self._base_env(), "WORKFLOW_NAME": task.workflow, "DSTACK_PROJECT_DIR": str(self.workdir),
+               "DSTACK_WORKFLOW_FILE": str(self.io / "workflow.json"), "DSTACK_PROVIDER_OUTPUT": str(self.io),
+               **task.env}
+        process = start_provider_process(task.provider.name, bundle=self.context.sdk_bundle, workdir=self.workdir,
+                                         env=env, container_name=self._container_name, labels=self._labels(),
+                                         pycache=self.context.home / "provider-pycache")
+        return process, None
+
+    def _write_workflow(self, provider: ProviderSpec) -> None:
+        """The workflow as the SDK reads it, in the provider's ``io`` folder."""
+        task = self.task
+        self.io.mkdir(parents=True, exist_ok=True)
+        (self.io / "workflow.json").write_text(json.dumps(
+            {"name": task.workflow, "provider": provider.name, "run_name": task.run_name, "data": task.data,
+             "provider_args": task.args}))
+
     def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
         """A provider of another repository runs in a read-only checkout of it, with the project at
         ``/workflow`` (``DSTACK_PROJECT_DIR``); a provider of the project runs in the project."""
@@ -401,10 +432,7 @@ class ProviderExecution(Execution):
             working_dir = f"{inside}/provider"
             mounts.append((str(checkout), working_dir, True))
         assert provider is not None
-        self.io.mkdir(parents=True, exist_ok=True)
-        (self.io / "workflow.json").write_text(json.dumps(
-            {"name": task.workflow, "provider": provider.name, "run_name": task.run_name, "data": task.data,
-             "provider_args": task.args}))
+        self._write_workflow(provider)
         mounts += [(str(self.io), f"{inside}/io", False), (str(self.context.sdk_bundle), f"{inside}/sdk", True)]
         env = {**self._base_env(), "WORKFLOW_NAME": task.workflow, "DSTACK_PROJECT_DIR": defaults.CONTAINER_WORKDIR,
                "DSTACK_WORKFLOW_FILE": f"{inside}/io/workflow.json", "DSTACK_PROVIDER_OUTPUT": f"{inside}/io",

@@ -1,0 +1,101 @@
+"""Built-in providers run as a process of the worker (``workers/provider_process.py``): the real SDK bundle
+and the real provider code, no container; a clean environment; the provider chosen by its name only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dstack.messages import ProviderSpec, ProviderTask
+from dstack.states import Status
+from dstack.workers.execution import Execution
+from dstack.workers.provider_process import runs_as_process
+from dstack.workers.sdk_bundle import build_sdk_bundle
+from tests.worker_harness import RUN, WorkerHarness
+
+#: What the worker's own environment holds and a provider must never see.
+SECRET = {"AWS_SECRET_ACCESS_KEY": "worker-only-secret", "DSTACK_BROKER_URL": "amqp://worker:secret@127.0.0.1/"}
+
+
+@pytest.fixture
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerHarness:
+    for name, value in SECRET.items():
+        monkeypatch.setenv(name, value)
+    h = WorkerHarness(tmp_path)
+    build_sdk_bundle(h.context.sdk_bundle)
+    return h
+
+
+def builtin_task(h: WorkerHarness, name: str, data: dict, commands: list[str] = ()) -> ProviderTask:
+    provider = ProviderSpec(name=name, image="python:3.11", builtin=True, commands=list(commands) or ["unused"])
+    return ProviderTask(run_name=RUN, task_id="train.provider", attempt=1, workflow="train", data=data,
+                        snapshot_id=h.snapshot_id, provider=provider)
+
+
+def run_to_end(h: WorkerHarness, task: ProviderTask) -> Execution:
+    execution = Execution.for_task(task, h.context)
+    execution.start()
+    execution.follow()
+    return execution
+
+
+def test_a_builtin_provider_creates_its_jobs_without_a_container(harness: WorkerHarness) -> None:
+    run_to_end(harness, builtin_task(harness, "docker", {"image": "python:3.9", "commands": ["echo hi"]}))
+    finished = harness.finished()
+    assert finished.status is Status.DONE, finished.reason
+    assert [(j.job_id, j.image, j.commands) for j in finished.jobs] == [("0", "python:3.9", ["echo hi"])]
+    assert harness.runtime.started == {}  # the fake runtime started no container
+    assert "dstack: train: created 1 job(s)" in harness.log_lines("train.provider")
+
+
+def test_a_builtin_providers_refusal_is_the_tasks_reason(harness: WorkerHarness) -> None:
+    run_to_end(harness, builtin_task(harness, "docker", {"commands": ["echo hi"]}))  # no image
+    finished = harness.finished()
+    assert finished.status is Status.FAILED
+    assert "image" in (finished.reason or "")
+
+
+def test_the_process_sees_none_of_the_workers_environment(harness: WorkerHarness, tmp_path: Path) -> None:
+    # the worker's copy of the bash provider, replaced by one that writes out what it sees
+    seen_file = tmp_path / "seen.json"
+    main = harness.context.sdk_bundle / "site" / "dstack" / "providers" / "bash" / "main.py"
+    main.write_text("import json, os, sys\n"
+                    "seen = {'env': dict(os.environ), 'cwd': os.getcwd(), 'path': sys.path}\n"
+                    f"json.dump(seen, open({str(seen_file)!r}, 'w'))\n"
+                    "import dstack\n"
+                    "print('sdk from', dstack.__file__)\n")
+    run_to_end(harness, builtin_task(harness, "bash", {"commands": ["true"]}))
+    seen = json.loads(seen_file.read_text())
+    assert not set(SECRET) & set(seen["env"])
+    assert seen["env"]["RUN_NAME"] == RUN and seen["env"]["WORKFLOW_NAME"] == "train"
+    assert seen["env"]["DSTACK_PROJECT_DIR"] == seen["cwd"]  # the task's project folder
+    assert not any("site-packages" in entry for entry in seen["path"])  # the worker's installed packages: out of reach
+    sdk_line = next(line for line in harness.log_lines("train.provider") if line.startswith("sdk from"))
+    assert str(harness.context.sdk_bundle) in sdk_line  # the worker's bundle, as mounted into containers
+
+
+def test_the_provider_is_chosen_by_name_and_its_commands_are_never_run(harness: WorkerHarness,
+                                                                        tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    task = builtin_task(harness, "docker", {"image": "python:3.9"}, commands=[f"touch {marker}"])
+    run_to_end(harness, task)
+    assert harness.finished().status is Status.DONE
+    assert not marker.exists()
+
+
+def test_only_the_workers_own_builtin_providers_run_as_processes() -> None:
+    assert runs_as_process("docker", builtin=True, from_repository=False)
+    assert not runs_as_process("docker", builtin=False, from_repository=False)  # the project's own "docker"
+    assert not runs_as_process("docker", builtin=True, from_repository=True)
+    assert not runs_as_process("mine", builtin=True, from_repository=False)  # no such built-in one
+
+
+def test_a_stopped_provider_process_ends_stopped(harness: WorkerHarness) -> None:
+    main = harness.context.sdk_bundle / "site" / "dstack" / "providers" / "bash" / "main.py"
+    main.write_text("import time\nprint('waiting', flush=True)\ntime.sleep(60)\n")
+    execution = Execution.for_task(builtin_task(harness, "bash", {"commands": ["true"]}), harness.context)
+    execution.start()
+    execution.stop(abort=False)
+    execution.follow()
+    assert harness.finished().status is Status.STOPPED
