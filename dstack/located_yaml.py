@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from dstack import validated
 from dstack.errors import ConfigError
 
 
@@ -130,8 +131,12 @@ def schema_problem(instance: Any, schema: dict[str, Any]) -> Optional[tuple[list
 
 
 def check_against_schema(document: Any, schema_name: str, shown: str) -> None:
-    """Raise a :class:`ConfigError` for the most relevant way ``document`` breaks the schema."""
+    """Raise a :class:`ConfigError` for the most relevant way ``document`` breaks the schema (a document that
+    passed before, :mod:`dstack.validated`, is not checked again)."""
+    if validated.is_known_valid(schema_name, document):
+        return
     problem = schema_problem(document, _schema(schema_name))
     if problem is not None:
         path, message = problem
         raise ConfigError(message, file=shown, line=line_of(document, path), field=field_path(path) or None)
+    validated.remember_valid(schema_name, document)

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from dstack import builtin_providers
+from dstack import builtin_providers, validated
 from dstack.errors import ConfigError, ConfigWarning
 from dstack.messages import ProviderRepo, ProviderSpec, TagRef, WorkflowSpec
 from dstack.names import env_name
@@ -276,12 +276,19 @@ def _check_env_names(project: Project, workflow: Workflow, variables: dict[str, 
 
 def _check_builtin_parameters(workflow: Workflow, provider: str, data: dict[str, Any]) -> None:
     """Refuse parameters the built-in provider would refuse; warn (:class:`ConfigWarning`) of those it
-    reads otherwise than written (``version: 3.10``, which YAML reads as 3.1)."""
+    reads otherwise than written (``version: 3.10``, which YAML reads as 3.1). Parameters that passed with
+    nothing to warn of before (:mod:`dstack.validated`) are not checked again."""
+    schema_name = f"provider {provider}"
+    if validated.is_known_valid(schema_name, data):
+        return
     problem = builtin_providers.parameter_problem(provider, data)
     if problem is None:
-        for key, note in builtin_providers.parameter_notes(provider, data):
+        notes = builtin_providers.parameter_notes(provider, data)
+        for key, note in notes:
             warnings.warn(ConfigWarning(note, file=_WORKFLOWS_FILE, line=workflow.lines.get(key, workflow.line),
                                         field=f"workflows.{workflow.name}.{key}"), stacklevel=2)
+        if not notes:
+            validated.remember_valid(schema_name, data)
     if problem is not None:
         key = (problem.field or "").split(".")[0].split("[")[0]
         if workflow.image_only:

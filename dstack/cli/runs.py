@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import click
 
+from dstack import validated
 from dstack.cli.context import Context, complete_run_names, confirm, err, on_terminal, out, pass_context
 from dstack.cli.follow import LogPrinter, WorkflowTasks, follow
 from dstack.cli.render import print_runs, print_tags
@@ -67,6 +68,7 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
     from dstack.project import find_root, has_project_files, load_project
     from dstack.snapshot import SNAPSHOT_STATE_DIR, upload_snapshot
 
+    validated.remember_in(context.settings.home / validated.FILE)  # an unchanged project is not checked again
     cwd = Path.cwd()
     root = find_root(cwd, required=False)
     project = load_project(root) if root is not None and has_project_files(root) else None
