@@ -21,6 +21,10 @@ from dstack.views import decode_reply
 
 log = logging.getLogger(__name__)
 
+#: Seconds after a reply during which a request is sent without first asking the broker whether a scheduler
+#: consumes requests (one round trip fewer per request: a worker claims a task on a chain's critical path).
+SCHEDULER_SEEN_FOR = 2.0
+
 
 class RpcClient:
     """Sends requests to the scheduler and waits for the replies.
@@ -37,6 +41,7 @@ class RpcClient:
         self._url = url
         self._timeout = timeout
         self._replies: dict = {}
+        self._answered_at = float("-inf")
         self._connect()
 
     def _connect(self) -> None:
@@ -70,25 +75,32 @@ class RpcClient:
             while correlation_id not in self._replies:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._check_scheduler()  # it went away since its last reply: say so
                     raise SchedulerUnavailable(
                         f"the scheduler did not answer within {self._timeout:.0f} s "
                         f"(broker {describe(self._url)}); is it running and healthy?")
                 self._connection.process_data_events(time_limit=min(left, 0.5))
         except AMQPError as e:
             raise BrokerUnavailable(f"lost the connection to RabbitMQ at {describe(self._url)}: {e!r}") from None
+        self._answered_at = time.monotonic()
         reply = unpack(self._replies.pop(correlation_id))
         if not reply.get("ok"):
             raise RequestRejected(reply.get("error") or "the scheduler refused the request")
         return decode_reply(request, reply.get("result"))  # the reply type of the request (dstack.views)
 
     def _send(self, request: Any, correlation_id: str) -> None:
+        if time.monotonic() - self._answered_at > SCHEDULER_SEEN_FOR:
+            self._check_scheduler()
+        publish(self._channel, "", RPC_QUEUE, encode(request), reply_to=REPLY_TO_QUEUE,
+                correlation_id=correlation_id, expires_in=self._timeout)
+
+    def _check_scheduler(self) -> None:
+        """Raise :class:`SchedulerUnavailable` when no scheduler consumes requests."""
         queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
         if queue.method.consumer_count == 0:
             raise SchedulerUnavailable(
                 f"no scheduler is running on the broker at {describe(self._url)}; "
                 "start one with `dstack up` (single machine) or `dstack scheduler`")
-        publish(self._channel, "", RPC_QUEUE, encode(request), reply_to=REPLY_TO_QUEUE,
-                correlation_id=correlation_id, expires_in=self._timeout)
 
     def close(self) -> None:
         close_quietly(self._connection)

@@ -141,9 +141,11 @@ class DockerContainer(Container):
                 break
             except requests.exceptions.ConnectionError:  # the client's read timeout on a long wait
                 continue
+        exit_code = int(result.get("StatusCode", -1))
+        if exit_code == 0:  # no inspection on the way to a chain's next job: a job that exits 0 is done
+            return ExitInfo(exit_code=0, oom_killed=False)
         self._container.reload()
-        return ExitInfo(exit_code=int(result.get("StatusCode", -1)),
-                        oom_killed=bool(self._container.attrs["State"].get("OOMKilled")))
+        return ExitInfo(exit_code=exit_code, oom_killed=bool(self._container.attrs["State"].get("OOMKilled")))
 
     def stop(self, grace_seconds: int) -> None:
         try:
