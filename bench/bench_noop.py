@@ -67,6 +67,8 @@ class Case:
         self.name, self.jobs, self.chained, self.fan_in = name, jobs, chained, fan_in
 
     def workflow(self) -> dict[str, Any]:
+        if self.jobs == 1:  # one job: as a new user writes it, with the built-in docker provider
+            return {"name": self.name, "provider": "docker", "image": TEST_IMAGE, "commands": ["true"]}
         specs: list[dict[str, Any]] = []
         for i in range(self.jobs):
             spec: dict[str, Any] = {"commands": ["true"], "image": TEST_IMAGE}
@@ -487,7 +489,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     storage_env = {**moto.env(), "DSTACK_STORAGE_URL": f"s3://{bucket}/dstack"}
                 else:
                     storage_env = {"DSTACK_STORAGE_URL": (root / f"storage-{len(setups)}").as_uri()}
-                setup = Setup(version, storage, {**storage_env, **version_env}, len(setups))
+                # bytecode cached, as an installed package has it (some environments set PYTHONDONTWRITEBYTECODE)
+                bytecode = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(root / "pycache")}
+                setup = Setup(version, storage, {**storage_env, **version_env, **bytecode}, len(setups))
                 setups.append(setup)
                 setup.start(root / f"setup-{len(setups)}", args.slots, workflows)
                 log(f"{setup.label}: cluster up (vhost {setup.vhost.name if setup.vhost else '?'}); warming up")

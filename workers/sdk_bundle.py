@@ -4,12 +4,14 @@ A folder mounted read-only into provider containers and named by ``PYTHONUSERBAS
 Python adds ``$PYTHONUSERBASE/lib/pythonX.Y/site-packages`` to ``sys.path`` whatever
 ``PYTHONPATH`` the provider's commands set. It holds a ``dstack`` package with the SDK
 (``dstack.sdk``), re-exported by its ``__init__``, pure-Python PyYAML for reading schemas, and the built-in providers
-(``dstack.providers``), which run from there. A ``src/dstack/``
+(``dstack.providers``), which run from there, each with its schema also as ``schema.json`` (references
+inlined: a provider reads it without parsing YAML). A ``src/dstack/``
 folder without ``__init__.py`` in the project does not hide it: a regular package wins over
 a namespace folder.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import yaml
 
 import dstack.sdk
 from dstack import providers
+from dstack.providers.common import COMPILED_SCHEMA
+from dstack.sdk.schemas import load_schema
 
 #: Python versions whose user site folder points at the bundle.
 PYTHON_VERSIONS = [f"3.{minor}" for minor in range(8, 16)]
@@ -39,6 +43,9 @@ def build_sdk_bundle(target: Path) -> Path:
     (site / "dstack" / "__init__.py").write_text(_DSTACK_INIT)
     shutil.copytree(Path(dstack.sdk.__file__).parent, site / "dstack" / "sdk", ignore=ignore)
     shutil.copytree(providers.FOLDER, site / "dstack" / "providers", ignore=ignore)
+    for name in providers.NAMES:  # read by the provider without YAML (dstack/providers/common.py)
+        folder = site / "dstack" / "providers" / name
+        (folder / COMPILED_SCHEMA).write_text(json.dumps(load_schema(str(folder / "schema.yaml"))))
     for version in PYTHON_VERSIONS:
         folder = target / "lib" / f"python{version}"
         folder.mkdir(parents=True)

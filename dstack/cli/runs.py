@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import click
 
-from dstack import validated
 from dstack.cli.context import Context, complete_run_names, confirm, err, on_terminal, out, pass_context
-from dstack.cli.follow import LogPrinter, WorkflowTasks, follow
 from dstack.cli.render import print_runs, print_tags
 from dstack.cli.timespec import Since
 from dstack.errors import ConfigError, DstackError
@@ -62,6 +60,7 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
 
     from rich.markup import escape
 
+    from dstack import validated
     from dstack.cli.workflows import asks_help, describe
     from dstack.names import new_run_name
     from dstack.planning import provider_project
@@ -151,6 +150,8 @@ def restart(context: Context, run_name: str, workflow: Optional[str], detach: bo
 def _follow_to_end(context: Context, rpc: RpcClient, run_name: str) -> None:
     """Follow the run to its end and exit 0 (done) or 1. Ctrl-C asks, on a terminal, whether to stop the run:
     yes stops it and follows it to its end; no (or Ctrl-C again, or no terminal) detaches, exit 130."""
+    from dstack.cli.follow import LogPrinter, follow  # here: `dstack status` and the others do not follow
+
     printer = LogPrinter(context.storage, run_name)  # one for every try: no line is printed twice
     stopping = False
     while True:
@@ -216,6 +217,8 @@ def logs(context: Context, run_name: str, part: Optional[str], live: bool, since
     dstack logs witty-otter-1234 train -f         the workflow train's jobs, until the run ends
     dstack logs witty-otter-1234 train.0 --since 10m
     """
+    from dstack.cli.follow import LogPrinter, follow
+
     tasks: Optional[Container[str]] = None
     if part is not None:
         with context.rpc() as rpc:
@@ -250,6 +253,8 @@ def select_tasks(run: RunView, part: str) -> Container[str]:
     if any(job.job_id == part for job in run.jobs):
         return {part}
     if any(workflow.name == part for workflow in run.workflows):
+        from dstack.cli.follow import WorkflowTasks
+
         return WorkflowTasks(part)
     workflows = ", ".join(w.name for w in run.workflows) or "none"
     jobs = ", ".join(j.job_id for j in run.jobs) or "none yet"

@@ -119,6 +119,11 @@ def _text(value: Any) -> str:
 
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
 
+#: The file name of a built-in provider's schema as JSON, with its references inlined (see ``_schema_file``).
+COMPILED_SCHEMA = "schema.json"
+#: Each provider's schema, loaded once.
+_SCHEMAS: dict[type, dict[str, Any]] = {}
+
 
 class ArgumentError(ValueError):
     """``dstack run NAME ARGS`` was given arguments the provider does not take."""
@@ -172,7 +177,7 @@ class BuiltinProvider(Provider):
     option_parameters: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
-        super().__init__(schema="schema.yaml")
+        super().__init__(schema=self._schema_file())
 
     @cached_property
     def data(self) -> dict[str, Any]:
@@ -190,8 +195,18 @@ class BuiltinProvider(Provider):
     @classmethod
     def schema(cls) -> dict[str, Any]:
         """The provider's schema (``schema.yaml`` beside its module), self-contained."""
-        module = sys.modules[cls.__module__]
-        return load_schema(os.path.join(os.path.dirname(os.path.abspath(str(module.__file__))), "schema.yaml"))
+        if cls not in _SCHEMAS:
+            _SCHEMAS[cls] = load_schema(cls._schema_file())
+        return _SCHEMAS[cls]
+
+    @classmethod
+    def _schema_file(cls) -> str:
+        """``schema.yaml`` beside the provider's module, or the ``schema.json`` beside it: the same schema with
+        its references inlined, which a worker's SDK bundle holds (``workers/sdk_bundle.py``) so that a
+        provider reads it without parsing YAML."""
+        folder = os.path.dirname(os.path.abspath(str(sys.modules[cls.__module__].__file__)))
+        compiled = os.path.join(folder, COMPILED_SCHEMA)
+        return compiled if os.path.isfile(compiled) else os.path.join(folder, "schema.yaml")
 
     def job(self, image: str, commands: list[str], **options: Any) -> Job:
         """A job running ``commands`` in ``image``, after ``before_run``, with the common parameters;

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +91,8 @@ class Storage(abc.ABC):
         Raises:
             ObjectNotFound: there is no object at ``key``.
         """
+        import tempfile  # here: `dstack status` reaches this module (storage keys) and needs no temp files
+
         fd, tmp = tempfile.mkstemp(prefix=".range.", suffix=".dstack-tmp")
         os.close(fd)
         try:
