@@ -283,7 +283,7 @@ def following(monkeypatch: pytest.MonkeyPatch, fake: FakeScheduler) -> Iterator[
 
     def run(interrupts: int, terminal: bool, answer: Optional[str]) -> tuple[int, str, Interrupted]:
         followed = Interrupted(interrupts, Status.STOPPED)
-        monkeypatch.setattr(runs, "follow", followed)
+        monkeypatch.setattr(follow, "follow", followed)  # runs imports it when it follows
         monkeypatch.setattr(runs, "on_terminal", lambda: terminal)
         command = runs.click.Command("f", callback=lambda: runs._follow_to_end(context.Context(), fake, RUN))
         result = CliRunner().invoke(command, [], input=answer)
