@@ -74,7 +74,10 @@ def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus
     """A DockerRuntime set up as ``__init__`` would, without reaching a Docker engine."""
     runtime = DockerRuntime.__new__(DockerRuntime)
     runtime.gpu_devices = gpu_devices
-    runtime._client = FakeClient()  # type: ignore[assignment]
+    client = FakeClient()
+    runtime._client = client  # type: ignore[assignment]
+    # the options as the models' containers.create takes them (DockerRuntime._create converts them for the API)
+    runtime._create = lambda options: client.containers.create(**options)  # type: ignore[method-assign]
     runtime.network = network
     runtime._engine_cpus = engine_cpus
     return runtime
