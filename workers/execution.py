@@ -48,7 +48,7 @@ from dstack.workers.artifact_sync import ArtifactSyncer
 from dstack.workers.artifacts import fetch_inputs
 from dstack.workers.cache import JobCache, Lookup
 from dstack.workers.ports import PortPool
-from dstack.workers.provider_process import runs_as_process, start_provider_process
+from dstack.workers.provider_process import ProviderHost, runs_as_process
 from dstack.workers.provider_repos import ProviderRepos
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
@@ -83,6 +83,12 @@ class WorkerContext:
     container_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
     #: seconds between two scans of a running job's artifact folders (``DSTACK_ARTIFACT_SYNC_INTERVAL``)
     artifact_sync_interval: float = defaults.ARTIFACT_SYNC_INTERVAL
+    #: what runs the built-in providers (``workers/provider_process.py``); made from the bundle when not given
+    provider_host: Optional[ProviderHost] = None
+
+    def __post_init__(self) -> None:
+        if self.provider_host is None:
+            self.provider_host = ProviderHost(self.sdk_bundle, self.home / "provider-pycache")
 
 
 @dataclass
@@ -407,9 +413,10 @@ class ProviderExecution(Execution):
         env = {**self._base_env(), "WORKFLOW_NAME": task.workflow, "DSTACK_PROJECT_DIR": str(self.workdir),
                "DSTACK_WORKFLOW_FILE": str(self.io / "workflow.json"), "DSTACK_PROVIDER_OUTPUT": str(self.io),
                **task.env}
-        process = start_provider_process(task.provider.name, bundle=self.context.sdk_bundle, workdir=self.workdir,
-                                         env=env, container_name=self._container_name, labels=self._labels(),
-                                         pycache=self.context.home / "provider-pycache")
+        assert self.context.provider_host is not None
+        process = self.context.provider_host.start_provider(
+            task.provider.name, workdir=self.workdir, env=env, output=self.io / "output",
+            container_name=self._container_name, labels=self._labels())
         return process, None
 
     def _write_workflow(self, provider: ProviderSpec) -> None:

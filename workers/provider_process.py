@@ -1,22 +1,30 @@
-"""Built-in providers run as a process of the worker, not in a container of their own.
+"""Built-in providers run as processes of the worker, not in containers of their own.
 
 A built-in provider is dstack's own code (``dstack/providers/``) and runs none of the user's: it reads the
 workflow and its schema and writes ``jobs.json``. A container of its own cost every run a container start,
 an interpreter start in it and a removal on its critical path (~0.25 s on a 2-core machine, more than the
-provider's own work). It now runs as a child process with:
+provider's own work); a fresh interpreter for it still cost ~50 ms. So each worker keeps one **provider host**
+(``provider_host_main.py``): a process started with
 
 * a clean environment: none of the worker's variables (no broker or storage credentials, no Docker host),
-  only what its container would have had plus ``PATH``, ``LANG`` and the SDK bundle on ``PYTHONPATH``;
-* the worker's copy of the SDK and of the built-in providers (the bundle mounted into provider
-  containers), run by the worker's own Python, chosen by the provider's name only: the commands and image
-  of the task's :class:`~dstack.messages.ProviderSpec` are ignored, so a submission cannot make the worker
-  run anything else this way;
-* the task's project folder as its working folder, and a session of its own, so a stop reaches it.
+  only ``PATH``, ``LANG`` and the worker's SDK bundle on ``PYTHONPATH``, and no site-packages (``-S``): the
+  standard library and the bundle (the SDK and the built-in providers, as mounted into provider containers)
+  are all it can import;
+* the SDK and every built-in provider loaded once.
 
-A provider of the project or of another repository (custom code) still runs in a container.
+For each provider task the host forks a child that becomes what ``python main.py`` in the provider's
+container would be: its own process group (so a stop reaches it and its children), the task's project folder as working folder,
+only the environment its container would have had, its output into a FIFO the worker reads as the task's
+log. The provider is chosen by its name only: the commands and image of the task's
+:class:`~dstack.messages.ProviderSpec` are ignored, so a submission cannot make the worker run anything
+else this way. A provider of the project or of another repository (custom code) still runs in a container.
 """
 from __future__ import annotations
 
+import fcntl
+import itertools
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,14 +32,22 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Optional
 
 from dstack import providers
+from dstack.errors import RuntimeErrorInContainer
 from dstack.workers.runtime import Container, ExitInfo
 
-#: How much of the process's output one read takes.
+log = logging.getLogger(__name__)
+
+#: How much of a provider's output one read takes.
 _READ_SIZE = 64 * 1024
-#: What a built-in provider's process sees of the world besides its task.
+#: What the provider host (and so every built-in provider) sees of the worker's environment.
 _BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1"}
+#: Seconds to wait for the host to start (it loads the SDK) or to fork a provider.
+_HOST_TIMEOUT = 30.0
+#: The host's program.
+HOST_MAIN = Path(__file__).resolve().parent / "provider_host_main.py"
 
 
 def runs_as_process(name: str, builtin: bool, from_repository: bool) -> bool:
@@ -39,28 +55,172 @@ def runs_as_process(name: str, builtin: bool, from_repository: bool) -> bool:
     return builtin and not from_repository and name in providers.NAMES
 
 
-class ProviderProcess(Container):
-    """A built-in provider's process, behind the same interface as a container."""
+class _Request:
+    """One provider the host was asked to fork: its pid once forked, its exit once it ended."""
 
-    def __init__(self, process: subprocess.Popen[bytes], name: str, labels: dict[str, str]) -> None:
+    def __init__(self) -> None:
+        self.forked = threading.Event()
+        self.ended = threading.Event()
+        self.pid = 0
+        self.exit_code = 0
+        self.error = ""
+
+    def fail(self, error: str) -> None:
+        self.error, self.exit_code = error, 1
+        self.forked.set()
+        self.ended.set()
+
+
+class ProviderHost:
+    """The worker's provider host (see the module's docstring), started when first needed and again after it
+    died; :meth:`close` ends it."""
+
+    def __init__(self, bundle: Path, pycache: Path) -> None:
+        self.bundle, self.pycache = bundle, pycache
+        self._lock = threading.Lock()
+        self._process: Optional[subprocess.Popen[bytes]] = None
+        self._requests: dict[str, _Request] = {}
+        self._ids = itertools.count(1)
+
+    def start_provider(self, name: str, *, workdir: Path, env: dict[str, str], output: Path, container_name: str,
+                       labels: dict[str, str]) -> ProviderProcess:
+        """Fork built-in provider ``name`` in ``workdir`` with ``env`` only, its output into the FIFO ``output``
+        (made here).
+
+        Raises:
+            RuntimeErrorInContainer: the host could not be started or could not fork it.
+        """
+        os.mkfifo(output)
+        # the worker reads the FIFO and also holds a write end, so that the end of the output is seen only once
+        # the provider has exited and the host said so, not before the provider opened it
+        reader = os.open(output, os.O_RDONLY | os.O_NONBLOCK)
+        holder = os.open(output, os.O_WRONLY | os.O_NONBLOCK)
+        fcntl.fcntl(reader, fcntl.F_SETFL, fcntl.fcntl(reader, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        request = _Request()
+        try:
+            environment = {**_BASE_ENV, "HOME": str(workdir), **env}
+            request_id = self._send({"name": name, "cwd": str(workdir), "env": environment, "output": str(output)},
+                                    request)
+            if not request.forked.wait(_HOST_TIMEOUT):
+                raise RuntimeErrorInContainer(f"the provider host did not start provider {name} in time")
+            if request.error:
+                raise RuntimeErrorInContainer(request.error)
+        except BaseException:
+            os.close(reader)
+            os.close(holder)
+            raise
+        return ProviderProcess(self, request_id, request, reader, holder, container_name, labels)
+
+    def close(self) -> None:
+        """End the host (its standard input closes); providers still running finish on their own."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None and process.stdin is not None:
+            process.stdin.close()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _send(self, message: dict[str, Any], request: _Request) -> str:
+        with self._lock:
+            process = self._running()
+            request_id = str(next(self._ids))
+            self._requests[request_id] = request
+            assert process.stdin is not None
+            try:
+                process.stdin.write(json.dumps({"id": request_id, **message}).encode() + b"\n")
+                process.stdin.flush()
+            except OSError as e:
+                self._requests.pop(request_id, None)
+                raise RuntimeErrorInContainer(f"the provider host is gone: {e}") from None
+            return request_id
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        """The host's process, started (and ready) if it was not running."""
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        site = self.bundle / "site"
+        env = {**_BASE_ENV, "PYTHONPATH": str(site), "PYTHONPYCACHEPREFIX": str(self.pycache),
+               "DSTACK_BUNDLE_SITE": str(site)}
+        process = subprocess.Popen([sys.executable, "-S", "-s", str(HOST_MAIN)], env=env, cwd=str(self.bundle),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True,
+                                   start_new_session=True)
+        assert process.stdout is not None
+        ready = process.stdout.readline()  # the host loads the SDK and the providers first
+        if not ready:
+            process.wait()
+            raise RuntimeErrorInContainer(f"the provider host exited at its start with {process.returncode}")
         self._process = process
+        threading.Thread(target=self._read_answers, args=(process,), name="provider-host", daemon=True).start()
+        log.info("provider host started (pid %d)", process.pid)
+        return process
+
+    def _read_answers(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            answer = json.loads(line)
+            with self._lock:
+                request = self._requests.get(answer.get("id", ""))
+                if request is not None and ("exit" in answer or "error" in answer):
+                    del self._requests[answer["id"]]
+            if request is None:
+                continue
+            if "error" in answer:
+                request.fail(answer["error"])
+            elif "pid" in answer:
+                request.pid = int(answer["pid"])
+                request.forked.set()
+            else:
+                request.exit_code = int(answer["exit"])
+                request.ended.set()
+        # the host is gone: what it ran can no longer be followed
+        with self._lock:
+            orphans = [r for r in self._requests.values()]
+            for request_id in list(self._requests):
+                del self._requests[request_id]
+        for request in orphans:  # what the host ran can no longer be followed: ended, and failed
+            if request.pid:
+                _kill_group(request.pid, signal.SIGKILL)
+            request.fail("the provider host exited")
+        log.warning("the provider host exited (%s); it starts again when next needed", process.wait())
+
+
+class ProviderProcess(Container):
+    """A built-in provider forked by the host, behind the same interface as a container."""
+
+    def __init__(self, host: ProviderHost, request_id: str, request: _Request, reader: int, holder: int,
+                 name: str, labels: dict[str, str]) -> None:
+        self._host, self._id, self._request = host, request_id, request
+        self._reader, self._holder = reader, holder
+        self._closed = threading.Lock()
         self.name, self.labels = name, labels
+        threading.Thread(target=self._release_output_at_end, name=f"{name} end", daemon=True).start()
+
+    def _release_output_at_end(self) -> None:
+        self._request.ended.wait()
+        self._close_holder()
+
+    def _close_holder(self) -> None:
+        with self._closed:
+            if self._holder >= 0:
+                os.close(self._holder)
+                self._holder = -1
 
     def published_ports(self, ports: list[int]) -> list[int]:
         return list(ports)
 
     def logs(self) -> Iterator[bytes]:
-        stream = self._process.stdout
-        assert stream is not None
         while True:
-            data = os.read(stream.fileno(), _READ_SIZE)
+            data = os.read(self._reader, _READ_SIZE)
             if not data:
                 return
             yield data
 
     def wait(self) -> ExitInfo:
-        code = self._process.wait()
-        # a process killed by a signal reads as -N; a container's shell reports 128 + N
+        self._request.ended.wait()
+        code = self._request.exit_code
+        # a process ended by a signal reads as -N; a container's shell reports 128 + N
         return ExitInfo(exit_code=128 - code if code < 0 else code, oom_killed=False)
 
     def stop(self, grace_seconds: int) -> None:
@@ -71,33 +231,20 @@ class ProviderProcess(Container):
 
     def remove(self) -> None:
         self._signal(signal.SIGKILL)
-        self._process.wait()
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        self._request.ended.wait(_HOST_TIMEOUT)
+        self._close_holder()
+        if self._reader >= 0:
+            os.close(self._reader)
+            self._reader = -1
 
     def _signal(self, number: int) -> None:
-        if self._process.poll() is None:
-            try:
-                os.killpg(self._process.pid, number)
-            except ProcessLookupError:
-                pass
+        if self._request.pid and not self._request.ended.is_set():
+            _kill_group(self._request.pid, number)
 
 
-def start_provider_process(name: str, *, bundle: Path, workdir: Path, env: dict[str, str], container_name: str,
-                           labels: dict[str, str], pycache: Path) -> ProviderProcess:
-    """Start built-in provider ``name`` in ``workdir`` with ``env`` (and nothing of the worker's environment).
-
-    Args:
-        bundle: the worker's SDK bundle (:func:`~dstack.workers.sdk_bundle.build_sdk_bundle`).
-        pycache: where the process keeps the bytecode of the bundle between runs.
-    """
-    site = bundle / "site"
-    main = site / "dstack" / "providers" / name / "main.py"
-    process_env = {**_BASE_ENV, **env, "PYTHONPATH": str(site), "PYTHONPYCACHEPREFIX": str(pycache),
-                   "HOME": str(workdir)}
-    process_env.pop("PYTHONDONTWRITEBYTECODE", None)
-    # -S: no site-packages (what the worker has installed stays out of reach), as in a container
-    process = subprocess.Popen([sys.executable, "-S", "-s", str(main)], cwd=workdir, env=process_env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True, close_fds=True)
-    return ProviderProcess(process, container_name, labels)
+def _kill_group(pid: int, number: int) -> None:
+    """Send signal ``number`` to the process group a provider leads (its pid is the group's id)."""
+    try:
+        os.killpg(pid, number)
+    except ProcessLookupError:
+        pass

@@ -133,6 +133,8 @@ class Worker:
             self._reporter.leave(self.settings.worker_id)
             self.events.close()
             self.publisher.close()
+            if self.context.provider_host is not None:
+                self.context.provider_host.close()
 
     def shutdown(self) -> None:
         """Take no more tasks, and drain (see :meth:`_drain`)."""

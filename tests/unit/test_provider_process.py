@@ -3,6 +3,9 @@ and the real provider code, no container; a clean environment; the provider chos
 from __future__ import annotations
 
 import json
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,14 @@ SECRET = {"AWS_SECRET_ACCESS_KEY": "worker-only-secret", "DSTACK_BROKER_URL": "a
 
 
 @pytest.fixture
-def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerHarness:
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerHarness]:
     for name, value in SECRET.items():
         monkeypatch.setenv(name, value)
     h = WorkerHarness(tmp_path)
     build_sdk_bundle(h.context.sdk_bundle)
-    return h
+    yield h
+    assert h.context.provider_host is not None
+    h.context.provider_host.close()
 
 
 def builtin_task(h: WorkerHarness, name: str, data: dict, commands: list[str] = ()) -> ProviderTask:
@@ -61,10 +66,11 @@ def test_the_process_sees_none_of_the_workers_environment(harness: WorkerHarness
     seen_file = tmp_path / "seen.json"
     main = harness.context.sdk_bundle / "site" / "dstack" / "providers" / "bash" / "main.py"
     main.write_text("import json, os, sys\n"
-                    "seen = {'env': dict(os.environ), 'cwd': os.getcwd(), 'path': sys.path}\n"
-                    f"json.dump(seen, open({str(seen_file)!r}, 'w'))\n"
-                    "import dstack\n"
-                    "print('sdk from', dstack.__file__)\n")
+                    "if __name__ == '__main__':\n"
+                    "    seen = {'env': dict(os.environ), 'cwd': os.getcwd(), 'path': sys.path}\n"
+                    f"    json.dump(seen, open({str(seen_file)!r}, 'w'))\n"
+                    "    import dstack\n"
+                    "    print('sdk from', dstack.__file__)\n")
     run_to_end(harness, builtin_task(harness, "bash", {"commands": ["true"]}))
     seen = json.loads(seen_file.read_text())
     assert not set(SECRET) & set(seen["env"])
@@ -93,9 +99,50 @@ def test_only_the_workers_own_builtin_providers_run_as_processes() -> None:
 
 def test_a_stopped_provider_process_ends_stopped(harness: WorkerHarness) -> None:
     main = harness.context.sdk_bundle / "site" / "dstack" / "providers" / "bash" / "main.py"
-    main.write_text("import time\nprint('waiting', flush=True)\ntime.sleep(60)\n")
+    main.write_text("import time\nif __name__ == '__main__':\n    print('waiting', flush=True)\n    time.sleep(60)\n")
     execution = Execution.for_task(builtin_task(harness, "bash", {"commands": ["true"]}), harness.context)
     execution.start()
     execution.stop(abort=False)
     execution.follow()
     assert harness.finished().status is Status.STOPPED
+
+
+def replace_provider(h: WorkerHarness, name: str, body: str) -> None:
+    """The worker's copy of built-in provider ``name`` becomes ``body`` (run as ``__main__`` only)."""
+    main = h.context.sdk_bundle / "site" / "dstack" / "providers" / name / "main.py"
+    main.write_text("import os, sys, time\nif __name__ == '__main__':\n"
+                    + "".join(f"    {line}\n" for line in body.splitlines()))
+
+
+def test_providers_run_at_once_and_a_large_output_reaches_the_log_whole(harness: WorkerHarness) -> None:
+    replace_provider(harness, "bash", "for i in range(20000): print('line', i)\ntime.sleep(0.3)\nsys.exit(4)")
+    ends: list[int] = []
+
+    def one(run: str) -> None:
+        task = builtin_task(harness, "bash", {"commands": ["true"]})
+        task.run_name = run
+        run_to_end(harness, task)
+        ends.append(next(e.exit_code for e in harness.events if getattr(e, "run_name", "") == run
+                         and type(e).__name__ == "TaskFinished"))
+
+    threads = [threading.Thread(target=one, args=(f"run-{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert ends == [4, 4, 4]
+    lines = harness.log_lines("train.provider", run="run-0")
+    assert lines[:2] == ["line 0", "line 1"] and "line 19999" in lines  # ~200 KB through the FIFO
+
+
+def test_a_provider_host_that_died_is_started_again(harness: WorkerHarness) -> None:
+    host = harness.context.provider_host
+    assert host is not None
+    replace_provider(harness, "bash", "print('started', flush=True)\ntime.sleep(60)")
+    execution = Execution.for_task(builtin_task(harness, "bash", {"commands": ["true"]}), harness.context)
+    execution.start()
+    os.kill(host._process.pid, 9)  # type: ignore[union-attr]  # the host, not the provider
+    execution.follow()
+    assert harness.finished().status is Status.FAILED  # what it ran can no longer be followed
+    run_to_end(harness, builtin_task(harness, "docker", {"image": "python:3.9"}))
+    assert harness.finished().status is Status.DONE
