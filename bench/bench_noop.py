@@ -340,14 +340,20 @@ class Setup:
         self.worker_ids = [self.worker_id]
         self.vhost: Optional[Vhost] = None
         self.cluster: Optional[Cluster] = None
-        self.project = Path()
+        #: a project per workflow, with that workflow and single-1 only (a project's size is part of every
+        #: `dstack run`: it is read and checked each time)
+        self.projects: dict[str, Path] = {}
 
     def start(self, root: Path, slots: int, workflows: list[dict[str, Any]]) -> Cluster:
         self.vhost = Vhost()
         self.cluster = Cluster(root / "cluster", self.vhost.url, self.env)
         self.cluster.start_scheduler()
         self.cluster.start_worker(self.worker_id, slots=slots)
-        self.project = write_project(root / "project", graph_project(workflows))
+        single = workflows[0]
+        for workflow in workflows:
+            wanted = [single] if workflow is single else [single, workflow]
+            folder = root / f"project-{workflow['name']}"
+            self.projects[workflow["name"]] = write_project(folder, graph_project(wanted))
         return self.cluster
 
     def add_workers(self, total: int, slots: int) -> None:
@@ -413,7 +419,7 @@ def run_scale_case(setup: Setup, case: scale.ScaleCase, factor: float, slots: in
     runs, jobs = case.sized(factor)
     tasks = runs * (jobs + 1)  # each run: its provider and its jobs
     counts = scale.split(runs, case.clis)
-    project = setup.project
+    project = setup.projects[case.workflow]
 
     def submit() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -496,7 +502,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 setup.start(root / f"setup-{len(setups)}", args.slots, workflows)
                 log(f"{setup.label}: cluster up (vhost {setup.vhost.name if setup.vhost else '?'}); warming up")
                 assert setup.cluster is not None
-                dstack_run(setup.cluster, setup.project, CASES[0])  # fills caches (snapshot blobs, bytecode)
+                for project in setup.projects.values():  # fills caches (snapshot, validation, bytecode)
+                    dstack_run(setup.cluster, project, CASES[0])
         _docker_noop(client)
         log(f"{len(setups)} setup(s) in {root}")
 
@@ -517,7 +524,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for case in wanted:  # interleaved, so drift of the machine hits every side alike
                 for setup in setups:
                     assert setup.cluster is not None
-                    figures = dstack_run(setup.cluster, setup.project, case)
+                    figures = dstack_run(setup.cluster, setup.projects[case.name], case)
                     raw[setup.label][case.name].append(figures)
                     log(f"[{attempt + 1}/{args.repeat}] {case.name} {setup.label}: "
                         f"dstack {figures['end_to_end']:.2f} s "
