@@ -81,6 +81,15 @@ class RequestRejected(DstackError):
     """The scheduler refused a request (unknown run, bad submission...)."""
 
 
+class RunNameTaken(RequestRejected):
+    """A submission named a run that exists already (and is not the same submission sent again): the CLI
+    picks another name."""
+
+
+#: Refusals the scheduler's replies name (``"kind"``), so that the caller gets the same class.
+REJECTIONS: dict[str, type[RequestRejected]] = {cls.__name__: cls for cls in (RunNameTaken,)}
+
+
 class RuntimeErrorInContainer(DstackError):
     """The container runtime could not start or manage a container."""
 

@@ -14,7 +14,14 @@ from typing import Any, Callable
 
 from dstack import defaults
 from dstack.broker import AMQPError, Backoff, close_quietly, connect, consume, describe, publish, retry
-from dstack.errors import BrokerUnavailable, DstackError, MessageError, RequestRejected, SchedulerUnavailable
+from dstack.errors import (
+    REJECTIONS,
+    BrokerUnavailable,
+    DstackError,
+    MessageError,
+    RequestRejected,
+    SchedulerUnavailable,
+)
 from dstack.messages import decode, encode, pack, plain, unpack
 from dstack.names import REPLY_TO_QUEUE, RPC_QUEUE
 from dstack.views import decode_reply
@@ -85,7 +92,8 @@ class RpcClient:
         self._answered_at = time.monotonic()
         reply = unpack(self._replies.pop(correlation_id))
         if not reply.get("ok"):
-            raise RequestRejected(reply.get("error") or "the scheduler refused the request")
+            rejection = REJECTIONS.get(reply.get("kind") or "", RequestRejected)
+            raise rejection(reply.get("error") or "the scheduler refused the request")
         return decode_reply(request, reply.get("result"))  # the reply type of the request (dstack.views)
 
     def _send(self, request: Any, correlation_id: str) -> None:
@@ -159,7 +167,9 @@ class RpcServer:
     def _answer(self, body: bytes) -> dict:
         try:
             return {"ok": True, "result": plain(self._handler(decode(body)))}
-        except (RequestRejected, MessageError) as e:
+        except RequestRejected as e:
+            return {"ok": False, "error": str(e), "kind": type(e).__name__}
+        except MessageError as e:
             return {"ok": False, "error": str(e)}
         except DstackError as e:
             log.exception("request failed")

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.errors import RequestRejected
+from dstack.errors import RequestRejected, RunNameTaken
 from dstack.jobgraph import check_job_graph, find_cycle
 from dstack.messages import (
     UPLOAD_WORKFLOW,
@@ -158,9 +158,12 @@ class Scheduler:
             raise RequestRejected("the submission must hold its target workflow once, and each workflow once")
         existing = self._store.get_run(request.run_name)
         if existing is not None:
-            if existing.snapshot_id == request.snapshot_id and existing.workflow == request.workflow:
-                return existing.view(self._store.tasks_of(request.run_name))  # a resent request
-            raise RequestRejected(f"a run named '{request.run_name}' exists already")
+            # a resent request (the CLI stamps each submission once); another CLI that drew the same name
+            # submits the same workflow of the same project at another time, and picks another name
+            if (existing.snapshot_id, existing.workflow, existing.submitted_at) == (
+                    request.snapshot_id, request.workflow, request.submitted_at):
+                return existing.view(self._store.tasks_of(request.run_name))
+            raise RunNameTaken(f"a run named '{request.run_name}' exists already")
         tag_inputs = {w.name: inputs.tag_inputs(self._store, w) for w in request.workflows}  # refuses first
         run_inputs = {w.name: inputs.run_inputs(self._store, w) for w in request.workflows}
         for spec in request.workflows:

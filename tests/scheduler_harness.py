@@ -102,11 +102,12 @@ class Harness:
 
     # -------------------------------------------------------------- acting
 
-    def submit(self, run: str = RUN, workflow: str = WF, snapshot: str = "snap-1") -> Any:
+    def submit(self, run: str = RUN, workflow: str = WF, snapshot: str = "snap-1",
+               submitted_at: float = 1700000000.0) -> Any:
         return self.scheduler.handle_request(SubmitRun(
             run_name=run, workflow=workflow,
             workflows=[WorkflowSpec(name=workflow, data={"jobs": 2}, provider=PROVIDER)],
-            snapshot_id=snapshot, submitted_at=1700000000.0, project="/p"))
+            snapshot_id=snapshot, submitted_at=submitted_at, project="/p"))
 
     def claim(self, task_id: str, worker: str = "w1", attempt: int = 1, run: str = RUN) -> dict[str, Any]:
         return self.scheduler.handle_request(ClaimTask(run_name=run, task_id=task_id, attempt=attempt,

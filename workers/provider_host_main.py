@@ -34,7 +34,7 @@ def preload(names: list) -> None:
     """Import the SDK and each provider's module once, so that a child only runs what is left."""
     for name in names:
         try:
-            importlib.import_module("dstack.providers.%s.main" % name)
+            importlib.import_module(f"dstack.providers.{name}.main")
         except Exception:  # the child will fail the same way and say why, in the task's logs
             pass
 
@@ -108,7 +108,7 @@ def serve() -> None:
                 try:
                     pid = os.fork()
                 except OSError as e:
-                    answer({"id": request["id"], "error": "could not fork the provider: %s" % e})
+                    answer({"id": request["id"], "error": f"could not fork the provider: {e}"})
                     continue
                 if pid == 0:
                     signal.set_wakeup_fd(-1)

@@ -13,9 +13,9 @@ provider's own work); a fresh interpreter for it still cost ~50 ms. So each work
 * the SDK and every built-in provider loaded once.
 
 For each provider task the host forks a child that becomes what ``python main.py`` in the provider's
-container would be: its own process group (so a stop reaches it and its children), the task's project folder as working folder,
-only the environment its container would have had, its output into a FIFO the worker reads as the task's
-log. The provider is chosen by its name only: the commands and image of the task's
+container would be: its own process group (so a stop reaches it and its children), the task's project
+folder as working folder, only the environment its container would have had, its output into a FIFO the
+worker reads as the task's log. The provider is chosen by its name only: the commands and image of the task's
 :class:`~dstack.messages.ProviderSpec` are ignored, so a submission cannot make the worker run anything
 else this way. A provider of the project or of another repository (custom code) still runs in a container.
 """

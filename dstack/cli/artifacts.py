@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import click
 from rich.progress import (
@@ -50,6 +50,9 @@ from dstack.names import (
 from dstack.snapshot import file_digest, safe_join
 from dstack.storage import Storage
 from dstack.views import RunView, TagView
+
+if TYPE_CHECKING:
+    from dstack.rpc import RpcClient
 
 _TARGETS = """\b
 RUN             every job of the run
@@ -365,7 +368,7 @@ def artifacts_upload(context: Context, paths: tuple[Path, ...], tag: str) -> Non
             if item.tag == tag:
                 raise DstackError(f"tag '{tag}' names run {item.run_name} already; choose another name, or "
                                   f"`dstack untag {tag}` first")
-        run_name, upload_job = new_run_name(), job_id(UPLOAD_WORKFLOW, 0)
+        run_name, upload_job = _free_run_name(rpc), job_id(UPLOAD_WORKFLOW, 0)
         size = sum(f.source.stat().st_size for f in files)
         stored = []
         with transfer_progress(size) as advance:
@@ -387,3 +390,13 @@ def artifacts_upload(context: Context, paths: tuple[Path, ...], tag: str) -> Non
     err.print(f"{len(stored)} file(s) ({human_size(view.size)}) stored as tag [bold]{tag}[/] (run {run_name}); "
               f"use them with `depends-on: [\":{tag}\"]`")
     out.print(run_name)
+
+
+def _free_run_name(rpc: RpcClient) -> str:
+    """A fresh run name that no run has yet: the files are stored under it before the run is recorded."""
+    while True:
+        name = new_run_name()
+        try:
+            rpc.call(GetRuns(run_name=name))
+        except RequestRejected:  # no run of that name
+            return name

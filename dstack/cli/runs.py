@@ -17,7 +17,7 @@ import click
 from dstack.cli.context import Context, complete_run_names, confirm, err, on_terminal, out, pass_context
 from dstack.cli.render import print_runs, print_tags
 from dstack.cli.timespec import Since
-from dstack.errors import ConfigError, DstackError
+from dstack.errors import ConfigError, DstackError, RunNameTaken
 from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec, plain
 from dstack.states import Status
 from dstack.views import RunView, TagView
@@ -62,7 +62,6 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
 
     from dstack import validated
     from dstack.cli.workflows import asks_help, describe
-    from dstack.names import new_run_name
     from dstack.planning import provider_project
     from dstack.project import find_root, has_project_files, load_project
     from dstack.snapshot import SNAPSHOT_STATE_DIR, upload_snapshot
@@ -88,13 +87,32 @@ def run(context: Context, workflow: str, args: tuple[str, ...], detach: bool, ca
     with context.rpc() as rpc:  # reaching the broker before uploading anything
         snapshot_id, files, uploaded = upload_snapshot(root, context.storage,
                                                         context.settings.home / SNAPSHOT_STATE_DIR)
-        run_name = new_run_name()
-        rpc.call(SubmitRun(run_name=run_name, workflow=workflow, workflows=workflows, snapshot_id=snapshot_id,
-                           submitted_at=time.time(), project=str(root)))
+        run_name = _submit(rpc, SubmitRun(run_name="", workflow=workflow, workflows=workflows,
+                                          snapshot_id=snapshot_id, submitted_at=0.0, project=str(root)))
         err.print(f"[dim]snapshot: {files} files, {uploaded} uploaded[/]")
         out.print(run_name)
         if not (detach or detached):
             _follow_to_end(context, rpc, run_name)
+
+
+#: Names drawn for one submission before giving up (each is taken with a chance of runs kept / 3.6 million).
+NAME_DRAWS = 5
+
+
+def _submit(rpc: RpcClient, request: SubmitRun) -> str:
+    """Send ``request`` under a fresh run name, another one while the one drawn is taken; the name."""
+    from dstack.names import new_run_name
+
+    for _ in range(NAME_DRAWS - 1):
+        request.run_name, request.submitted_at = new_run_name(), time.time()
+        try:
+            rpc.call(request)
+            return request.run_name
+        except RunNameTaken:
+            continue
+    request.run_name, request.submitted_at = new_run_name(), time.time()
+    rpc.call(request)
+    return request.run_name
 
 
 def _plan(name: str, args: list[str], cwd: Path, project: Optional[Project]) -> tuple[Path, list[WorkflowSpec], bool]:

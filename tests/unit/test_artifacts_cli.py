@@ -244,5 +244,5 @@ def test_an_upload_the_scheduler_refuses_leaves_nothing_in_storage(context: Fake
     runs_before = sorted(p.name for p in (tmp_path / "storage" / "runs").iterdir())
     result = dstack(context, "artifacts", "upload", "data", "--tag", "best", cwd=project)
     assert result.exit_code == 1 and f"tag 'best' names run {RUN} already" in result.stderr
-    assert context.fake_rpc.calls[-2:] == ["GetTags", "RecordUpload"]
+    assert context.fake_rpc.calls[-3:] == ["GetTags", "GetRuns", "RecordUpload"]  # GetRuns: the name is free
     assert sorted(p.name for p in (tmp_path / "storage" / "runs").iterdir()) == runs_before

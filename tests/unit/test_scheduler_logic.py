@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dstack.errors import RequestRejected
+from dstack.errors import RequestRejected, RunNameTaken
 from dstack.messages import (
     AppSpec,
     Endpoint,
@@ -110,6 +110,14 @@ def test_resubmit_with_other_snapshot_rejected(h: Harness) -> None:
     with pytest.raises(RequestRejected):
         h.submit(workflow="other", snapshot="snap-1")
     assert h.run().snapshot_id == "snap-1"
+    assert len(h.sent) == 1
+
+
+def test_another_submission_that_drew_a_taken_name_is_told_so(h: Harness) -> None:
+    # two CLIs submit the same workflow of the same project and draw the same run name: not a resend
+    h.submit(submitted_at=1700000000.0)
+    with pytest.raises(RunNameTaken, match=f"a run named '{RUN}' exists already"):
+        h.submit(submitted_at=1700000000.5)
     assert len(h.sent) == 1
 
 
@@ -588,3 +596,23 @@ def test_an_app_has_a_url_only_while_its_job_runs() -> None:
     assert plain(task.job_view())["apps"] == [{"name": "lab", "url": "http://gpu-7:8888/lab?token=a+b"}]
     task.status = Status.DONE
     assert plain(task.job_view())["apps"] == [{"name": "lab", "url": None}]
+
+
+def test_the_cli_draws_another_name_while_the_one_drawn_is_taken(h: Harness,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from dstack import names
+    from dstack.cli import runs
+
+    h.submit()  # RUN exists
+    drawn = iter([RUN, RUN, "fresh-otter-1234"])
+    monkeypatch.setattr(names, "new_run_name", lambda: next(drawn))
+
+    class Rpc:
+        def call(self, request: object) -> object:
+            return h.scheduler.handle_request(request)
+
+    spec = WorkflowSpec(name=WF, data={"jobs": 2}, provider=PROVIDER)
+    request = SubmitRun(run_name="", workflow=WF, workflows=[spec], snapshot_id="snap-1", submitted_at=0.0,
+                        project="/p")
+    assert runs._submit(Rpc(), request) == "fresh-otter-1234"  # type: ignore[arg-type]
+    assert h.run("fresh-otter-1234").submitted_at > 1700000000.0
