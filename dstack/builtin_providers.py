@@ -2,7 +2,7 @@
 ``dstack run NAME ARGS``.
 
 A workflow that uses a built-in provider is checked against its schema before the run is submitted,
-so a bad parameter is named at once and nothing starts. The provider checks it again in its container,
+so a bad parameter is named at once and nothing starts. The provider checks it again on the worker,
 as any provider does.
 """
 from __future__ import annotations
@@ -36,7 +36,9 @@ def names() -> list[str]:
 
 
 def provider_spec(name: str) -> ProviderSpec:
-    """The container that runs built-in provider ``name``."""
+    """The task's provider for built-in provider ``name``. A worker runs it by its name in its provider host
+    (``workers/provider_process.py``); the image and commands are what a worker of an earlier version, which
+    runs every provider in a container, runs in a mixed fleet."""
     return ProviderSpec(name=name, image=defaults.BUILTIN_PROVIDER_IMAGE, builtin=True,
                         commands=[f"python3 {CONTAINER_PROVIDERS_DIR}/{name}/main.py"])
 
@@ -60,7 +62,7 @@ def parameter_problem(name: str, data: dict[str, Any]) -> Optional[ConfigError]:
 
     The error's field is the parameter's path (``resources.memory``); its message says what is
     wrong and what the parameter is. Older names of parameters (``script`` for ``file``) are
-    accepted as the provider's container accepts them; one given twice, differently, is a problem.
+    accepted as the provider accepts them; one given twice, differently, is a problem.
     """
     older = aliases(schema(name))
     parameters = [key for key in schema(name)["properties"] if key not in older]
