@@ -26,15 +26,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, TypeVar, Union
-
-import pathspec
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from dstack.errors import ObjectNotFound, StorageError, UnsafePath
 from dstack.names import snapshot_blob_key, snapshot_key
 from dstack.snapshot_state import Location, StatCache, StoredRecord
 from dstack.storage import Storage, check_key
 from dstack.storage.local import TMP_SUFFIX, atomic_writer
+
+if TYPE_CHECKING:
+    import pathspec
 
 #: The folder under ``DSTACK_HOME`` where the CLI remembers digests and stored contents.
 SNAPSHOT_STATE_DIR = "snapshot-state"
@@ -83,6 +84,8 @@ def _project_files(root: Path) -> Iterator[str]:
         if os.path.isfile(ignore_file):
             with open(ignore_file, encoding="utf-8", errors="replace") as f:
                 lines = f.read().splitlines()
+            import pathspec  # here: a project without .gitignore files does not load it (~10 ms)
+
             specs = specs + [(prefix, pathspec.GitIgnoreSpec.from_lines(lines))]
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda e: e.name):

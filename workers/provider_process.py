@@ -90,6 +90,7 @@ class ProviderHost:
         Raises:
             RuntimeErrorInContainer: the host could not be started or could not fork it.
         """
+        output.unlink(missing_ok=True)  # left by an earlier start of the same task
         os.mkfifo(output)
         # the worker reads the FIFO and also holds a write end, so that the end of the output is seen only once
         # the provider has exited and the host said so, not before the provider opened it

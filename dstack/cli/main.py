@@ -113,9 +113,10 @@ def _leave(code: Any) -> None:
 
     Tearing down the ~450 modules a command such as ``dstack run`` loads takes ~40 ms of every command's
     wall time (issue 14, item 2) and does nothing a finished command needs: exit handlers still run and
-    the output is flushed. A command that left a thread of its own running exits the usual way.
+    the output is flushed. A command that left a thread of its own running exits the usual way, and so does
+    one run under a profiler or a tracer (cProfile, coverage), which write their results at the usual exit.
     """
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         raise SystemExit(code)
     if code is None:
         status = 0

@@ -47,3 +47,12 @@ def test_output_to_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, env=env,
                             timeout=60)
     assert "Traceback" not in result.stderr
+
+
+def test_a_profiled_command_exits_the_usual_way_so_the_profile_is_written(tmp_path: Path) -> None:
+    env = {**os.environ, "DSTACK_HOME": str(tmp_path / "home")}
+    profile = tmp_path / "cli.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "dstack.cli.main",
+                             "--version"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0 and "version" in result.stdout
+    assert profile.stat().st_size > 0
