@@ -16,7 +16,7 @@ from dstack.names import artifacts_manifest_key
 from dstack.snapshot import upload_snapshot
 from dstack.storage.base import Progress
 from dstack.storage.local import LocalStorage
-from dstack.workers.execution import WorkerContext
+from dstack.workers.execution import Execution, WorkerContext
 from dstack.workers.ports import PortPool
 from dstack.workers.provider_repos import ProviderRepos
 from tests.fakes import FakeRuntime, Script
@@ -85,6 +85,13 @@ class WorkerHarness:
         return ProviderTask(run_name=RUN, task_id="train.provider", attempt=1, workflow="train", data={"n": 1},
                             snapshot_id=self.snapshot_id,
                             provider=ProviderSpec(name="p", image="python:3.11", commands=["python -m p"]))
+
+    def started(self, task: Any) -> Execution:
+        """``task``'s execution, saved in its folder and started (its container, or a built-in provider's process)."""
+        execution = Execution.for_task(task, self.context)
+        execution.save()
+        execution.start()
+        return execution
 
     def finished(self) -> TaskFinished:
         """The last event, a task's end."""

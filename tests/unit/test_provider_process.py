@@ -12,7 +12,6 @@ import pytest
 
 from dstack.messages import ProviderSpec, ProviderTask
 from dstack.states import Status
-from dstack.workers.execution import Execution
 from dstack.workers.provider_process import runs_as_process
 from dstack.workers.sdk_bundle import build_sdk_bundle
 from tests.worker_harness import RUN, WorkerHarness
@@ -38,11 +37,8 @@ def builtin_task(h: WorkerHarness, name: str, data: dict, commands: list[str] = 
                         snapshot_id=h.snapshot_id, provider=provider)
 
 
-def run_to_end(h: WorkerHarness, task: ProviderTask) -> Execution:
-    execution = Execution.for_task(task, h.context)
-    execution.start()
-    execution.follow()
-    return execution
+def run_to_end(h: WorkerHarness, task: ProviderTask) -> None:
+    h.started(task).follow()
 
 
 def test_a_builtin_provider_creates_its_jobs_without_a_container(harness: WorkerHarness) -> None:
@@ -100,8 +96,7 @@ def test_only_the_workers_own_builtin_providers_run_as_processes() -> None:
 def test_a_stopped_provider_process_ends_stopped(harness: WorkerHarness) -> None:
     main = harness.context.sdk_bundle / "site" / "dstack" / "providers" / "bash" / "main.py"
     main.write_text("import time\nif __name__ == '__main__':\n    print('waiting', flush=True)\n    time.sleep(60)\n")
-    execution = Execution.for_task(builtin_task(harness, "bash", {"commands": ["true"]}), harness.context)
-    execution.start()
+    execution = harness.started(builtin_task(harness, "bash", {"commands": ["true"]}))
     execution.stop(abort=False)
     execution.follow()
     assert harness.finished().status is Status.STOPPED
@@ -139,8 +134,7 @@ def test_a_provider_host_that_died_is_started_again(harness: WorkerHarness) -> N
     host = harness.context.provider_host
     assert host is not None
     replace_provider(harness, "bash", "print('started', flush=True)\ntime.sleep(60)")
-    execution = Execution.for_task(builtin_task(harness, "bash", {"commands": ["true"]}), harness.context)
-    execution.start()
+    execution = harness.started(builtin_task(harness, "bash", {"commands": ["true"]}))
     os.kill(host._process.pid, 9)  # type: ignore[union-attr]  # the host, not the provider
     execution.follow()
     assert harness.finished().status is Status.FAILED  # what it ran can no longer be followed

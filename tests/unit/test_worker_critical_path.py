@@ -13,7 +13,6 @@ from dstack import logs
 from dstack.errors import StorageError
 from dstack.messages import TaskFinished, TaskStarted
 from dstack.states import Status
-from dstack.workers.execution import Execution
 from dstack.workers.runtime import ExitInfo
 from tests.fakes import FakeContainer, FakeRuntime, Script
 from tests.worker_harness import WorkerHarness
@@ -24,15 +23,8 @@ def h(tmp_path: Path) -> WorkerHarness:
     return WorkerHarness(tmp_path)
 
 
-def started(h: WorkerHarness, task: Any) -> Execution:
-    execution = Execution.for_task(task, h.context)
-    execution.save()
-    execution.start()
-    return execution
-
-
 def test_the_end_is_reported_with_the_logs_stored_before_the_container_is_removed(h: WorkerHarness) -> None:
-    execution = started(h, h.job(script=Script(output=[b"one\n", b"two"])))
+    execution = h.started(h.job(script=Script(output=[b"one\n", b"two"])))
     container = h.runtime.started[execution.container.name]  # type: ignore[union-attr]
     seen: list[tuple[str, Any]] = []
 
@@ -51,7 +43,7 @@ def test_the_end_is_reported_with_the_logs_stored_before_the_container_is_remove
 
 def test_the_last_chunk_is_stored_while_the_exit_is_read(h: WorkerHarness) -> None:
     """The container's wait() returns only once the last chunk is in storage: it is stored beside it."""
-    execution = started(h, h.job(script=Script(output=[b"last line\n"])))
+    execution = h.started(h.job(script=Script(output=[b"last line\n"])))
 
     def wait() -> ExitInfo:
         deadline = time.monotonic() + 10
@@ -65,7 +57,7 @@ def test_the_last_chunk_is_stored_while_the_exit_is_read(h: WorkerHarness) -> No
 
 
 def test_a_failure_quotes_the_lines_stored_beside_the_exit_and_adds_its_line(h: WorkerHarness) -> None:
-    execution = started(h, h.job(script=Script(output=[b"a\n", b"b\n"], exit_code=2)))
+    execution = h.started(h.job(script=Script(output=[b"a\n", b"b\n"], exit_code=2)))
     execution.follow()
     finished = h.finished()
     assert finished.status == Status.FAILED and finished.reason == "exit code 2; last lines:\na\nb"
@@ -86,7 +78,7 @@ def fail_log_writes(h: WorkerHarness, error: Exception) -> None:
 
 def test_logs_that_cannot_be_stored_report_no_end_and_leave_the_container(h: WorkerHarness) -> None:
     """The task is then abandoned by the worker (a failure with a reason), as before."""
-    execution = started(h, h.job(script=Script(output=[b"x\n"])))
+    execution = h.started(h.job(script=Script(output=[b"x\n"])))
     container = h.runtime.started[execution.container.name]  # type: ignore[union-attr]
     fail_log_writes(h, RuntimeError("storage is gone"))
     reported: list[bool] = []
@@ -100,7 +92,7 @@ def test_logs_storage_out_past_its_retries_still_reports_the_end(h: WorkerHarnes
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A storage outage longer than the retries: the job's end is reported, failed, saying why; it never hangs."""
     monkeypatch.setattr(logs, "with_retries", lambda action, what: action())  # give up at once
-    execution = started(h, h.job(script=Script(output=[b"x\n"])))
+    execution = h.started(h.job(script=Script(output=[b"x\n"])))
     fail_log_writes(h, StorageError("storage is out"))
     execution.follow()
     finished = h.events[-1]
@@ -111,7 +103,7 @@ def test_logs_storage_out_past_its_retries_still_reports_the_end(h: WorkerHarnes
 
 
 def test_abandon_reports_before_removing(h: WorkerHarness) -> None:
-    execution = started(h, h.job())
+    execution = h.started(h.job())
     container = h.runtime.started[execution.container.name]  # type: ignore[union-attr]
     removed_when_reported: list[bool] = []
     execution.on_reported = lambda: removed_when_reported.append(container.removed)
