@@ -64,6 +64,8 @@ class _Request:
         self.pid = 0
         self.exit_code = 0
         self.error = ""
+        #: the pid of the host that was asked (a host that died fails its own requests only)
+        self.host = 0
 
     def fail(self, error: str) -> None:
         self.error, self.exit_code = error, 1
@@ -127,6 +129,7 @@ class ProviderHost:
         with self._lock:
             process = self._running()
             request_id = str(next(self._ids))
+            request.host = process.pid
             self._requests[request_id] = request
             assert process.stdin is not None
             try:
@@ -175,11 +178,10 @@ class ProviderHost:
             else:
                 request.exit_code = int(answer["exit"])
                 request.ended.set()
-        # the host is gone: what it ran can no longer be followed
+        # the host is gone (a new one may have started already, with requests of its own)
         with self._lock:
-            orphans = [r for r in self._requests.values()]
-            for request_id in list(self._requests):
-                del self._requests[request_id]
+            gone = [request_id for request_id, r in self._requests.items() if r.host == process.pid]
+            orphans = [self._requests.pop(request_id) for request_id in gone]
         for request in orphans:  # what the host ran can no longer be followed: ended, and failed
             if request.pid:
                 _kill_group(request.pid, signal.SIGKILL)
