@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: Seconds after a reply during which a request is sent without first asking the broker whether a scheduler
 #: consumes requests (one round trip fewer per request: a worker claims a task on a chain's critical path).
 SCHEDULER_SEEN_FOR = 2.0
+#: Seconds a reply may take before the broker is asked whether a scheduler still consumes requests (and then
+#: again every as many seconds): a scheduler that went away is told within about that, not after the timeout.
+SLOW_REPLY = 1.0
 
 
 class RpcClient:
@@ -78,15 +81,19 @@ class RpcClient:
             retry(lambda: self._send(request, correlation_id), what="the request connection is gone",
                   attempts=2, errors=(AMQPError,), backoff=Backoff(first=0.0), before_retry=self._reconnect,
                   level=logging.DEBUG)
-            deadline = time.monotonic() + self._timeout
+            now = time.monotonic()
+            deadline, next_check = now + self._timeout, now + SLOW_REPLY
             while correlation_id not in self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     self._check_scheduler()  # it went away since its last reply: say so
                     raise SchedulerUnavailable(
                         f"the scheduler did not answer within {self._timeout:.0f} s "
                         f"(broker {describe(self._url)}); is it running and healthy?")
-                self._connection.process_data_events(time_limit=min(left, 0.5))
+                if now >= next_check:  # a slow reply: is a scheduler still there?
+                    self._check_scheduler()
+                    next_check = now + SLOW_REPLY
+                self._connection.process_data_events(time_limit=min(deadline - now, next_check - now, 0.5))
         except AMQPError as e:
             raise BrokerUnavailable(f"lost the connection to RabbitMQ at {describe(self._url)}: {e!r}") from None
         self._answered_at = time.monotonic()

@@ -39,6 +39,9 @@ class Reporter:
         self._interval, self._stopping = interval, stopping
         self._changed = threading.Event()
         self._rpc: Optional[RpcClient] = None
+        #: one call at a time on the client (a pika connection is not thread-safe): the reporting thread's,
+        #: the worker's first report and its leaving
+        self._calling = threading.Lock()
 
     def changed(self) -> None:
         """Report soon. Safe to call from any thread."""
@@ -65,16 +68,19 @@ class Reporter:
     def leave(self, worker_id: str) -> None:
         """Tell the scheduler this worker stops (best effort: otherwise its reports just stop)."""
         self._call(WorkerLeaving(worker_id=worker_id))
-        if self._rpc is not None:
-            self._rpc.close()
+        with self._calling:
+            if self._rpc is not None:
+                self._rpc.close()
+                self._rpc = None
 
     def _call(self, request: Any) -> Optional[Any]:
         """The scheduler's answer, or ``None``; the next report is the next try (the client makes
         a new connection by itself when the broker dropped its own)."""
         try:
-            if self._rpc is None:
-                self._rpc = RpcClient(self._url)
-            return self._rpc.call(request)
+            with self._calling:
+                if self._rpc is None:
+                    self._rpc = RpcClient(self._url)
+                return self._rpc.call(request)
         except DstackError as e:
             log.warning("cannot report to the scheduler (%s); trying again later", e)
             return None
