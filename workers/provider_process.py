@@ -56,9 +56,13 @@ def runs_as_process(name: str, builtin: bool, from_repository: bool) -> bool:
 
 
 class _Request:
-    """One provider the host was asked to fork: its pid once forked, its exit once it ended."""
+    """One provider the host was asked to fork: its pid once forked, its exit once it ended.
 
-    def __init__(self) -> None:
+    It holds the worker's write end of the provider's FIFO (``holder``) until the provider has ended, so that
+    the reader sees the end of the output only then, not before the provider opened the FIFO.
+    """
+
+    def __init__(self, holder: int) -> None:
         self.forked = threading.Event()
         self.ended = threading.Event()
         self.pid = 0
@@ -66,11 +70,25 @@ class _Request:
         self.error = ""
         #: the pid of the host that was asked (a host that died fails its own requests only)
         self.host = 0
+        self._holder = holder
+        self._holder_lock = threading.Lock()
+
+    def end(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        self.release_output()
+        self.ended.set()
 
     def fail(self, error: str) -> None:
-        self.error, self.exit_code = error, 1
+        self.error = error
         self.forked.set()
-        self.ended.set()
+        self.end(1)
+
+    def release_output(self) -> None:
+        """Close the worker's write end of the FIFO (once)."""
+        with self._holder_lock:
+            if self._holder >= 0:
+                os.close(self._holder)
+                self._holder = -1
 
 
 class ProviderHost:
@@ -94,25 +112,22 @@ class ProviderHost:
         """
         output.unlink(missing_ok=True)  # left by an earlier start of the same task
         os.mkfifo(output)
-        # the worker reads the FIFO and also holds a write end, so that the end of the output is seen only once
-        # the provider has exited and the host said so, not before the provider opened it
+        # the worker reads the FIFO and also holds a write end until the provider has ended (see _Request)
         reader = os.open(output, os.O_RDONLY | os.O_NONBLOCK)
-        holder = os.open(output, os.O_WRONLY | os.O_NONBLOCK)
+        request = _Request(holder=os.open(output, os.O_WRONLY | os.O_NONBLOCK))
         fcntl.fcntl(reader, fcntl.F_SETFL, fcntl.fcntl(reader, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        request = _Request()
         try:
             environment = {**_BASE_ENV, "HOME": str(workdir), **env}
-            request_id = self._send({"name": name, "cwd": str(workdir), "env": environment, "output": str(output)},
-                                    request)
+            self._send({"name": name, "cwd": str(workdir), "env": environment, "output": str(output)}, request)
             if not request.forked.wait(_HOST_TIMEOUT):
                 raise RuntimeErrorInContainer(f"the provider host did not start provider {name} in time")
             if request.error:
                 raise RuntimeErrorInContainer(request.error)
         except BaseException:
             os.close(reader)
-            os.close(holder)
+            request.release_output()
             raise
-        return ProviderProcess(self, request_id, request, reader, holder, container_name, labels)
+        return ProviderProcess(request, reader, container_name, labels)
 
     def close(self) -> None:
         """End the host (its standard input closes); providers still running finish on their own."""
@@ -125,7 +140,7 @@ class ProviderHost:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def _send(self, message: dict[str, Any], request: _Request) -> str:
+    def _send(self, message: dict[str, Any], request: _Request) -> None:
         with self._lock:
             process = self._running()
             request_id = str(next(self._ids))
@@ -138,7 +153,6 @@ class ProviderHost:
             except OSError as e:
                 self._requests.pop(request_id, None)
                 raise RuntimeErrorInContainer(f"the provider host is gone: {e}") from None
-            return request_id
 
     def _running(self) -> subprocess.Popen[bytes]:
         """The host's process, started (and ready) if it was not running."""
@@ -176,8 +190,7 @@ class ProviderHost:
                 request.pid = int(answer["pid"])
                 request.forked.set()
             else:
-                request.exit_code = int(answer["exit"])
-                request.ended.set()
+                request.end(int(answer["exit"]))
         # the host is gone (a new one may have started already, with requests of its own)
         with self._lock:
             gone = [request_id for request_id, r in self._requests.items() if r.host == process.pid]
@@ -192,23 +205,9 @@ class ProviderHost:
 class ProviderProcess(Container):
     """A built-in provider forked by the host, behind the same interface as a container."""
 
-    def __init__(self, host: ProviderHost, request_id: str, request: _Request, reader: int, holder: int,
-                 name: str, labels: dict[str, str]) -> None:
-        self._host, self._id, self._request = host, request_id, request
-        self._reader, self._holder = reader, holder
-        self._closed = threading.Lock()
+    def __init__(self, request: _Request, reader: int, name: str, labels: dict[str, str]) -> None:
+        self._request, self._reader = request, reader
         self.name, self.labels = name, labels
-        threading.Thread(target=self._release_output_at_end, name=f"{name} end", daemon=True).start()
-
-    def _release_output_at_end(self) -> None:
-        self._request.ended.wait()
-        self._close_holder()
-
-    def _close_holder(self) -> None:
-        with self._closed:
-            if self._holder >= 0:
-                os.close(self._holder)
-                self._holder = -1
 
     def published_ports(self, ports: list[int]) -> list[int]:
         return list(ports)
@@ -235,7 +234,7 @@ class ProviderProcess(Container):
     def remove(self) -> None:
         self._signal(signal.SIGKILL)
         self._request.ended.wait(_HOST_TIMEOUT)
-        self._close_holder()
+        self._request.release_output()
         if self._reader >= 0:
             os.close(self._reader)
             self._reader = -1
