@@ -103,16 +103,17 @@ def _submit(rpc: RpcClient, request: SubmitRun) -> str:
     """Send ``request`` under a fresh run name, another one while the one drawn is taken; the name."""
     from dstack.names import new_run_name
 
+    def send_as(name: str) -> str:
+        request.run_name, request.submitted_at = name, time.time()  # a resend of it would carry both again
+        rpc.call(request)
+        return name
+
     for _ in range(NAME_DRAWS - 1):
-        request.run_name, request.submitted_at = new_run_name(), time.time()
         try:
-            rpc.call(request)
-            return request.run_name
+            return send_as(new_run_name())
         except RunNameTaken:
             continue
-    request.run_name, request.submitted_at = new_run_name(), time.time()
-    rpc.call(request)
-    return request.run_name
+    return send_as(new_run_name())  # the last draw: a taken name is the error
 
 
 def _plan(name: str, args: list[str], cwd: Path, project: Optional[Project]) -> tuple[Path, list[WorkflowSpec], bool]:
