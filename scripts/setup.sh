@@ -27,6 +27,10 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
 command -v git >/dev/null || missing+=(git)
+# a container registry (tests pull from one), htpasswd for its authentication, compose for deploy/
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
   || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
