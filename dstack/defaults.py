@@ -58,3 +58,16 @@ CONTAINER_WORKDIR = "/workflow"
 CONTAINER_DSTACK_DIR = "/dstack"
 #: The image built-in providers run in (they need Python 3.8 or newer); the default image of their jobs too.
 BUILTIN_PROVIDER_IMAGE = "python:3.11"
+
+#: When a worker pulls a task's image: ``if-not-present``, ``always`` or ``never``.
+PULL_POLICY = "if-not-present"
+#: Seconds a worker goes on retrying (with backoff) a registry it cannot reach before the job fails.
+PULL_RETRY_TIMEOUT = 120.0
+#: Seconds between two lines of a pull's progress in the job's log.
+PULL_PROGRESS_INTERVAL = 0.5
+#: Seconds an image a worker pulled may stay unused before the worker may remove it (7 days).
+IMAGE_MAX_AGE = 7 * 86400.0
+#: MiB that must stay free on the disk of Docker's images; below it a worker removes its unused images (20 GB).
+IMAGE_MIN_FREE_MIB = 20 * 1024
+#: Seconds between two checks of that disk's free space.
+IMAGE_CHECK_INTERVAL = 60.0

@@ -95,4 +95,24 @@ class RuntimeErrorInContainer(DstackError):
 
 
 class ImageNotFound(RuntimeErrorInContainer):
-    """The image a task asks for is not present on the worker."""
+    """The image a task asks for is not present on the worker, or its registry has no such image."""
+
+
+class PullFailed(RuntimeErrorInContainer):
+    """Pulling an image failed (its subclasses say why)."""
+
+
+class RegistryUnauthorized(PullFailed):
+    """The registry refused the credentials, or asked for some and got none."""
+
+
+class RegistryUnreachable(PullFailed):
+    """The registry could not be reached, for longer than the worker retries."""
+
+
+class DiskFull(PullFailed):
+    """The image does not fit on the worker's disk."""
+
+
+class ImageNotInRegistry(PullFailed, ImageNotFound):
+    """The registry has no such image (repository or tag)."""

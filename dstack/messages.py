@@ -180,6 +180,9 @@ class WorkflowSpec:
     cache: bool = False
     #: the arguments ``dstack run`` gave a custom provider (``self.provider_args`` in the SDK)
     provider_args: list[str] = field(default_factory=list)
+    #: what its jobs get unless they say otherwise: credentials for their images' registry, when to pull them
+    registry_auth: Optional[RegistryAuth] = None
+    pull_policy: Optional[str] = None
 
 
 @dataclass
@@ -190,6 +193,15 @@ class AppSpec:
     port_index: int = 0
     url_path: str = ""
     url_query_params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RegistryAuth:
+    """Credentials for the registry of a job's image. Either value may be ``${{ secrets.NAME }}``: the worker
+    puts the secret in at pull time, and that secret is then kept out of the job's environment."""
+
+    username: str
+    password: str
 
 
 @dataclass
@@ -209,6 +221,9 @@ class JobSpec:
     retry: Optional[RetryPolicy] = None
     max_duration_s: Optional[float] = None
     apps: list[AppSpec] = field(default_factory=list)
+    #: when the worker pulls the image: ``if-not-present``, ``always`` or ``never``; ``None``: the worker's policy
+    pull_policy: Optional[str] = None
+    registry_auth: Optional[RegistryAuth] = None
 
 
 @dataclass
@@ -293,6 +308,17 @@ class TaskStarted:
     worker_id: str
     endpoint: Endpoint
     provider_commit: Optional[str] = None
+
+
+@dataclass
+class TaskPulling:
+    """Worker -> scheduler: the worker took the task and pulls its image before it starts."""
+
+    run_name: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    image: str
 
 
 @dataclass
@@ -468,6 +494,8 @@ class WorkerReport:
     slots: int
     in_use: list[Allocation]
     started_at: float
+    #: bytes free on the disk of the worker's Docker images (``None``: the worker cannot see it)
+    disk_free: Optional[int] = None
 
 
 @dataclass
@@ -484,7 +512,7 @@ class GetWorkers:
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskFinished,
+    for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskPulling, TaskFinished,
                 SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags,
                 QueueOpened, WorkerReport, WorkerLeaving, GetWorkers, SetSecret, DeleteSecret, GetSecrets,
                 DeleteRuns, RecordUpload)

@@ -192,7 +192,8 @@ def plan_run(project: Project, target: str, overrides: Optional[dict[str, str]] 
             tagged=[TagRef(workflow=name, tag=tag) for name, _, tag in entries if tag],
             variables={k: v for k, v in variables.items()},
             retry=workflow.retry, max_duration_s=workflow.max_duration_s, runs=_runs_of(provider, data),
-            cache=workflow.cache, provider_args=[] if builtin else args))
+            cache=workflow.cache, provider_args=[] if builtin else args,
+            registry_auth=workflow.registry_auth, pull_policy=workflow.pull_policy))
     return specs
 
 

@@ -13,11 +13,12 @@ from typing import Any, Callable, Optional, Union
 from dstack import builtin_providers
 from dstack.errors import ConfigError
 from dstack.located_yaml import LocatedDict, check_against_schema, line_of, load_yaml
-from dstack.messages import ProviderRepo, ProviderSpec, RetryPolicy
+from dstack.messages import ProviderRepo, ProviderSpec, RegistryAuth, RetryPolicy
 from dstack.sdk.retry import Retry, parse_duration_s
 
 #: Keys of a workflow that dstack reads itself; every other key is the workflow's data.
-SYSTEM_KEYS = ("name", "provider", "help", "depends-on", "depends_on", "retry", "max_duration", "cache")
+SYSTEM_KEYS = ("name", "provider", "help", "depends-on", "depends_on", "retry", "max_duration", "cache",
+               "registry_auth", "pull_policy")
 #: The provider of a workflow written in the oldest format: ``image`` and ``commands``, no ``provider``.
 IMAGE_PROVIDER = "docker"
 #: A ``depends-on`` entry: ``WORKFLOW``, ``WORKFLOW:TAG`` or ``:TAG`` (every artifact of the tagged run, such as
@@ -40,6 +41,9 @@ class Workflow:
     max_duration_s: Optional[float] = None
     #: job caching: a job reuses the result of an earlier identical job (``cache: true``; docs/caching.md)
     cache: bool = False
+    #: credentials for the registry of its jobs' images, and when workers pull them (docs/images.md)
+    registry_auth: Optional[RegistryAuth] = None
+    pull_policy: Optional[str] = None
     #: the line of each key of the workflow
     lines: dict[str, int] = field(default_factory=dict)
     #: what the workflow is for (``help:``), shown by `dstack workflows` and `dstack run NAME --help`
@@ -161,7 +165,9 @@ def load_project(root: Path) -> Project:
             name=raw["name"], provider=_plain(raw.get("provider", IMAGE_PROVIDER)), data=data, line=raw.line,
             depends_on=depends_on, retry=RetryPolicy(retry.limit, retry.backoff_s) if retry else None,
             max_duration_s=max_duration_s, lines={str(k): v for k, v in raw.lines.items()},
-            help=raw.get("help"), image_only="provider" not in raw, cache=bool(raw.get("cache", False)))
+            help=raw.get("help"), image_only="provider" not in raw, cache=bool(raw.get("cache", False)),
+            registry_auth=RegistryAuth(**_plain(raw["registry_auth"])) if "registry_auth" in raw else None,
+            pull_policy=raw.get("pull_policy"))
     if "variables" in docs:
         sections = docs["variables"].get("variables", {})
         project.variables = _plain(sections)

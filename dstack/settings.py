@@ -32,7 +32,15 @@ ENV_VARS = {
     "DSTACK_ARTIFACT_SYNC_INTERVAL": "artifact_sync_interval",
     "DSTACK_CONTAINER_ENV": "container_env",
     "DSTACK_CONTAINER_MOUNTS": "container_mounts",
+    "DSTACK_PULL_POLICY": "pull_policy",
+    "DSTACK_REGISTRY_AUTH": "registry_auth",
+    "DSTACK_PULL_RETRY_TIMEOUT": "pull_retry_timeout",
+    "DSTACK_IMAGE_MAX_AGE": "image_max_age",
+    "DSTACK_IMAGE_MIN_FREE": "image_min_free_mib",
 }
+
+#: The pull policies of a worker (``DSTACK_PULL_POLICY``) and of a job (``pull_policy``).
+PULL_POLICIES = ("if-not-present", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,16 @@ class Settings:
         container_mounts: host folders a worker mounts into every container it starts
             (``DSTACK_CONTAINER_MOUNTS``, YAML such as ``[/srv/wheels:/wheels:ro, /data/cache:/cache]``),
             as ``(host path, container path, read_only)``.
+        pull_policy: when a worker pulls a task's image, for jobs that do not say: ``if-not-present``,
+            ``always`` or ``never`` (``DSTACK_PULL_POLICY``).
+        registry_auth: a worker's credentials per registry host, over those of its user's Docker
+            ``config.json`` (``DSTACK_REGISTRY_AUTH``, YAML such as
+            ``{registry.example.com: {username: ci, password: s3cret}}``), as ``{host: (username, password)}``.
+        pull_retry_timeout: seconds a worker retries a registry it cannot reach (``DSTACK_PULL_RETRY_TIMEOUT``).
+        image_max_age: seconds an image a worker pulled may stay unused before the worker may remove it
+            (``DSTACK_IMAGE_MAX_AGE``, e.g. ``7d``).
+        image_min_free_mib: below this many MiB free on the disk of Docker's images, a worker removes the
+            images it pulled that no job used for ``image_max_age`` (``DSTACK_IMAGE_MIN_FREE``, e.g. ``20GB``).
     """
 
     home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
@@ -81,6 +99,11 @@ class Settings:
     artifact_sync_interval: float = defaults.ARTIFACT_SYNC_INTERVAL
     container_env: dict[str, str] = field(default_factory=dict)
     container_mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    pull_policy: str = defaults.PULL_POLICY
+    registry_auth: dict[str, tuple[str, str]] = field(default_factory=dict)
+    pull_retry_timeout: float = defaults.PULL_RETRY_TIMEOUT
+    image_max_age: float = defaults.IMAGE_MAX_AGE
+    image_min_free_mib: int = defaults.IMAGE_MIN_FREE_MIB
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -94,6 +117,9 @@ class Settings:
         if self.network not in ("", "host", "bridge"):
             raise ConfigError(f"network must be 'host' or 'bridge', not {self.network!r}",
                               field="DSTACK_NETWORK")
+        if self.pull_policy not in PULL_POLICIES:
+            raise ConfigError(f"the pull policy must be one of {', '.join(PULL_POLICIES)}, not {self.pull_policy!r}",
+                              field="DSTACK_PULL_POLICY")
 
 
 def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: object) -> Settings:
@@ -120,9 +146,14 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, **overrides: obje
             raise ConfigError(f"worker slots must be a whole number of at least 1, not {raw!r}",
                               field="DSTACK_WORKER_SLOTS")
         values["worker_slots"] = slots
-    for name in ("heartbeat_interval", "worker_timeout", "drain_period", "artifact_sync_interval"):
+    for name in ("heartbeat_interval", "worker_timeout", "drain_period", "artifact_sync_interval",
+                 "pull_retry_timeout", "image_max_age"):
         if name in values:
             values[name] = _seconds(values[name], name)
+    if "image_min_free_mib" in values:
+        values["image_min_free_mib"] = _size_mib(values["image_min_free_mib"], "DSTACK_IMAGE_MIN_FREE")
+    if "registry_auth" in values:
+        values["registry_auth"] = registry_auth(values["registry_auth"])
     if isinstance(values.get("worker_resources"), str):
         values["worker_resources"] = yaml_mapping(str(values["worker_resources"]), "DSTACK_WORKER_RESOURCES")
     if "container_env" in values:
@@ -200,15 +231,48 @@ def yaml_mapping(text: str, field: str, example: str = "{cpu: 8, memory: 64GB, g
     return data
 
 
+def registry_auth(raw: object) -> dict[str, tuple[str, str]]:
+    """``DSTACK_REGISTRY_AUTH``: credentials per registry host (YAML text, or already read).
+
+    Raises:
+        ConfigError: not a mapping of hosts to ``{username, password}``.
+    """
+    example = "{registry.example.com: {username: ci, password: s3cret}}"
+    data = yaml_mapping(raw, "DSTACK_REGISTRY_AUTH", example) if isinstance(raw, str) else raw
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping such as '{example}'", field="DSTACK_REGISTRY_AUTH")
+    auth = {}
+    for host, entry in data.items():
+        if not (isinstance(entry, dict) and set(entry) == {"username", "password"}
+                and all(isinstance(v, (str, int)) for v in entry.values())):
+            raise ConfigError(f"registry {host!r}: expected {{username: ..., password: ...}}",
+                              field="DSTACK_REGISTRY_AUTH")
+        auth[str(host)] = (str(entry["username"]), str(entry["password"]))
+    return auth
+
+
 def _seconds(raw: object, name: str) -> float:
+    from dstack.sdk.retry import parse_duration_s
+
+    field = "DSTACK_" + name.upper()
     try:
-        seconds = float(raw)  # type: ignore[arg-type]
+        seconds = parse_duration_s(raw, field) if isinstance(raw, str) else float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         seconds = 0.0
-    if seconds <= 0:
-        raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds, not {raw!r}",
-                          field="DSTACK_" + name.upper())
+    if not seconds or seconds <= 0:
+        raise ConfigError(f"{name.replace('_', ' ')} must be a positive number of seconds (or 30s, 5m, 2h, 7d), "
+                          f"not {raw!r}", field=field)
     return seconds
+
+
+def _size_mib(raw: object, field: str) -> int:
+    from dstack.sdk.resources import parse_size_mib
+
+    try:
+        mib = parse_size_mib(raw if isinstance(raw, (str, int, float)) else str(raw), field)
+    except ValueError as e:
+        raise ConfigError(str(e), field=field) from None
+    return mib or 0
 
 
 def _read_config_file(path: Path) -> dict[str, object]:

@@ -21,6 +21,7 @@ class Status(str, enum.Enum):
 
     SUBMITTED = "submitted"  #: recorded; waiting for what it depends on
     QUEUED = "queued"        #: on a task queue, waiting for a worker
+    PULLING = "pulling"      #: a worker took it and pulls its image
     RUNNING = "running"
     RETRYING = "retrying"    #: failed, and runs again once its backoff has passed
     DONE = "done"
@@ -34,6 +35,8 @@ class Status(str, enum.Enum):
 
 #: The statuses a run or task never leaves by itself (only a restart moves it on).
 FINISHED = frozenset({Status.DONE, Status.FAILED, Status.STOPPED})
+#: The statuses of a task a worker is at work on (pulling its image, or running its container).
+ACTIVE = frozenset({Status.PULLING, Status.RUNNING})
 
 _S = Status
 
@@ -44,7 +47,8 @@ _S = Status
 #: Finished -> ``submitted``: the run was restarted (a done master with it, for its followers).
 TASK_MOVES: Mapping[Status, frozenset[Status]] = {
     _S.SUBMITTED: frozenset({_S.QUEUED, _S.DONE, _S.FAILED, _S.STOPPED}),
-    _S.QUEUED: frozenset({_S.RUNNING, _S.DONE, _S.FAILED, _S.STOPPED, _S.RETRYING}),
+    _S.QUEUED: frozenset({_S.PULLING, _S.RUNNING, _S.DONE, _S.FAILED, _S.STOPPED, _S.RETRYING}),
+    _S.PULLING: frozenset({_S.RUNNING, _S.DONE, _S.FAILED, _S.STOPPED, _S.RETRYING}),
     _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.STOPPED, _S.RETRYING}),
     _S.RETRYING: frozenset({_S.SUBMITTED, _S.FAILED, _S.STOPPED}),
     _S.DONE: frozenset({_S.SUBMITTED}),

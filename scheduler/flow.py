@@ -28,7 +28,7 @@ from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, TASK_ACTOR, env_name
 from dstack.names import job_id as make_job_id
 from dstack.scheduler.model import JobState, Kind, RunRecord, Status, TaskRecord
 from dstack.scheduler.store import StateStore
-from dstack.states import IllegalTransition, check_run_move, check_task_move
+from dstack.states import ACTIVE, IllegalTransition, check_run_move, check_task_move
 
 #: The longest wait before a retry, in seconds, however often the backoff has doubled.
 MAX_BACKOFF_S = 600.0
@@ -80,7 +80,7 @@ class TaskFlow:
         task.status = status
         self.store.save_task(task)
         unfinished = int(not status.finished) - int(not before.finished)
-        running = int(status is Status.RUNNING) - int(before is Status.RUNNING)
+        running = int(status in ACTIVE) - int(before in ACTIVE)
         if unfinished or running:
             self.store.adjust_run_counters(task.run_name, unfinished=unfinished, running=running)
         if before is Status.QUEUED and (status is not Status.QUEUED or queue != task.queue):
@@ -237,6 +237,8 @@ class TaskFlow:
                 job.retry = defaults.retry
             if job.max_duration_s is None:
                 job.max_duration_s = defaults.max_duration_s
+            job.registry_auth = job.registry_auth or defaults.registry_auth
+            job.pull_policy = job.pull_policy or defaults.pull_policy
             records.append(TaskRecord(
                 run_name=provider.run_name, task_id=job.job_id, kind=Kind.JOB, workflow=provider.workflow,
                 status=Status.SUBMITTED, spec=JobState(job=job, inputs=list(provider.provider_state.inputs) + [

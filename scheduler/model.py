@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 from urllib.parse import urlencode
 
-from dstack.messages import ArtifactRef, JobSpec, ProviderRepo, ProviderSpec, RetryPolicy, TagRef
+from dstack.messages import ArtifactRef, JobSpec, ProviderRepo, ProviderSpec, RegistryAuth, RetryPolicy, TagRef
 from dstack.names import DEFAULT_TASK_QUEUE
 from dstack.states import Status
 from dstack.views import AppView, JobView, RunView, WorkflowView
@@ -81,6 +81,8 @@ class WorkflowState:
     provider_commit: Optional[str] = None
     #: job caching for its jobs (``cache:``, ``dstack run --cache/--no-cache``)
     cache: bool = False
+    registry_auth: Optional[RegistryAuth] = None
+    pull_policy: Optional[str] = None
     #: local data stored by ``dstack artifacts upload``: recorded done, nothing ran
     uploaded: bool = False
 

@@ -34,6 +34,7 @@ from dstack.messages import (
     SubmitRun,
     TagRun,
     TaskFinished,
+    TaskPulling,
     TaskStarted,
     UntagRun,
     WorkerLeaving,
@@ -46,6 +47,7 @@ from dstack.scheduler import inputs
 from dstack.scheduler.flow import TaskFlow
 from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
 from dstack.scheduler.store import StateStore
+from dstack.states import ACTIVE
 from dstack.views import (
     Acknowledged,
     ClaimAnswer,
@@ -113,7 +115,7 @@ class Scheduler:
 
     def handle_event(self, event: Any) -> None:
         """Apply an event from a worker."""
-        handlers: dict[type, Callable[[Any], None]] = {TaskStarted: self.task_started,
+        handlers: dict[type, Callable[[Any], None]] = {TaskStarted: self.task_started, TaskPulling: self.task_pulling,
                                                        TaskFinished: self.task_finished}
         handler = handlers.get(type(event))
         if handler is None:
@@ -191,7 +193,8 @@ class Scheduler:
                 status=Status.SUBMITTED, submitted_at=now, depends_on=[provider.task_id], deps_left=1,
                 spec=WorkflowState(depends_on=spec.depends_on, tagged=spec.tagged, tag_inputs=tag_inputs[spec.name],
                                    run_inputs=run_inputs[spec.name], variables=spec.variables, retry=spec.retry,
-                                   max_duration_s=spec.max_duration_s, cache=spec.cache))
+                                   max_duration_s=spec.max_duration_s, cache=spec.cache,
+                                   registry_auth=spec.registry_auth, pull_policy=spec.pull_policy))
             self._flow.create(workflow)
             self._flow.create(provider)
             records.append(provider)
@@ -319,8 +322,8 @@ class Scheduler:
             return ClaimAnswer(granted=False, reason="no such task (attempt)")
         if task.worker_id not in (None, request.worker_id):
             return ClaimAnswer(granted=False, reason=f"claimed by worker {task.worker_id}")
-        if task.status not in (Status.QUEUED, Status.RUNNING) or (
-                task.status is Status.RUNNING and task.worker_id != request.worker_id):
+        if task.status not in (Status.QUEUED, *ACTIVE) or (
+                task.status in ACTIVE and task.worker_id != request.worker_id):
             return ClaimAnswer(granted=False, reason=f"the task is {task.status.value}")
         task.worker_id = request.worker_id
         self._flow.save(task)
@@ -504,6 +507,17 @@ class Scheduler:
         return DeletedRuns(run_names=names, tags=tags)
 
     # ------------------------------------------------------------------ events
+
+    def task_pulling(self, event: TaskPulling) -> None:
+        """A worker pulls the task's image before it starts it: the task is ``pulling`` (and its run running)."""
+        task = self._store.get_task(event.run_name, event.task_id)
+        if task is None or task.attempt != event.attempt or task.status is not Status.QUEUED:
+            return
+        task.worker_id = event.worker_id
+        self._flow.move(task, Status.PULLING)
+        run = self._store.get_run(task.run_name)
+        assert run is not None
+        self._flow.update_run(run)
 
     def task_started(self, event: TaskStarted) -> None:
         task = self._store.get_task(event.run_name, event.task_id)

@@ -394,8 +394,8 @@ class SqliteStateStore(StateStore):
         return [(json.loads(row[0]), row[1]) for row in rows]
 
     def tasks_held_by(self, worker_id: str) -> list[TaskRecord]:
-        rows = self._db.execute("SELECT * FROM tasks WHERE worker_id = ? AND status IN (?, ?)",
-                                (worker_id, Status.QUEUED.value, Status.RUNNING.value))
+        rows = self._db.execute("SELECT * FROM tasks WHERE worker_id = ? AND status IN (?, ?, ?)",
+                                (worker_id, Status.QUEUED.value, Status.PULLING.value, Status.RUNNING.value))
         return [_task(row) for row in rows]
 
     # ------------------------------------------------------------------ secrets

@@ -28,6 +28,10 @@ class Job:
         max_duration: how long the job may run, e.g. ``"2h"``; it is stopped and fails past it
             (default: as its workflow's ``max_duration`` says, else no limit).
         apps: web applications the job serves on its ports; ``dstack status`` shows their URLs.
+        registry_auth: ``{"username": ..., "password": ...}`` for the registry of ``image``; a value may be
+            ``${{ secrets.NAME }}`` (default: as its workflow's ``registry_auth`` says, else the worker's own).
+        pull_policy: when the worker pulls ``image``: ``if-not-present``, ``always`` or ``never`` (default: as
+            its workflow's ``pull_policy`` says, else the worker's policy).
         image_name: early dstack's name of ``image`` (give one of the two).
         port_count: early dstack's way to ask for ports: ``port_count=2`` is ``ports=[0, 0]``, two
             free ports. Beside ``ports`` it must equal their number.
@@ -40,7 +44,8 @@ class Job:
                  depends_on: Optional[List[Job]] = None, master: Optional[Job] = None,
                  environment: Optional[Dict[str, str]] = None, retry: Optional[Retry] = None,
                  max_duration: Union[str, int, float, None] = None, apps: Optional[List[App]] = None,
-                 image_name: Optional[str] = None, port_count: Optional[int] = None) -> None:
+                 image_name: Optional[str] = None, port_count: Optional[int] = None,
+                 registry_auth: Optional[Dict[str, str]] = None, pull_policy: Optional[str] = None) -> None:
         image = _one_image(image, image_name)
         if not isinstance(image, str) or not image:
             raise ValueError("Job(image=...) must be a non-empty image name")
@@ -59,6 +64,10 @@ class Job:
             raise ValueError("Job(retry=...) must be a dstack.Retry")
         self.retry = retry
         self.max_duration_s = parse_duration_s(max_duration, "Job(max_duration=...)")
+        self.registry_auth = _registry_auth(registry_auth)
+        if pull_policy not in (None, "if-not-present", "always", "never"):
+            raise ValueError(f"Job(pull_policy=...) must be if-not-present, always or never, not {pull_policy!r}")
+        self.pull_policy = pull_policy
         self.apps = list(apps or [])
         for app in self.apps:
             if not isinstance(app, App):
@@ -69,6 +78,15 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job(image={self.image!r}, commands={self.commands!r})"
+
+
+def _registry_auth(auth: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
+    if auth is None:
+        return None
+    if not isinstance(auth, dict) or set(auth) != {"username", "password"} or not all(
+            isinstance(v, str) and v for v in auth.values()):
+        raise ValueError("Job(registry_auth=...) must be {'username': ..., 'password': ...}")
+    return dict(auth)
 
 
 def _one_image(image: Optional[str], image_name: Optional[str]) -> Optional[str]:
@@ -133,4 +151,6 @@ def jobs_to_dicts(jobs: List[Job]) -> List[Dict[str, Any]]:
         "retry": job.retry.to_dict() if job.retry else None,
         "max_duration_s": job.max_duration_s,
         "apps": [app.to_dict() for app in job.apps],
+        "registry_auth": job.registry_auth,
+        "pull_policy": job.pull_policy,
     } for i, job in enumerate(jobs)]

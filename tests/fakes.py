@@ -11,10 +11,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.errors import ImageNotFound
+from dstack.errors import ImageNotFound, ImageNotInRegistry
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
 #: Exit code of a container stopped by SIGTERM (128 + 15).
@@ -85,10 +85,23 @@ class FakeRuntime(ContainerRuntime):
         #: image ids by image name (:meth:`image_id`), and images the machine does not have
         self.image_ids: dict[str, str] = {}
         self.missing_images: set[str] = set()
+        #: what a pull of each image yields (Docker's progress events); an image not here is not in any registry
+        self.registry: dict[str, list[dict[str, Any]]] = {}
+        #: the error a pull of an image raises (before any event)
+        self.pull_errors: dict[str, Exception] = {}
+        #: every pull, with its credentials; every image removed
+        self.pulls: list[tuple[str, Optional[tuple[str, str]]]] = []
+        self.removed_images: list[str] = []
+        #: bytes free on the images' disk (``None``: unknown)
+        self.free: Optional[int] = None
+        #: called with each event before it is yielded (to hold a pull in flight)
+        self.on_pull_event: Optional[Callable[[dict[str, Any]], None]] = None
 
     def start(self, spec: ContainerSpec) -> Container:
         if spec.name in self.started:  # started before: the same container
             return self.started[spec.name]
+        if spec.image in self.missing_images:
+            raise ImageNotFound(f"image '{spec.image}' is not present on this worker")
         script = self.scripts.get(spec.env.get("JOB_ID", ""), Script())
         container = FakeContainer(spec, script)
         self.started[spec.name] = container
@@ -105,6 +118,26 @@ class FakeRuntime(ContainerRuntime):
         if image in self.missing_images:
             raise ImageNotFound(f"image '{image}' is not present on this worker")
         return self.image_ids.get(image, f"sha256:{image}")
+
+    def pull(self, image: str, auth: Optional[tuple[str, str]] = None) -> Iterator[dict[str, Any]]:
+        self.pulls.append((image, auth))
+        if image in self.pull_errors:
+            raise self.pull_errors[image]
+        if image not in self.registry:
+            raise ImageNotInRegistry(f"image '{image}' not found in its registry")
+        for event in self.registry[image]:
+            if self.on_pull_event is not None:
+                self.on_pull_event(event)
+            yield event
+        self.missing_images.discard(image)
+
+    def remove_image(self, image: str) -> bool:
+        self.removed_images.append(image)
+        self.missing_images.add(image)
+        return True
+
+    def disk_free(self) -> Optional[int]:
+        return self.free
 
 
 def mounted(spec: ContainerSpec, inside: str) -> Path:

@@ -124,10 +124,11 @@ class Cluster:
         return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.root.glob("*.log"))
 
     def dstack(self, *args: str, cwd: Optional[Path] = None, timeout: float = 180,
-               env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
-        """Run the CLI as a user would; returns the completed process (text output)."""
+               env: Optional[dict[str, str]] = None, input: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Run the CLI as a user would, ``input`` on its standard input; returns the completed process (text
+        output)."""
         return subprocess.run([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd, capture_output=True,
-                              text=True, timeout=timeout, env={**self.env, **(env or {})})
+                              text=True, timeout=timeout, env={**self.env, **(env or {})}, input=input)
 
     def start_reporting_worker(self, worker_id: str, resources: str = "", slots: int = 4, **extra_env: str) -> None:
         """Start a worker offering ``resources`` (YAML, empty: what the machine has) and wait for

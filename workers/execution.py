@@ -15,15 +15,16 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import re
 import shutil
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from dstack import defaults
-from dstack.errors import DstackError, MessageError
+from dstack.errors import DstackError, ImageNotFound, MessageError, PullFailed
 from dstack.jobgraph import check_job_graph
 from dstack.logs import LogWriter
 from dstack.messages import (
@@ -33,8 +34,10 @@ from dstack.messages import (
     JobTask,
     ProviderSpec,
     ProviderTask,
+    RegistryAuth,
     Resources,
     TaskFinished,
+    TaskPulling,
     TaskStarted,
     decode,
     encode,
@@ -47,12 +50,14 @@ from dstack.storage import Storage
 from dstack.workers.artifact_sync import ArtifactSyncer
 from dstack.workers.artifacts import fetch_inputs
 from dstack.workers.cache import JobCache, Lookup
+from dstack.workers.images import ImagePuller, UsageRecord, image_missing_under_never
 from dstack.workers.ports import PortPool
 from dstack.workers.provider_process import ProviderHost, runs_as_process
 from dstack.workers.provider_repos import ProviderRepos
 from dstack.workers.runtime import Container, ContainerRuntime, ContainerSpec, ExitInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The file in a task's folder that holds the task, written before its delivery is acknowledged.
 TASK_FILE = "task.msgpack"
@@ -60,6 +65,8 @@ TASK_FILE = "task.msgpack"
 TAIL_LINES = 10
 #: Exit code of a container killed by SIGKILL (128 + 9).
 SIGKILL_EXIT = 137
+#: ``${{ secrets.NAME }}`` in a job's ``registry_auth``
+_SECRET = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 @dataclass
@@ -85,10 +92,16 @@ class WorkerContext:
     artifact_sync_interval: float = defaults.ARTIFACT_SYNC_INTERVAL
     #: what runs the built-in providers (``workers/provider_process.py``); made from the bundle when not given
     provider_host: Optional[ProviderHost] = None
+    #: when images are pulled for tasks that do not say (``DSTACK_PULL_POLICY``)
+    pull_policy: str = defaults.PULL_POLICY
+    #: what pulls the tasks' images; made when not given
+    images: Optional[ImagePuller] = None
 
     def __post_init__(self) -> None:
         if self.provider_host is None:
             self.provider_host = ProviderHost(self.sdk_bundle, self.home / "provider-pycache")
+        if self.images is None:
+            self.images = ImagePuller(self.runtime, UsageRecord(self.home / "images.json"))
 
 
 @dataclass
@@ -109,6 +122,8 @@ class Execution(abc.ABC):
     #: called once the task's end is reported, before its container is removed and its folder deleted
     #: (the worker frees its slot then: what is left to do uses none of what the task held)
     on_reported: Optional[Callable[[], None]] = field(default=None, repr=False, compare=False)
+    #: whether this task pulled its image (it is pulled once, whatever the policy)
+    pulled: bool = False
 
     @staticmethod
     def for_task(task: Any, context: WorkerContext) -> Execution:
@@ -144,6 +159,15 @@ class Execution(abc.ABC):
     def max_duration_s(self) -> Optional[float]:
         """How long the task may run; ``None``: no limit."""
         return None
+
+    @property
+    def image(self) -> Optional[str]:
+        """The image the task's container runs (``None``: none known before it starts)."""
+        return None
+
+    @property
+    def pull_policy(self) -> str:
+        return self.context.pull_policy
 
     # -------------------------------------------------------------- save, load
 
@@ -192,7 +216,54 @@ class Execution(abc.ABC):
         """Start the task's container (or find the one started before); the commit of its provider's
         repository when it comes from another one."""
         spec, commit = self._container_spec()
-        return self.context.runtime.start(spec), commit
+        return self._with_image(spec.image, lambda: self.context.runtime.start(spec)), commit
+
+    def _with_image(self, image: str, action: Callable[[], T]) -> T:
+        """``action()``, which needs ``image``, with the image pulled first under the ``always`` policy, or when
+        ``action`` finds it missing under ``if-not-present`` (nothing is asked of Docker before: a present
+        image costs no call).
+
+        Raises:
+            ImageNotFound: the image is missing and the policy is ``never``.
+            PullFailed: the pull failed (the registry has no such image, refused, cannot be reached...).
+            PullCancelled: the task was stopped while it waited for its image.
+        """
+        policy = self.pull_policy
+        if policy == "always" and not self.pulled:
+            self._pull(image)
+        try:
+            result = action()
+        except ImageNotFound:
+            if policy == "never":
+                raise image_missing_under_never(image) from None
+            if self.pulled:
+                raise
+            self._pull(image)
+            result = action()
+        assert self.context.images is not None
+        self.context.images.record.used(image)
+        return result
+
+    def _pull(self, image: str) -> None:
+        """Pull ``image`` (or wait for its pull by another task), the task ``pulling`` meanwhile and the pull's
+        progress in its log."""
+        assert self.context.images is not None
+        self.context.send_event(TaskPulling(run_name=self.task.run_name, task_id=self.task.task_id,
+                                            attempt=self.task.attempt, worker_id=self.context.worker_id, image=image))
+        writer = self._log_writer()
+        try:
+            self.context.images.pull(image, self._registry_auth(), lambda line: writer.add_lines([f"dstack: {line}"]),
+                                     cancelled=lambda: self.stop_requested, on_wait=writer.flush_if_due)
+            self.pulled = True
+        finally:
+            try:
+                writer.close()
+            except DstackError as e:
+                log.warning("task %s: the lines of its pull are not stored: %s", self.key, e)
+
+    def _registry_auth(self) -> Optional[tuple[str, str]]:
+        """The credentials the task brings for its image's registry (``None``: the worker's own)."""
+        return None
 
     @abc.abstractmethod
     def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
@@ -293,17 +364,17 @@ class Execution(abc.ABC):
             writer.close()
         return finished
 
-    def abandon(self, reason: str) -> None:
-        """Report the task failed for ``reason`` (it did not start, or its end was not seen),
+    def abandon(self, reason: str, status: Status = Status.FAILED) -> None:
+        """Report the task failed (or ``status``) for ``reason`` (it did not start, or its end was not seen),
         remove its container if there is one, and clean up."""
         writer = self._log_writer()
-        writer.add_lines([f"dstack: {self.task.task_id} failed: {reason}"])
+        writer.add_lines([f"dstack: {self.task.task_id} {status.value}: {reason}"])
         try:
             writer.close()
         except DstackError as e:  # storage is out: the end is reported all the same
             log.warning("task %s: its failure is not in its logs: %s", self.key, e)
         self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
-                                             attempt=self.task.attempt, status=Status.FAILED, reason=reason))
+                                             attempt=self.task.attempt, status=status, reason=reason))
         self._reported()
         if self.container is not None:
             self.container.remove()
@@ -402,6 +473,13 @@ class ProviderExecution(Execution):
         """The folder the provider reads the workflow from and writes its result to."""
         return self.folder / "io"
 
+    @property
+    def image(self) -> Optional[str]:
+        provider = self.task.provider
+        if provider is None or runs_as_process(provider.name, provider.builtin, self.task.provider_repo is not None):
+            return None
+        return provider.image
+
     def _launch(self) -> tuple[Container, Optional[str]]:
         """A built-in provider runs as a process of the worker (``workers/provider_process.py``); any other
         in a container."""
@@ -498,6 +576,34 @@ class JobExecution(Execution):
     def needs(self) -> Resources:
         return self.task.job.resources
 
+    @property
+    def image(self) -> Optional[str]:
+        return self.task.job.image
+
+    @property
+    def pull_policy(self) -> str:
+        return self.task.job.pull_policy or self.context.pull_policy
+
+    def _registry_auth(self) -> Optional[tuple[str, str]]:
+        """The job's ``registry_auth``, its ``${{ secrets.NAME }}`` replaced by the secrets' values.
+
+        Raises:
+            DstackError: it names a secret that is not set.
+        """
+        auth = self.task.job.registry_auth
+        if auth is None:
+            return None
+
+        def value(text: str, what: str) -> str:
+            def secret(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name not in self.task.secrets:
+                    raise DstackError(f"registry_auth.{what} names the secret {name}, which is not set; set it with "
+                                      f"`dstack secrets set {name}`")
+                return self.task.secrets[name]
+            return _SECRET.sub(secret, text)
+        return value(auth.username, "username"), value(auth.password, "password")
+
     def reuse(self) -> bool:
         """With job caching, report the job done with the artifacts and logs of an earlier identical job
         when the cache has one (see :mod:`dstack.workers.cache`); else keep its key, to store its result
@@ -505,8 +611,11 @@ class JobExecution(Execution):
         job's start says what is wrong."""
         if not self.task.cache or self.stop_requested or self.workdir.exists():
             return False
+        cache = JobCache(self.context.storage, self.context.runtime, self.context.announce)
         try:
-            self.cache = JobCache(self.context.storage, self.context.runtime, self.context.announce).reuse(self.task)
+            self.cache = self._with_image(self.task.job.image, lambda: cache.reuse(self.task))
+        except PullFailed:
+            raise  # the job cannot run either
         except DstackError as e:
             log.warning("job %s: no cache lookup (%s); running it", self.key, e)
             return False
@@ -531,7 +640,8 @@ class JobExecution(Execution):
         return self.task.job.max_duration_s
 
     def _hidden(self) -> Iterable[str]:
-        return self.task.secrets.values()
+        auth = self.task.job.registry_auth
+        return [*self.task.secrets.values(), *([auth.password] if auth else [])]
 
     def _container_spec(self) -> tuple[ContainerSpec, Optional[str]]:
         task = self.task
@@ -551,7 +661,7 @@ class JobExecution(Execution):
             env.update(_ports_env("MASTER_JOB_PORT_", task.master.ports))
         if job.master:
             env["MASTER_JOB_ID"] = job.master
-        env.update(task.secrets)
+        env.update({name: value for name, value in task.secrets.items() if name not in _secrets_in(job.registry_auth)})
         env.update(job.env)
         gpu_ids = self.allocation.gpu_ids if self.allocation else []
         if gpu_ids or self.context.has_gpus:  # "void": the NVIDIA runtime shows the job no GPU
@@ -604,6 +714,11 @@ class JobExecution(Execution):
 
     def _artifacts_size(self) -> Optional[int]:
         return self.syncer.stored_bytes if self.syncer is not None else None
+
+
+def _secrets_in(auth: Optional[RegistryAuth]) -> set[str]:
+    """The secrets a ``registry_auth`` names: they serve the pull only, and stay out of the job's environment."""
+    return set(_SECRET.findall(f"{auth.username} {auth.password}")) if auth else set()
 
 
 def _ports_env(prefix: str, ports: list[int]) -> dict[str, str]:

@@ -4,17 +4,28 @@ from __future__ import annotations
 import abc
 import logging
 import shlex
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import docker
+import docker.auth
 import docker.errors
 import docker.models.containers
 import docker.types
+import docker.utils
 import requests
 
-from dstack.errors import ImageNotFound, RuntimeErrorInContainer
+from dstack.errors import (
+    DiskFull,
+    ImageNotFound,
+    ImageNotInRegistry,
+    PullFailed,
+    RegistryUnauthorized,
+    RegistryUnreachable,
+    RuntimeErrorInContainer,
+)
 from dstack.names import CONTAINER_LABEL
 
 log = logging.getLogger(__name__)
@@ -97,6 +108,25 @@ class ContainerRuntime(abc.ABC):
             ImageNotFound: the image is not on this machine.
         """
 
+    @abc.abstractmethod
+    def pull(self, image: str, auth: Optional[tuple[str, str]] = None) -> Iterator[dict[str, Any]]:
+        """Pull ``image`` from its registry with ``auth`` (``(username, password)``; ``None``: the machine's own
+        credentials), yielding the registry's progress events (Docker's: ``{"id": LAYER, "status": ...,
+        "progressDetail": {"current": BYTES, "total": BYTES}}``) until it is present.
+
+        Raises:
+            ImageNotFound: the registry has no such image.
+            RegistryUnauthorized, RegistryUnreachable, DiskFull, PullFailed: the pull failed, for that reason.
+        """
+
+    @abc.abstractmethod
+    def remove_image(self, image: str) -> bool:
+        """Remove ``image`` (a name or an id) from this machine unless a container uses it; returns whether it did."""
+
+    @abc.abstractmethod
+    def disk_free(self) -> Optional[int]:
+        """Bytes free on the disk that holds the images (``None``: this process cannot see that disk)."""
+
 
 #: The container's main process: runs the task's script (``$1``) and stops it (SIGTERM to every
 #: process of the container) when the container is stopped, or when its standard input ends. The
@@ -168,16 +198,19 @@ class DockerContainer(Container):
 class DockerRuntime(ContainerRuntime):
     """Containers on the local Docker engine (``DOCKER_HOST`` or the default socket).
 
-    Images are never pulled: a worker runs the images its machine has.
-
     Args:
         network: ``host`` or ``bridge``; empty picks bridge when the engine has one.
         gpu_devices: whether the machine's GPUs are real devices, given to containers through
             the NVIDIA container runtime (else a container's GPUs are named in its environment only).
+        registry_auth: credentials per registry host, used for pulls that bring none of their own, over
+            those of the Docker ``config.json`` of this process's user (``DOCKER_CONFIG``), which the
+            docker SDK reads.
     """
 
-    def __init__(self, network: str = "", gpu_devices: bool = False) -> None:
+    def __init__(self, network: str = "", gpu_devices: bool = False,
+                 registry_auth: Optional[dict[str, tuple[str, str]]] = None) -> None:
         self.gpu_devices = gpu_devices
+        self._registry_auth = dict(registry_auth or {})
         try:
             self._client = docker.from_env(timeout=120)
             self._client.ping()
@@ -187,7 +220,9 @@ class DockerRuntime(ContainerRuntime):
             names = {n.name for n in self._client.networks.list()}
             network = "bridge" if "bridge" in names else "host"
         self.network = network
-        self._engine_cpus = float(self._client.info().get("NCPU") or 1)
+        info = self._client.info()
+        self._engine_cpus = float(info.get("NCPU") or 1)
+        self._data_root = str(info.get("DockerRootDir") or "")
 
     def start(self, spec: ContainerSpec) -> Container:
         script = spec.script or self._image_command(spec.image)
@@ -263,6 +298,65 @@ class DockerRuntime(ContainerRuntime):
             raise _image_missing(image) from None
         except docker.errors.APIError as e:
             raise RuntimeErrorInContainer(f"Docker could not inspect image '{image}': {e.explanation or e}") from None
+
+
+    def pull(self, image: str, auth: Optional[tuple[str, str]] = None) -> Iterator[dict[str, Any]]:
+        repository, tag = docker.utils.parse_repository_tag(image)
+        if auth is None:
+            registry, _ = docker.auth.resolve_repository_name(repository)
+            auth = self._registry_auth.get(registry)
+        auth_config = {"username": auth[0], "password": auth[1]} if auth else None
+        try:
+            for event in self._client.api.pull(repository, tag=tag or "latest", stream=True, decode=True,
+                                               auth_config=auth_config):
+                if "error" in event:
+                    raise pull_failure(image, str(event.get("error")), auth is not None)
+                yield event
+        except docker.errors.APIError as e:
+            raise pull_failure(image, str(e.explanation or e), auth is not None) from None
+        except requests.exceptions.RequestException as e:
+            raise RuntimeErrorInContainer(f"the Docker engine went away while pulling '{image}': {e}") from None
+
+    def remove_image(self, image: str) -> bool:
+        """The name ``image`` is removed; the image's layers go with its last name."""
+        try:
+            self._client.images.remove(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return True
+        except docker.errors.APIError as e:
+            log.info("image %s stays: %s", image, e.explanation or e)
+            return False
+
+    def disk_free(self) -> Optional[int]:
+        try:
+            return shutil.disk_usage(self._data_root).free if self._data_root else None
+        except OSError:  # a worker in a container without Docker's data root mounted
+            return None
+
+
+#: What Docker says when a registry cannot be reached (or is overloaded): worth trying again.
+_UNREACHABLE = ("dial tcp", "connection refused", "no such host", "i/o timeout", "tls handshake timeout",
+                "connection reset", "server misbehaving", "client.timeout", "toomanyrequests", "503 service",
+                "502 bad gateway", "504 gateway", "unexpected eof", "network is unreachable")
+_UNAUTHORIZED = ("unauthorized", "no basic auth credentials", "authentication required", "401")
+_NOT_FOUND = ("manifest unknown", "not found", "repository does not exist", "name unknown")
+
+
+def pull_failure(image: str, message: str, with_credentials: bool) -> PullFailed:
+    """The error of a failed pull, typed by what Docker's ``message`` says went wrong."""
+    text = message.lower()
+    if "no space left on device" in text:
+        return DiskFull(f"disk full: no room for image '{image}' on this worker ({message})")
+    if any(marker in text for marker in _UNREACHABLE):
+        return RegistryUnreachable(f"registry unreachable for image '{image}': {message}")
+    if any(marker in text for marker in _UNAUTHORIZED):
+        given = "refused the credentials given" if with_credentials else "wants credentials and got none"
+        return RegistryUnauthorized(f"unauthorized: the registry of image '{image}' {given} ({message}); set "
+                                    "the workflow's registry_auth or the worker's credentials")
+    if "pull access denied" in text or any(marker in text for marker in _NOT_FOUND):
+        return ImageNotInRegistry(f"image '{image}' not found in its registry (check its name and tag): {message}")
+    return PullFailed(f"pulling image '{image}' failed: {message}")
 
 
 def _image_missing(image: str) -> ImageNotFound:

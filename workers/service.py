@@ -28,11 +28,13 @@ from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, WORKER_LABEL, worker
 from dstack.placement import describe_inventory
 from dstack.rpc import RpcClient
 from dstack.settings import Settings
+from dstack.states import Status
 from dstack.storage import Storage, open_storage
 from dstack.views import ClaimAnswer, ReportAnswer
 from dstack.workers.capacity import Capacity
 from dstack.workers.events import EventSender
 from dstack.workers.execution import TASK_FILE, Execution, WorkerContext
+from dstack.workers.images import ImageJanitor, ImagePuller, PullCancelled, UsageRecord
 from dstack.workers.intake import TaskIntake
 from dstack.workers.inventory import worker_inventory
 from dstack.workers.ports import PortPool
@@ -67,6 +69,9 @@ class Worker:
         self.runtime = runtime
         self.publisher = Publisher(settings.broker_url)
         self.events = EventSender(self.broker)
+        self.images = ImagePuller(runtime, UsageRecord(self.home / "images.json"), settings.pull_retry_timeout)
+        self._janitor = ImageJanitor(runtime, self.images, settings.image_min_free_mib, settings.image_max_age,
+                                     needed=self._images_needed)
         self.context = WorkerContext(
             worker_id=settings.worker_id, hostname=settings.worker_host, home=self.home,
             storage=self.storage, runtime=self.runtime, has_gpus=bool(inventory.gpus),
@@ -74,7 +79,8 @@ class Worker:
             send_event=self.events.send,
             announce=self.publisher.publish, provider_repos=ProviderRepos(self.home / "repos"), ports=PortPool(),
             container_env=settings.container_env, container_mounts=settings.container_mounts,
-            artifact_sync_interval=settings.artifact_sync_interval)
+            artifact_sync_interval=settings.artifact_sync_interval, pull_policy=settings.pull_policy,
+            images=self.images)
         self._executions: dict[str, Execution] = {}
         self._early_stops: dict[str, bool] = {}
         self._lock = threading.Lock()
@@ -107,7 +113,7 @@ class Worker:
                         "told their GPUs (NVIDIA_VISIBLE_DEVICES) but given no device")
         broker = make_broker(settings.broker_url)
         storage = open_storage(settings.storage_url)
-        runtime = DockerRuntime(settings.network, gpu_devices=gpu_devices)
+        runtime = DockerRuntime(settings.network, gpu_devices=gpu_devices, registry_auth=settings.registry_auth)
         return cls(settings, runtime=runtime, broker=broker, storage=storage, inventory=inventory)
 
     # -------------------------------------------------------------- lifecycle
@@ -123,6 +129,7 @@ class Worker:
         self._reporter.report()
         reporter = threading.Thread(target=self._reporter.run, name="reporter", daemon=True)
         reporter.start()
+        threading.Thread(target=self._janitor.run, args=(self._gone,), name="images", daemon=True).start()
         try:
             self._intake.run()
         finally:
@@ -206,7 +213,13 @@ class Worker:
     def _report(self) -> WorkerReport:
         return WorkerReport(worker_id=self.settings.worker_id, host=self.settings.worker_host,
                             resources=self.capacity.inventory, slots=self.capacity.slots,
-                            in_use=self.capacity.held(), started_at=self._started_at)
+                            in_use=self.capacity.held(), started_at=self._started_at,
+                            disk_free=self.runtime.disk_free())
+
+    def _images_needed(self) -> set[str]:
+        """The images of the tasks this worker holds (running, or waiting for their image)."""
+        with self._lock:
+            return {e.image for e in self._executions.values() if e.image}
 
     def _take(self, payload: Any) -> bool:
         """Claim a task, hold what it needs and start it in its own thread. Returns False to put
@@ -249,6 +262,9 @@ class Worker:
                 if execution.reuse():  # job caching: an earlier identical job's result, and nothing runs
                     return
                 execution.start()
+            except PullCancelled:
+                execution.abandon("stopped by request while its image was pulled", status=Status.STOPPED)
+                return
             except DstackError as e:
                 log.warning("task %s failed to start: %s", execution.key, e)
                 execution.abandon(f"failed to start: {e}")
@@ -264,6 +280,16 @@ class Worker:
                 self._executions.pop(execution.key, None)
                 self._early_stops.pop(execution.key, None)
             self._release(execution)
+            if execution.image:
+                self.images.record.used(execution.image)  # last used at its end, not its start
+                self._tidy_images()
+
+    def _tidy_images(self) -> None:
+        """Remove unused pulled images if the disk runs low (also checked every minute)."""
+        try:
+            self._janitor.check()
+        except (DstackError, OSError) as e:
+            log.warning("checking the images' disk failed: %s", e)
 
     def _release(self, execution: Execution) -> None:
         """Give back what ``execution`` holds, once: when its end is reported, or when its thread ends."""

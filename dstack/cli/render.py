@@ -14,7 +14,8 @@ from dstack.states import Status
 from dstack.views import JobView, RunView, TagView, WorkerView
 
 STATUS_STYLES: dict[Status, str] = {
-    Status.SUBMITTED: "dim", Status.QUEUED: "yellow", Status.RUNNING: "cyan", Status.RETRYING: "yellow",
+    Status.SUBMITTED: "dim", Status.QUEUED: "yellow", Status.PULLING: "blue", Status.RUNNING: "cyan",
+    Status.RETRYING: "yellow",
     Status.DONE: "green", Status.FAILED: "red", Status.STOPPED: "magenta"}
 
 
@@ -117,17 +118,17 @@ def print_runs(console: Console, runs: list[RunView], detailed: bool = False) ->
 
 
 def print_workers(console: Console, workers: list[WorkerView]) -> None:
-    """Live workers: what each has, what each job holds, and when the worker last reported."""
+    """Live workers: what each has, what each job holds, the free disk of its images, and when it last reported."""
     if not workers:
         console.print("No live workers. Start one with [bold]dstack worker[/] (or [bold]dstack up[/]).")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("WORKER", "HOST", "RESOURCES", "IN USE", "SLOTS", "REPORTED"):
+    for column in ("WORKER", "HOST", "RESOURCES", "IN USE", "SLOTS", "DISK FREE", "REPORTED"):
         table.add_column(column, overflow="fold")
     for worker in workers:
         table.add_row(f"[bold]{worker.worker_id}[/]", worker.host, describe_inventory(worker.resources),
                       "\n".join(_holding(a) for a in worker.in_use) or "-", f"{len(worker.in_use)}/{worker.slots}",
-                      ago(worker.seen_at))
+                      human_size(worker.disk_free), ago(worker.seen_at))
     console.print(table)
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from dstack.cli.follow import _show_changes
 from dstack.cli.render import runs_table
-from dstack.errors import ConfigError, ObjectNotFound
+from dstack.errors import ConfigError, ImageNotFound, ImageNotInRegistry, ObjectNotFound
 from dstack.logs import LogChunk, LogWriter
 from dstack.messages import (
     ArtifactFile,
@@ -306,12 +306,32 @@ def test_without_caching_nothing_is_looked_up_or_stored(w: Worker) -> None:
     assert list(w.storage.list("cache/")) == [] and list(w.storage.list(f"runs/{RUN}/cache/")) == []
 
 
-def test_a_missing_image_is_no_hit_and_the_start_says_why(w: Worker) -> None:
+def test_a_missing_image_is_pulled_before_the_lookup(w: Worker) -> None:
+    w.run(w.task(), "epoch 1\n")
+    w.runtime.missing_images.add("python:3.11")
+    w.runtime.registry["python:3.11"] = [{"id": "a", "status": "Pull complete"}]
+    execution = Execution.for_task(w.task(run=OTHER), w.context)
+    assert isinstance(execution, JobExecution)
+    assert execution.reuse() is True and [image for image, _ in w.runtime.pulls] == ["python:3.11"]
+
+
+def test_a_missing_image_the_registry_lacks_fails_the_job(w: Worker) -> None:
     w.run(w.task(), "epoch 1\n")
     w.runtime.missing_images.add("python:3.11")
     execution = Execution.for_task(w.task(run=OTHER), w.context)
+    with pytest.raises(ImageNotInRegistry, match="not found in its registry"):
+        execution.reuse()
+
+
+def test_a_missing_image_under_never_is_no_hit_and_the_start_says_why(w: Worker) -> None:
+    w.run(w.task(), "epoch 1\n")
+    w.runtime.missing_images.add("python:3.11")
+    w.context.pull_policy = "never"
+    execution = Execution.for_task(w.task(run=OTHER), w.context)
     assert isinstance(execution, JobExecution)
     assert execution.reuse() is False and execution.cache is None
+    with pytest.raises(ImageNotFound, match="pull policy is never"):
+        execution.start()
 
 
 def test_a_job_without_artifacts_or_output_is_reused_too(w: Worker) -> None:

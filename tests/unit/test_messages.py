@@ -31,6 +31,7 @@ from dstack.messages import (
     ProviderTask,
     QueueOpened,
     RecordUpload,
+    RegistryAuth,
     Resources,
     RestartRun,
     SetSecret,
@@ -40,6 +41,7 @@ from dstack.messages import (
     TagRef,
     TagRun,
     TaskFinished,
+    TaskPulling,
     TaskStarted,
     UntagRun,
     WorkerLeaving,
@@ -64,7 +66,8 @@ def full_job(job_id: str = "train.0") -> JobSpec:
         working_dir="src", ports=[8888, 6006], artifacts=["checkpoints", "logs"],
         resources=Resources(cpu=2.5, memory_mib=16384, shm_size_mib=1024, gpu_count=2, gpu_name="A100",
                             gpu_memory_mib=40960),
-        depends_on=["prepare.0"], master="train.1", env={"EPOCHS": "3"})
+        depends_on=["prepare.0"], master="train.1", env={"EPOCHS": "3"}, pull_policy="always",
+        registry_auth=RegistryAuth(username="ci", password="${{ secrets.REGISTRY_TOKEN }}"))
 
 
 SAMPLES = [
@@ -120,6 +123,7 @@ SAMPLES = [
     SetSecret(name="HF_TOKEN", value="hf_abc"),
     DeleteSecret(name="HF_TOKEN"),
     GetSecrets(),
+    TaskPulling(run_name="r1", task_id="train.0", attempt=1, worker_id="w1", image="registry.example.com/t:42"),
 ]
 
 
@@ -170,10 +174,10 @@ def test_round_trip_keeps_dag_parts_typed() -> None:
     assert isinstance(submit.workflows[0].provider_repo, ProviderRepo) and submit.workflows[0].provider is None
     assert isinstance(submit.workflows[1].provider, ProviderSpec) and submit.workflows[1].provider_repo is None
     assert submit.workflows[1].tagged == [TagRef(workflow="data", tag="v1")]
-    provider = decode(encode(SAMPLES[-10]))
+    provider = decode(encode(SAMPLES[-11]))
     assert all(isinstance(i, ArtifactRef) for i in provider.inputs)
     assert isinstance(provider.provider_repo, ProviderRepo)
-    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-9])).inputs)
+    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-10])).inputs)
 
 
 def test_round_trip_keeps_worker_parts_typed() -> None:

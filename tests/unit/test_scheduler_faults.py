@@ -29,6 +29,7 @@ from dstack.messages import (
     StopTask,
     SubmitRun,
     TaskFinished,
+    TaskPulling,
     TaskStarted,
     WorkerReport,
     WorkflowSpec,
@@ -589,3 +590,62 @@ def test_a_stopped_run_has_its_reserved_tasks_stopped(h: Harness) -> None:
     assert h.task("train.0").status is Status.STOPPED
     assert report(h, "w1", [held("train.0")])["stop"] == [stop_entry("train.0")]
 
+
+
+# ----------------------------------------------------------------------------- pulling an image
+
+
+def pulling(h: Harness, task_id: str, worker: str = "w1", attempt: int = 1) -> None:
+    assert claim(h, task_id, worker, attempt)["granted"]
+    h.scheduler.handle_event(TaskPulling(run_name=RUN, task_id=task_id, attempt=attempt, worker_id=worker,
+                                         image="registry.example.com/t:42"))
+
+
+def test_a_job_whose_image_is_pulled_is_pulling_and_its_run_running(h: Harness) -> None:
+    creates(h, [spec("a")])
+    pulling(h, "train.0")
+    assert h.task("train.0").status is Status.PULLING and h.task("train.0").worker_id == "w1"
+    assert h.run().status is Status.RUNNING
+    assert not claim(h, "train.0", "w2")["granted"] and claim(h, "train.0", "w1")["granted"]
+    h.scheduler.handle_event(TaskStarted(run_name=RUN, task_id="train.0", attempt=1, worker_id="w1",
+                                         endpoint=Endpoint(hostname="w1.local")))
+    assert h.task("train.0").status is Status.RUNNING
+    finish(h, "train.0")
+    assert h.task("train.0").status is Status.DONE and h.run().status is Status.DONE
+
+
+def test_a_late_pulling_event_changes_nothing(h: Harness) -> None:
+    creates(h, [spec("a")])
+    start(h, "train.0")
+    pulling(h, "train.0")
+    assert h.task("train.0").status is Status.RUNNING
+    finish(h, "train.0")
+    h.scheduler.handle_event(TaskPulling(run_name=RUN, task_id="train.0", attempt=1, worker_id="w1", image="x"))
+    assert h.task("train.0").status is Status.DONE
+
+
+def test_a_failed_pull_fails_the_job_with_its_reason(h: Harness) -> None:
+    creates(h, [spec("a")])
+    pulling(h, "train.0")
+    finish(h, "train.0", "failed", reason="failed to start: unauthorized: the registry of image 'x' refused",
+           exit_code=None)
+    assert h.task("train.0").status is Status.FAILED and "unauthorized" in h.run().reason
+
+
+def test_a_stop_while_pulling_goes_to_the_worker(h: Harness) -> None:
+    creates(h, [spec("a")])
+    pulling(h, "train.0")
+    mark = len(h.sent)
+    h.scheduler.handle_request(StopRun(run_name=RUN))
+    assert [type(m).__name__ for _, _, m in h.messages(mark)] == ["StopTask"]
+    finish(h, "train.0", "stopped", reason="stopped by request while its image was pulled", exit_code=None)
+    assert h.task("train.0").status is Status.STOPPED and h.run().status is Status.STOPPED
+
+
+def test_a_job_pulling_on_a_lost_worker_is_lost_with_it(h: Harness, clock: Clock) -> None:
+    creates(h, [spec("a")])
+    pulling(h, "train.0")
+    silence(h, "w1", T0)
+    tick_at(h, clock, T0 + 61)
+    assert h.task("train.0").status is Status.FAILED
+    assert h.task("train.0").reason.startswith("worker lost: w1")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import dstack
-from dstack.messages import AppSpec, JobSpec, Resources, RetryPolicy, from_dict
+from dstack.messages import AppSpec, JobSpec, RegistryAuth, Resources, RetryPolicy, from_dict
 from dstack.sdk import GPU, App, Job, Provider, ResourceRequirements, Retry, Workflow
 from dstack.sdk.job import jobs_to_dicts
 from dstack.sdk.provider import INVALID_EXIT_CODE, OUTPUT_DIR_ENV
@@ -178,7 +178,7 @@ def test_jobs_to_dicts_references_are_indexes() -> None:
     assert dicts[2] == {"job_id": "2", "image": "pytorch", "commands": ["train"], "ports": [], "working_dir": "src",
                         "artifacts": [], "resources": ResourceRequirements().to_dict(), "depends_on": ["0"],
                         "master": "1", "env": {"RANK": "1"}, "retry": None, "max_duration_s": None,
-                        "apps": []}
+                        "apps": [], "registry_auth": None, "pull_policy": None}
     assert dicts[1]["resources"]["gpu_count"] == 1
     assert dicts[0]["artifacts"] == ["data"]
     json.dumps(dicts)  # plain JSON
@@ -217,7 +217,8 @@ def full_job() -> Any:
               resources=ResourceRequirements(cpu=1.5, memory="2GB", gpu=GPU(2, name="A100", memory="40GB"),
                                              shm_size="1GB", interruptible=True),
               depends_on=[upstream], master=master, environment={"A": "1", "B": "two"}, retry=Retry(4, "1m"),
-              max_duration="2h", apps=[App("board", port_index=1, url_path="/lab", url_query_params={"t": "x"})])
+              max_duration="2h", apps=[App("board", port_index=1, url_path="/lab", url_query_params={"t": "x"})],
+              registry_auth={"username": "ci", "password": "${{ secrets.TOKEN }}"}, pull_policy="always")
     return [upstream, master, job]
 
 
@@ -231,7 +232,8 @@ def test_every_job_field_reaches_the_worker_as_a_jobspec() -> None:
         resources=Resources(cpu=1.5, memory_mib=2048, shm_size_mib=1024, gpu_count=2, gpu_name="A100",
                             gpu_memory_mib=40960, interruptible=True),
         depends_on=["0"], master="1", env={"A": "1", "B": "two"}, retry=RetryPolicy(limit=4, backoff_s=60.0),
-        max_duration_s=7200.0, apps=[AppSpec(name="board", port_index=1, url_path="/lab", url_query_params={"t": "x"})])
+        max_duration_s=7200.0, apps=[AppSpec(name="board", port_index=1, url_path="/lab", url_query_params={"t": "x"})],
+        registry_auth=RegistryAuth(username="ci", password="${{ secrets.TOKEN }}"), pull_policy="always")
     # every field was set to something else than its default, so none can be dropped unnoticed
     for part, default in ((spec, JobSpec(job_id="", image="", commands=[])), (spec.resources, Resources()),
                           (spec.retry, RetryPolicy()), (spec.apps[0], AppSpec(name=""))):
@@ -362,7 +364,8 @@ def test_provider_end_to_end(provider_module: ModuleType, output_dir: Path, tmp_
                        "commands": ["curl -o data/f https://example.com/a.csv"],
                        "ports": [], "working_dir": "", "artifacts": ["data"],
                        "resources": ResourceRequirements().to_dict(), "depends_on": [], "master": None,
-                       "env": {}, "retry": None, "max_duration_s": None, "apps": []}
+                       "env": {}, "retry": None, "max_duration_s": None, "apps": [],
+                       "registry_auth": None, "pull_policy": None}
     assert jobs[1]["depends_on"] == ["0"]
     assert jobs[1]["ports"] == [6006]
     assert jobs[1]["resources"] == {"cpu": 2.0, "memory_mib": 2048, "shm_size_mib": None, "gpu_count": 1,

@@ -104,7 +104,7 @@ def test_building_a_worker_connects_to_nothing(tmp_path: Path, runtime: FakeRunt
 def test_from_settings_builds_the_real_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[Any] = []
 
-    def docker_runtime(network: str, gpu_devices: bool) -> FakeRuntime:
+    def docker_runtime(network: str, gpu_devices: bool, registry_auth: dict) -> FakeRuntime:
         built.append((network, gpu_devices))
         return FakeRuntime()
 
