@@ -671,7 +671,8 @@ class JobExecution(Execution):
             name=self._container_name, image=job.image,
             script=" && ".join(job.commands), env=env, working_dir=workdir,
             mounts=self._mounts(), labels=self._labels(), ports=self.ports, cpu=resources.cpu,
-            memory_mib=resources.memory_mib, shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids)
+            memory_mib=resources.memory_mib, shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids,
+            address=self.context.hostname)
         return spec, None
 
     def _memory_limit_mib(self) -> Optional[int]:

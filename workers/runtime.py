@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import abc
+import ipaddress
 import logging
 import shlex
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -50,6 +52,8 @@ class ContainerSpec:
     shm_size_mib: Optional[int] = None
     #: the GPUs the container gets (device ids)
     gpu_ids: list[str] = field(default_factory=list)
+    #: the address other machines reach the container at (the worker's ``DSTACK_WORKER_HOST``)
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,7 @@ class DockerRuntime(ContainerRuntime):
         )
         if self.network == "host":
             options["network_mode"] = "host"
+            options.update(_host_name_at(spec.address))
         else:
             options["ports"] = {f"{port}/tcp": None for port in spec.ports}
         if spec.cpu:  # a worker may declare more CPUs than its machine has; the engine refuses more
@@ -357,6 +362,18 @@ def pull_failure(image: str, message: str, with_credentials: bool) -> PullFailed
     if "pull access denied" in text or any(marker in text for marker in _NOT_FOUND):
         return ImageNotInRegistry(f"image '{image}' not found in its registry (check its name and tag): {message}")
     return PullFailed(f"pulling image '{image}' failed: {message}")
+
+
+def _host_name_at(address: str) -> dict[str, Any]:
+    """With host networking, the container's host name resolves to ``address`` (an IP address) inside it, as
+    other machines reach it: programs that advertise their host's address by resolving its name (gloo, NCCL,
+    Ray, Spark) tell the others that one, not the loopback address a Debian ``/etc/hosts`` maps the name to."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:  # a name: it resolves as the machine says
+        return {}
+    name = socket.gethostname()
+    return {"hostname": name, "extra_hosts": {name: address}}
 
 
 def _image_missing(image: str) -> ImageNotFound:

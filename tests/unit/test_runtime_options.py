@@ -2,6 +2,7 @@
 (GPUs, CPU and memory limits, shared memory, network), checked against a fake Docker client."""
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -198,6 +199,17 @@ def test_host_network_publishes_no_ports() -> None:
     options = created(make_runtime(network="host"), spec(ports=[8888, 6006]))
     assert options["network_mode"] == "host"
     assert "ports" not in options
+
+
+def test_on_the_host_network_the_host_name_resolves_to_the_workers_address() -> None:
+    options = created(make_runtime(network="host"), spec(address="127.0.0.11"))
+    name = socket.gethostname()
+    assert options["hostname"] == name and options["extra_hosts"] == {name: "127.0.0.11"}
+
+
+def test_a_worker_address_that_is_a_name_resolves_as_the_machine_says() -> None:
+    options = created(make_runtime(network="host"), spec(address="gpu-node-3.example.com"))
+    assert "hostname" not in options and "extra_hosts" not in options
 
 
 def test_bridge_network_publishes_each_port_on_a_free_host_port() -> None:
