@@ -8,7 +8,7 @@ import pytest
 
 from dstack.errors import ConfigError
 from dstack.located_yaml import field_path
-from dstack.messages import ProviderRepo, ProviderSpec
+from dstack.messages import ProviderRepo, ProviderSpec, RegistryAuth
 from dstack.project import SYSTEM_KEYS, Project, Workflow, find_root, load_project
 
 WORKFLOWS = """\
@@ -521,3 +521,27 @@ def test_help_as_a_variables_value_is_no_help_request() -> None:
     from dstack.cli.workflows import asks_help
     assert not asks_help(["--message", "--help"]) and not asks_help(["--message=x"])
     assert asks_help(["--message", "x", "-h"]) and asks_help(["--detach", "--help"])
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_registry_auth_and_pull_policy_are_the_workflows_not_the_providers(tmp_path: Path) -> None:
+    workflows = ("workflows:\n  - name: w\n    provider: docker\n    image: r.example.com/t:1\n"
+                 "    pull_policy: always\n"
+                 "    registry_auth: {username: ci, password: '${{ secrets.REGISTRY_TOKEN }}'}\n")
+    workflow = load_project(write_project(tmp_path, workflows=workflows)).workflows["w"]
+    assert workflow.pull_policy == "always" and workflow.data == {"image": "r.example.com/t:1"}
+    assert workflow.registry_auth == RegistryAuth(username="ci", password="${{ secrets.REGISTRY_TOKEN }}")
+
+
+@pytest.mark.parametrize("lines,field", [
+    ("    pull_policy: sometimes\n", "workflows[0].pull_policy"),
+    ("    registry_auth: {username: ci}\n", "workflows[0].registry_auth"),
+    ("    registry_auth: {username: ci, password: p, token: t}\n", "workflows[0].registry_auth"),
+])
+def test_wrong_image_keys_are_named_with_their_line(tmp_path: Path, lines: str, field: str) -> None:
+    error = load_error(write_project(tmp_path, workflows="workflows:\n  - name: w\n    provider: docker\n"
+                                                         "    image: python:3.11\n" + lines))
+    assert error.file == ".dstack/workflows.yaml" and error.line == 5
+    assert error.field is not None and error.field.startswith(field)

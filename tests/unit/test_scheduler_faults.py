@@ -22,6 +22,7 @@ from dstack.messages import (
     GpuInfo,
     Inventory,
     JobSpec,
+    RegistryAuth,
     Resources,
     RestartRun,
     RetryPolicy,
@@ -649,3 +650,16 @@ def test_a_job_pulling_on_a_lost_worker_is_lost_with_it(h: Harness, clock: Clock
     tick_at(h, clock, T0 + 61)
     assert h.task("train.0").status is Status.FAILED
     assert h.task("train.0").reason.startswith("worker lost: w1")
+
+
+def test_a_workflows_registry_auth_and_pull_policy_reach_its_jobs_that_set_none(h: Harness) -> None:
+    auth = RegistryAuth(username="ci", password="${{ secrets.REGISTRY_TOKEN }}")
+    h.scheduler.handle_request(SubmitRun(
+        run_name=RUN, workflow=WF, snapshot_id="snap-1", submitted_at=T0, project="/p",
+        workflows=[WorkflowSpec(name=WF, data={}, provider=PROVIDER, registry_auth=auth, pull_policy="always")]))
+    start(h, PROVIDER_TASK, worker="w-provider")
+    own = RegistryAuth(username="other", password="p")
+    finish(h, PROVIDER_TASK, jobs=[spec("a"), spec("b", pull_policy="never", registry_auth=own)])
+    jobs = {task.task_id: task.job for task in h.job_tasks()}
+    assert (jobs["train.0"].pull_policy, jobs["train.0"].registry_auth) == ("always", auth)
+    assert (jobs["train.1"].pull_policy, jobs["train.1"].registry_auth) == ("never", own)
