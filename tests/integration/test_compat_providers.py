@@ -141,6 +141,7 @@ workflows:
     provider: python
     file: train.py
     version: 3.10
+    pull_policy: never  # python:3.10 is on no registry this machine reaches
 """,
         "train.py": "print('never')\n",
     })

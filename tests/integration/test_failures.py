@@ -51,8 +51,13 @@ def test_bad_jobs_fail_the_provider_and_create_nothing(cluster: Cluster, tmp_pat
 
 
 def test_missing_image(cluster: Cluster, tmp_path: Path) -> None:
-    run, jobs = failed_run(cluster, tmp_path, [{"commands": ["true"], "image": "dstack-test/no-such-image:1"}])
-    assert "image 'dstack-test/no-such-image:1' is not present on this worker" in jobs["w.0"]["reason"]
+    """A missing image that may not be pulled (pulls from real registries: test_images.py)."""
+    job = {"commands": ["true"], "image": "dstack-test/no-such-image:1"}
+    result, run_name = run_workflow(cluster, tmp_path, graph_project([{"name": "w", "pull_policy": "never",
+                                                                       "jobs": [job]}]))
+    assert result.returncode == 1
+    reason = {j["job_id"]: j for j in cluster.status(run_name)["jobs"]}["w.0"]["reason"]
+    assert "image 'dstack-test/no-such-image:1' is not present on this worker and its pull policy is never" in reason
 
 
 def test_command_exit_code(cluster: Cluster, tmp_path: Path) -> None:
