@@ -523,11 +523,38 @@ MESSAGE_TYPES: dict[str, type] = {
 
 
 def to_payload(message: Any) -> dict[str, Any]:
-    """The wire form of a message: its fields plus ``type`` and ``v``."""
-    payload = plain(message)
+    """The wire form of a message: its fields plus ``type`` and ``v``.
+
+    A field at its default is left out, in nested data classes too: the receiver fills it in. So a field
+    that a later release adds reaches an older receiver, which refuses fields it does not know, only where
+    it is used, and the parts of a fleet can be upgraded one at a time.
+    """
+    payload: dict[str, Any] = _compact(message)
     payload["type"] = type(message).__name__
     payload["v"] = defaults.PROTOCOL_VERSION
     return payload
+
+
+def _compact(value: Any) -> Any:
+    """:func:`plain`, without the fields of data classes that hold their default."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        compact = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING and item == f.default:
+                continue
+            if f.default_factory is not dataclasses.MISSING and (
+                    not item if isinstance(item, (list, dict)) else item == f.default_factory()):
+                continue  # an empty list or map, or a data class as its factory makes it
+            compact[f.name] = _compact(item)
+        return compact
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_compact(v) for v in value]
+    return value
 
 
 def plain(value: Any) -> Any:

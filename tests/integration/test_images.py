@@ -8,6 +8,7 @@ and nothing would be pulled.
 """
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +171,21 @@ def test_worker_credentials_and_pull_policies(
     code, run_name, stderr = run(fleet, project_with(tmp_path / "never", [{"image": moving, "commands": ["true"]}],
                                                      pull_policy="never"))
     assert code == 1 and "pull policy is never" in fleet.status(run_name)["reason"]
+
+
+def test_the_docker_config_of_the_workers_user_opens_a_private_registry(
+        fleet: Cluster, registries: tuple[Registry, Registry], docker_engine: docker.DockerClient,
+        tmp_path: Path) -> None:
+    _, private = registries
+    image = f"{private.host}/team/private:1"
+    remove_image(docker_engine, image)
+    config = tmp_path / "docker-config"  # what `docker login` writes, in the folder DOCKER_CONFIG names
+    config.mkdir()
+    token = base64.b64encode(":".join(USER).encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {private.host: {"auth": token}}}))
+    fleet.start_worker(slots=1, DOCKER_CONFIG=str(config))
+    code, run_name, stderr = run(fleet, project_with(tmp_path / "p", [{"image": image, "commands": ["cat /version"]}]))
+    assert code == 0 and "p1" in fleet.job_lines(run_name, "w.0"), stderr
 
 
 def test_unused_pulled_images_go_when_the_disk_runs_low(

@@ -33,10 +33,10 @@ import pytest
 
 from dstack import defaults
 from tests.harness import storage_env
-from tests.integration.test_torchrun_pytorch import TORCH_REQUIREMENTS, TORCH_WHEEL
+from tests.integration.test_torchrun_pytorch import TORCH_REQUIREMENTS, TORCH_WHEEL, torchrun_project
 from tests.projects import graph_workflow_project
 from tests.s3server import MotoServer
-from tests.services import Cluster, Vhost, run_name_of, write_project
+from tests.services import Cluster, Vhost, run_name_of
 from tests.wheels import pip_from, wheelhouse
 
 pytestmark = pytest.mark.integration
@@ -162,19 +162,7 @@ def test_workers_advertise_their_own_addresses(machines: Cluster) -> None:
 def test_torchrun_master_and_follower_on_two_machines(machines: Cluster, tmp_path: Path) -> None:
     """The master lands on one machine, the follower (one slot each) on the other; the follower
     reaches the master at the master's worker address, and gloo talks between the two addresses."""
-    project = write_project(tmp_path / "project", {
-        ".dstack/workflows.yaml": """\
-workflows:
-  - name: train
-    provider: torchrun
-    file: train.py
-    nodes: 2
-    requirements: requirements.txt
-    artifacts: [out]
-""",
-        "requirements.txt": "torch==2.13.0\n",
-        "train.py": TRAIN_SCRIPT,
-    })
+    project = torchrun_project(tmp_path / "project", TRAIN_SCRIPT)
 
     result = machines.dstack("run", "train", cwd=project, timeout=540)
 

@@ -40,15 +40,9 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.skipif(not TORCH_WHEEL.exists(), reason=f"the PyTorch CPU wheel {TORCH_WHEEL} is not on this machine")
-def test_torchrun_with_pytorch(fleet: Cluster, tmp_path: Path) -> None:
-    """A master and a follower join one gloo process group and sum a tensor across the two nodes."""
-    wheels = wheelhouse("torch", TORCH_REQUIREMENTS, files=[TORCH_WHEEL])
-    fleet.start_worker(slots=2, **pip_from(wheels))
-    # No GLOO_SOCKET_IFNAME in the workflow's environment: with host networking both containers share
-    # the host's network, and gloo binds to the address the hostname resolves to (127.0.0.1 here), or to
-    # the loopback address when it resolves to none; either reaches the other node on this machine.
-    project = write_project(tmp_path / "project", {
+def torchrun_project(root: Path, script: str) -> Path:
+    """A project whose workflow ``train`` runs ``script`` on two nodes with torchrun, ``out`` its artifacts."""
+    return write_project(root, {
         ".dstack/workflows.yaml": """\
 workflows:
   - name: train
@@ -59,8 +53,18 @@ workflows:
     artifacts: [out]
 """,
         "requirements.txt": "torch==2.13.0\n",  # matches 2.13.0+cpu: a local version is ignored
-        "train.py": TRAIN_SCRIPT,
+        "train.py": script,
     })
+
+
+@pytest.mark.skipif(not TORCH_WHEEL.exists(), reason=f"the PyTorch CPU wheel {TORCH_WHEEL} is not on this machine")
+def test_torchrun_with_pytorch(fleet: Cluster, tmp_path: Path) -> None:
+    """A master and a follower join one gloo process group and sum a tensor across the two nodes."""
+    wheels = wheelhouse("torch", TORCH_REQUIREMENTS, files=[TORCH_WHEEL])
+    fleet.start_worker(slots=2, **pip_from(wheels))
+    # No GLOO_SOCKET_IFNAME in the workflow's environment: with host networking gloo binds to the address
+    # the container's host name resolves to, the worker's address (DSTACK_WORKER_HOST, 127.0.0.1 here)
+    project = torchrun_project(tmp_path / "project", TRAIN_SCRIPT)
 
     # each node pip-installs a 190 MB wheel and imports torch: about half a minute here, more elsewhere
     result = fleet.dstack("run", "train", cwd=project, timeout=900)

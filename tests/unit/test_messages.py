@@ -152,11 +152,22 @@ def test_round_trip_keeps_nested_types() -> None:
     assert isinstance(finished.jobs[0].resources, Resources)
 
 
-def test_payload_carries_type_and_version() -> None:
+def test_payload_carries_type_and_version_and_no_field_at_its_default() -> None:
     payload = to_payload(StopRun(run_name="r1"))
-    assert payload == {"run_name": "r1", "abort": False, "workflow": None, "type": "StopRun",
-                       "v": defaults.PROTOCOL_VERSION}
+    assert payload == {"run_name": "r1", "type": "StopRun", "v": defaults.PROTOCOL_VERSION}
     assert unpack(encode(StopRun(run_name="r1"))) == payload
+    assert to_payload(StopRun(run_name="r1", abort=True))["abort"] is True
+
+
+def test_a_field_added_later_reaches_older_receivers_only_where_it_is_used() -> None:
+    """An older worker refuses fields it does not know: a job that uses no new feature carries none."""
+    plain_job = to_payload(JobTask(run_name="r", attempt=1, job=JobSpec(job_id="j", image="i", commands=[]),
+                                   snapshot_id="s"))
+    assert plain_job["job"] == {"job_id": "j", "image": "i", "commands": []}  # commands has no default
+    pulled = to_payload(JobTask(run_name="r", attempt=1, snapshot_id="s",
+                                job=JobSpec(job_id="j", image="i", commands=[], pull_policy="always")))
+    assert pulled["job"]["pull_policy"] == "always"
+    assert decode(encode(from_payload(plain_job))) == from_payload(plain_job)
 
 
 def test_int_accepted_for_float_field() -> None:
@@ -189,11 +200,11 @@ def test_round_trip_keeps_worker_parts_typed() -> None:
 
 def test_new_fields_default_for_older_senders() -> None:
     payload = to_payload(SAMPLES[0])
-    del payload["inputs"], payload["provider_repo"]
+    payload.pop("inputs", None), payload.pop("provider_repo", None)
     task = from_payload(payload)
     assert task.inputs == [] and task.provider_repo is None
     payload = to_payload(SAMPLES[4])
-    del payload["provider_commit"]
+    payload.pop("provider_commit", None)
     assert from_payload(payload).provider_commit is None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -11,7 +12,7 @@ import docker.types
 import pytest
 
 from dstack.errors import DstackError, ImageNotFound, RuntimeErrorInContainer
-from dstack.workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContainer, DockerRuntime
+from dstack.workers.runtime import LIFELINE_SCRIPT, ContainerSpec, DockerContainer, DockerRuntime, _host_name_at
 
 
 class FakeContainer:
@@ -204,7 +205,16 @@ def test_host_network_publishes_no_ports() -> None:
 def test_on_the_host_network_the_host_name_resolves_to_the_workers_address() -> None:
     options = created(make_runtime(network="host"), spec(address="127.0.0.11"))
     name = socket.gethostname()
-    assert options["hostname"] == name and options["extra_hosts"] == {name: "127.0.0.11"}
+    assert options["hostname"] == name and options["extra_hosts"][-1] == f"{name}:127.0.0.11"
+
+
+def test_the_machines_other_host_entries_are_kept(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    name = socket.gethostname()
+    hosts.write_text(f"# comment\n127.0.0.1 localhost\n\n127.0.1.1 {name} {name}.lan  # Debian's\n"
+                     "10.1.2.3 nfs-server data  # the site's own\n")
+    assert _host_name_at("192.0.2.7", hosts)["extra_hosts"] == [
+        "localhost:127.0.0.1", f"{name}.lan:127.0.1.1", "nfs-server:10.1.2.3", "data:10.1.2.3", f"{name}:192.0.2.7"]
 
 
 def test_a_worker_address_that_is_a_name_resolves_as_the_machine_says() -> None:
