@@ -9,6 +9,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import docker
@@ -364,16 +365,22 @@ def pull_failure(image: str, message: str, with_credentials: bool) -> PullFailed
     return PullFailed(f"pulling image '{image}' failed: {message}")
 
 
-def _host_name_at(address: str) -> dict[str, Any]:
+def _host_name_at(address: str, hosts_file: Path = Path("/etc/hosts")) -> dict[str, Any]:
     """With host networking, the container's host name resolves to ``address`` (an IP address) inside it, as
     other machines reach it: programs that advertise their host's address by resolving its name (gloo, NCCL,
-    Ray, Spark) tell the others that one, not the loopback address a Debian ``/etc/hosts`` maps the name to."""
+    Ray, Spark) tell the others that one, not the loopback address a Debian ``/etc/hosts`` maps the name to.
+    Docker then writes the container a ``/etc/hosts`` of its own: the machine's other entries are kept in it."""
     try:
         ipaddress.ip_address(address)
     except ValueError:  # a name: it resolves as the machine says
         return {}
     name = socket.gethostname()
-    return {"hostname": name, "extra_hosts": {name: address}}
+    try:
+        entries = [line.split("#", 1)[0].split() for line in hosts_file.read_text().splitlines()]
+    except OSError:
+        entries = []
+    kept = [f"{other}:{fields[0]}" for fields in entries if len(fields) > 1 for other in fields[1:] if other != name]
+    return {"hostname": name, "extra_hosts": [*kept, f"{name}:{address}"]}
 
 
 def _image_missing(image: str) -> ImageNotFound:
