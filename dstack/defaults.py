@@ -71,3 +71,6 @@ IMAGE_MAX_AGE = 7 * 86400.0
 IMAGE_MIN_FREE_MIB = 20 * 1024
 #: Seconds between two checks of that disk's free space.
 IMAGE_CHECK_INTERVAL = 60.0
+
+#: The most processes (and threads) a job's container may run at once, unless its ``resources`` say.
+JOB_PIDS_LIMIT = 4096

@@ -39,6 +39,9 @@ class Resources:
     #: the job may run on an interruptible (spot) machine, as early dstack's ``resources`` asked; shown by
     #: ``dstack status``, it names no queue (``names.task_queue``) and changes no placement
     interruptible: bool = False
+    #: the most processes the job's container may run at once (``None``: the worker's default); a limit, not a
+    #: need: it names no queue and changes no placement
+    pids: Optional[int] = None
 
 
 @dataclass

@@ -37,6 +37,7 @@ ENV_VARS = {
     "DSTACK_PULL_RETRY_TIMEOUT": "pull_retry_timeout",
     "DSTACK_IMAGE_MAX_AGE": "image_max_age",
     "DSTACK_IMAGE_MIN_FREE": "image_min_free_mib",
+    "DSTACK_SECRETS_KEY": "secrets_key",
 }
 
 #: The pull policies of a worker (``DSTACK_PULL_POLICY``) and of a job (``pull_policy``).
@@ -83,6 +84,8 @@ class Settings:
             (``DSTACK_IMAGE_MAX_AGE``, e.g. ``7d``).
         image_min_free_mib: below this many MiB free on the disk of Docker's images, a worker removes the
             images it pulled that no job used for ``image_max_age`` (``DSTACK_IMAGE_MIN_FREE``, e.g. ``20GB``).
+        secrets_key: the key that seals secrets in the scheduler's database (``DSTACK_SECRETS_KEY``); empty:
+            the key file ``scheduler/secrets.key`` under ``home``, made at the scheduler's first start.
     """
 
     home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
@@ -104,6 +107,7 @@ class Settings:
     pull_retry_timeout: float = defaults.PULL_RETRY_TIMEOUT
     image_max_age: float = defaults.IMAGE_MAX_AGE
     image_min_free_mib: int = defaults.IMAGE_MIN_FREE_MIB
+    secrets_key: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())

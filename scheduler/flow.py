@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Optional
 
 from dstack.messages import (
     ArtifactRef,
@@ -27,6 +27,7 @@ from dstack.messages import (
 from dstack.names import CONTROL_ACTOR, DEFAULT_TASK_QUEUE, TASK_ACTOR, env_name, task_queue, worker_queue
 from dstack.names import job_id as make_job_id
 from dstack.scheduler.model import JobState, Kind, RunRecord, Status, TaskRecord
+from dstack.scheduler.secrets import SecretCipher
 from dstack.scheduler.store import StateStore
 from dstack.states import ACTIVE, IllegalTransition, check_run_move, check_task_move
 
@@ -48,9 +49,11 @@ class TaskFlow:
         worker_timeout: seconds after its last report that a worker counts as gone.
     """
 
-    def __init__(self, store: StateStore, worker_timeout: float) -> None:
+    def __init__(self, store: StateStore, worker_timeout: float, cipher: Optional[SecretCipher] = None) -> None:
         self.store = store
         self.worker_timeout = worker_timeout
+        #: what opens the stored secrets (sealed at rest)
+        self.cipher = cipher or SecretCipher.ephemeral()
         self.changed: dict[str, dict[str, TaskRecord]] = {}
 
     # ------------------------------------------------------------------ the state machine
@@ -186,7 +189,7 @@ class TaskFlow:
             message = JobTask(run_name=task.run_name, attempt=task.attempt, job=task.job_state.job,
                               snapshot_id=run.snapshot_id, master=master, inputs=list(task.job_state.inputs),
                               cache=task.job_state.cache, resume=task.job_state.resume,
-                              secrets={name: value for name, value, _ in self.store.secrets()})
+                              secrets={name: self.cipher.open(value) for name, value, _ in self.store.secrets()})
             needs = message.job.resources
         task.queue = task_queue(needs)
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:

@@ -11,6 +11,7 @@ from dstack.live import Publisher
 from dstack.messages import from_payload, pack, plain, unpack
 from dstack.names import EVENT_ACTOR, EVENTS_QUEUE, UPDATES_EXCHANGE
 from dstack.rpc import RpcServer
+from dstack.scheduler.secrets import load_cipher, seal_stored
 from dstack.scheduler.service import Scheduler
 from dstack.scheduler.store import SqliteStateStore
 from dstack.settings import Settings
@@ -30,8 +31,12 @@ class SchedulerService:
         self.broker = make_broker(settings.broker_url)
         self.publisher = Publisher(settings.broker_url)
         self.store = SqliteStateStore(settings.home / "scheduler" / "state.db")
+        cipher = load_cipher(settings.home / "scheduler", settings.secrets_key)
+        sealed = seal_stored(self.store, cipher)
+        if sealed:
+            log.info("sealed %d secrets stored in clear by an earlier version", sealed)
         self.scheduler = Scheduler(self.store, send=self._send, notify=self._notify,
-                                   worker_timeout=settings.worker_timeout)
+                                   worker_timeout=settings.worker_timeout, cipher=cipher)
         self._lock = threading.Lock()
         self.rpc = RpcServer(settings.broker_url, self._locked(self.scheduler.handle_request))
         self.worker = consumer(self.broker, self._on_event, queue_name=EVENTS_QUEUE, actor_name=EVENT_ACTOR,

@@ -46,6 +46,7 @@ from dstack.placement import asks_for_anything, describe_needs, fits
 from dstack.scheduler import inputs
 from dstack.scheduler.flow import TaskFlow
 from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
+from dstack.scheduler.secrets import SecretCipher
 from dstack.scheduler.store import StateStore
 from dstack.states import ACTIVE
 from dstack.views import (
@@ -89,11 +90,11 @@ class Scheduler:
 
     def __init__(self, store: StateStore, send: Callable[[str, str, bytes], None],
                  notify: Callable[[str, RunUpdate], None],
-                 worker_timeout: float = defaults.WORKER_TIMEOUT) -> None:
+                 worker_timeout: float = defaults.WORKER_TIMEOUT, cipher: Optional[SecretCipher] = None) -> None:
         self._store = store
         self._send = send
         self._notify = notify
-        self._flow = TaskFlow(store, worker_timeout)
+        self._flow = TaskFlow(store, worker_timeout, cipher)
         self._started_at = time.time()
 
     # ------------------------------------------------------------------ entry points
@@ -394,7 +395,7 @@ class Scheduler:
         if not _SECRET_NAME.match(request.name):
             raise RequestRejected(f"secret name {request.name!r} must be an environment variable name: "
                                   "letters, digits and '_', not starting with a digit")
-        self._store.set_secret(request.name, request.value, time.time())
+        self._store.set_secret(request.name, self._flow.cipher.seal(request.value), time.time())
         return SecretAnswer(name=request.name)
 
     def delete_secret(self, request: DeleteSecret) -> SecretAnswer:

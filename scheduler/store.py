@@ -222,6 +222,9 @@ class SqliteStateStore(StateStore):
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # deleted rows are overwritten, not left in free pages: a task message in the outbox (which holds the
+        # job's secrets until it is sent) leaves nothing in the file once deleted
+        self._db.execute("PRAGMA secure_delete=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
         if has_tables and version == 2:

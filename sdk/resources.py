@@ -65,11 +65,13 @@ class ResourceRequirements:
         shm_size: size of ``/dev/shm``, e.g. ``"1GB"``.
         interruptible: the job may run on an interruptible (spot) machine; carried to the job and shown
             by ``dstack status``, it changes neither where nor how the job runs.
+        pids: the most processes (and threads) the job may run at once (default 4,096); past it, a fork
+            fails inside the job, and nothing outside it notices.
     """
 
     def __init__(self, cpu: Optional[float] = None, memory: Union[str, int, None] = None,
                  gpu: Union[int, GPU, None] = None, shm_size: Union[str, int, None] = None,
-                 interruptible: bool = False) -> None:
+                 interruptible: bool = False, pids: Optional[int] = None) -> None:
         if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0):
             raise ValueError(f"cpu must be a positive number, not {cpu!r}")
         self.cpu = float(cpu) if cpu is not None else None
@@ -79,25 +81,28 @@ class ResourceRequirements:
         if not isinstance(interruptible, bool):
             raise ValueError(f"interruptible must be true or false, not {interruptible!r}")
         self.interruptible = interruptible
+        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids < 1):
+            raise ValueError(f"pids must be a whole number of at least 1, not {pids!r}")
+        self.pids = pids
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], where: str = "resources") -> ResourceRequirements:
         """Build from workflow parameters: ``{cpu, memory, gpu: N | {count, name, memory}, shm_size,
-        interruptible}``; early dstack's ``MODEL/gpu: N`` is read as ``gpu: {count: N, name: MODEL}``
+        interruptible, pids}``; early dstack's ``MODEL/gpu: N`` is read as ``gpu: {count: N, name: MODEL}``
         (see :func:`current_resources`).
 
         Raises:
             ValueError: a key or value is wrong; the message starts with ``where`` (and the key).
         """
         data = current_resources(data, where)
-        _check_keys(data, where, ("cpu", "memory", "gpu", "shm_size", "interruptible"))
+        _check_keys(data, where, ("cpu", "memory", "gpu", "shm_size", "interruptible", "pids"))
         gpu = data.get("gpu")
         if isinstance(gpu, dict):
             _check_keys(gpu, f"{where}.gpu", ("count", "name", "memory"))
         try:
             return cls(cpu=data.get("cpu"), memory=data.get("memory"), shm_size=data.get("shm_size"),
                        gpu=GPU(**gpu) if isinstance(gpu, dict) else gpu,
-                       interruptible=data.get("interruptible", False))
+                       interruptible=data.get("interruptible", False), pids=data.get("pids"))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
 
@@ -114,6 +119,8 @@ class ResourceRequirements:
         }
         if self.interruptible:
             wire["interruptible"] = True
+        if self.pids is not None:
+            wire["pids"] = self.pids
         return wire
 
 

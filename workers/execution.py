@@ -672,7 +672,7 @@ class JobExecution(Execution):
             script=" && ".join(job.commands), env=env, working_dir=workdir,
             mounts=self._mounts(), labels=self._labels(), ports=self.ports, cpu=resources.cpu,
             memory_mib=resources.memory_mib, shm_size_mib=resources.shm_size_mib, gpu_ids=gpu_ids,
-            address=self.context.hostname)
+            address=self.context.hostname, pids=resources.pids or defaults.JOB_PIDS_LIMIT)
         return spec, None
 
     def _memory_limit_mib(self) -> Optional[int]:

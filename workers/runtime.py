@@ -20,6 +20,7 @@ import docker.types
 import docker.utils
 import requests
 
+from dstack import defaults
 from dstack.errors import (
     DiskFull,
     ImageNotFound,
@@ -55,6 +56,8 @@ class ContainerSpec:
     gpu_ids: list[str] = field(default_factory=list)
     #: the address other machines reach the container at (the worker's ``DSTACK_WORKER_HOST``)
     address: str = ""
+    #: the most processes the container may run at once
+    pids: int = defaults.JOB_PIDS_LIMIT
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,9 @@ class DockerRuntime(ContainerRuntime):
             environment=spec.env, working_dir=spec.working_dir, labels=spec.labels,
             stdin_open=True, detach=False,  # standard input open, closed when the one client attached goes
             volumes={host: {"bind": inside, "mode": "ro" if ro else "rw"} for host, inside, ro in spec.mounts},
+            # contained: no process gains privileges (setuid, file capabilities) beyond Docker's default
+            # capabilities, and a fork bomb meets its own limit, not the machine's
+            security_opt=["no-new-privileges"], pids_limit=spec.pids,
         )
         if self.network == "host":
             options["network_mode"] = "host"

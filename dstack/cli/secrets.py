@@ -48,3 +48,28 @@ def secrets_delete(context: Context, name: str) -> None:
     """Delete secret NAME; jobs that start from now on no longer get it."""
     with context.rpc() as rpc:
         rpc.call(DeleteSecret(name=name))
+
+
+@secrets.command("rotate-key")
+@pass_context
+def secrets_rotate_key(context: Context) -> None:
+    """Seal every secret again under a new key. Run it on the scheduler's machine, with the scheduler stopped,
+    as the user it runs as (same DSTACK_HOME and DSTACK_SECRETS_KEY); then start the scheduler again."""
+    from dstack.scheduler.secrets import rotate_key
+    from dstack.scheduler.store import SqliteStateStore
+
+    home = context.settings.home / "scheduler"
+    if not (home / "state.db").exists():
+        raise click.ClickException(f"no scheduler database at {home / 'state.db'}: run this on the scheduler's "
+                                   "machine, with its DSTACK_HOME")
+    store = SqliteStateStore(home / "state.db")
+    try:
+        key, count = rotate_key(store, home, context.settings.secrets_key)
+    finally:
+        store.close()
+    if context.settings.secrets_key:
+        err.print(f"{count} secrets sealed under a new key. Set DSTACK_SECRETS_KEY to it before the scheduler "
+                  "starts again (the old key opens none of them now):")
+        click.echo(key.decode())
+    else:
+        err.print(f"{count} secrets sealed under a new key, now in {home / 'secrets.key'}")

@@ -3,6 +3,7 @@ shown, and messages no service can read."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,33 @@ def test_messages_of_another_version_or_shape_go_to_the_dead_letter_queue(fleet:
     run_name = fleet.submit(graph_workflow_project(tmp_path / "project", [{"commands": ["true"]}]))
     assert fleet.wait_status(run_name, ("done", "failed"), timeout=60)["status"] == "done"
     assert all(p.poll() is None for p in fleet.processes.values())
+
+
+def test_secrets_are_sealed_at_rest_and_survive_a_key_rotation(fleet: Cluster, tmp_path: Path) -> None:
+    value = "at-rest-Value-7"
+    assert fleet.dstack("secrets", "set", "HF_TOKEN", input=value).returncode == 0
+    fleet.start_reporting_worker("worker-a")
+    jobs = [{"commands": [f'test "$HF_TOKEN" = "{value}" && echo "the job has it"']}]
+
+    def job_has_it(folder: str) -> bool:
+        run_name = fleet.submit(graph_workflow_project(tmp_path / folder, jobs))
+        run = fleet.wait_status(run_name, ("done", "failed", "stopped"), timeout=60)
+        return run["status"] == "done" and "the job has it" in fleet.job_logs(run_name)["w.0"]
+
+    assert job_has_it("first")
+    scheduler_home = fleet.root / "scheduler-home" / "scheduler"
+    key_file = scheduler_home / "secrets.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    database = sorted(scheduler_home.glob("state.db*"))
+    assert database and not any(value.encode() in path.read_bytes() for path in database)
+
+    # rotation: the scheduler stopped, the command on its machine (its home), the scheduler started again
+    fleet.signal("scheduler", signal.SIGTERM)
+    fleet.processes["scheduler"].wait(30)
+    old_key = key_file.read_bytes()
+    rotated = fleet.dstack("secrets", "rotate-key", env={"DSTACK_HOME": str(fleet.root / "scheduler-home")})
+    assert rotated.returncode == 0 and "1 secrets sealed under a new key" in rotated.stderr, rotated.stderr
+    assert key_file.read_bytes() != old_key
+    fleet.start_scheduler()
+    assert job_has_it("second")
+    assert not any(value.encode() in path.read_bytes() for path in sorted(scheduler_home.glob("state.db*")))

@@ -33,7 +33,7 @@ with open(sys.argv[1], "w") as f:
 """
 
 #: Heavy packages that a command must not load unless it uses them.
-HEAVY = {"boto3", "botocore", "dramatiq", "jsonschema", "rich", "yaml", "pika", "pathspec", "docker"}
+HEAVY = {"boto3", "botocore", "dramatiq", "jsonschema", "rich", "yaml", "pika", "pathspec", "docker", "cryptography"}
 
 
 def loaded(tmp_path: Path, *args: str) -> set[str]:

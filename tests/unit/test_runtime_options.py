@@ -202,6 +202,16 @@ def test_host_network_publishes_no_ports() -> None:
     assert "ports" not in options
 
 
+def test_a_container_is_contained_by_default() -> None:
+    options = created(make_runtime(), spec())
+    assert options["security_opt"] == ["no-new-privileges"] and options["pids_limit"] == 4096
+    assert "privileged" not in options and "cap_add" not in options
+
+
+def test_a_jobs_process_limit() -> None:
+    assert created(make_runtime(), spec(pids=64))["pids_limit"] == 64
+
+
 def test_on_the_host_network_the_host_name_resolves_to_the_workers_address() -> None:
     options = created(make_runtime(network="host"), spec(address="127.0.0.11"))
     name = socket.gethostname()

@@ -62,7 +62,7 @@ def test_a_report_is_answered_with_the_queues_that_hold_tasks(h: Harness) -> Non
     answer = report(h, "w1")
     assert answer == {"stop": [], "queues": [{"queue": A100_QUEUE, "needs": {
         "cpu": None, "memory_mib": None, "shm_size_mib": None, "gpu_count": 1, "gpu_name": "A100",
-        "gpu_memory_mib": None, "interruptible": False}}]}
+        "gpu_memory_mib": None, "interruptible": False, "pids": None}}]}
     h.start("train.0")
     assert [q["queue"] for q in report(h, "w1")["queues"]] == [A100_QUEUE]  # one still queued
     h.start("train.1")

@@ -121,7 +121,7 @@ def test_from_dict() -> None:
     with pytest.raises(ValueError, match=r"^resources.gpu: unknown key\(s\) cnt; the keys are count, name, memory$"):
         ResourceRequirements.from_dict({"gpu": {"cnt": 1}})
     with pytest.raises(ValueError, match=r"^resources: unknown key\(s\) gpus; "
-                                         r"the keys are cpu, memory, gpu, shm_size, interruptible$"):
+                                         r"the keys are cpu, memory, gpu, shm_size, interruptible, pids$"):
         ResourceRequirements.from_dict({"gpus": 1})
     with pytest.raises(ValueError, match=r"^jobs\[0\].resources: memory must be a size like '16GB'"):
         ResourceRequirements.from_dict({"memory": "lots"}, where="jobs[0].resources")
@@ -215,7 +215,7 @@ def full_job() -> Any:
     job = Job(image="pytorch:2", commands=["pip install -r r.txt", "python train.py"], ports=[0, 6006],
               working_dir="src", artifacts=["out", "ckpt"],
               resources=ResourceRequirements(cpu=1.5, memory="2GB", gpu=GPU(2, name="A100", memory="40GB"),
-                                             shm_size="1GB", interruptible=True),
+                                             shm_size="1GB", interruptible=True, pids=512),
               depends_on=[upstream], master=master, environment={"A": "1", "B": "two"}, retry=Retry(4, "1m"),
               max_duration="2h", apps=[App("board", port_index=1, url_path="/lab", url_query_params={"t": "x"})],
               registry_auth={"username": "ci", "password": "${{ secrets.TOKEN }}"}, pull_policy="always")
@@ -230,7 +230,7 @@ def test_every_job_field_reaches_the_worker_as_a_jobspec() -> None:
         job_id="2", image="pytorch:2", commands=["pip install -r r.txt", "python train.py"], working_dir="src",
         ports=[0, 6006], artifacts=["out", "ckpt"],
         resources=Resources(cpu=1.5, memory_mib=2048, shm_size_mib=1024, gpu_count=2, gpu_name="A100",
-                            gpu_memory_mib=40960, interruptible=True),
+                            gpu_memory_mib=40960, interruptible=True, pids=512),
         depends_on=["0"], master="1", env={"A": "1", "B": "two"}, retry=RetryPolicy(limit=4, backoff_s=60.0),
         max_duration_s=7200.0, apps=[AppSpec(name="board", port_index=1, url_path="/lab", url_query_params={"t": "x"})],
         registry_auth=RegistryAuth(username="ci", password="${{ secrets.TOKEN }}"), pull_policy="always")

@@ -363,3 +363,11 @@ def test_the_jobs_own_environment_wins_over_the_early_names(h: Harness) -> None:
     env = started_env(h, task)
     assert (env["HOSTNAME"], env["PORT_0"], env["MASTER_JOB_ID"]) == ("mine", "1", "other")
     assert (env["JOB_HOSTNAME"], env["JOB_PORT_0"]) == ("host-a", "8080")
+
+
+def test_a_job_mounts_its_own_folder_only_and_the_workers_mounts(h: Harness, tmp_path: Path) -> None:
+    h.context.container_mounts = [("/srv/wheels", "/wheels", True)]
+    execution = h.started(h.job())
+    spec = h.runtime.started[execution.container.name].spec  # type: ignore[union-attr]
+    assert spec.mounts == [(str(execution.workdir), "/workflow", False), ("/srv/wheels", "/wheels", True)]
+    assert spec.pids == 4096
