@@ -272,7 +272,8 @@ class JobTask:
     resume: bool = False
     #: reuse the result of an earlier identical job (job caching; the workflow's ``cache``)
     cache: bool = False
-    #: environment variables whose values are never shown (``dstack secrets set``)
+    #: environment variables whose values are never shown (``dstack secrets set``); never in the message from
+    #: the scheduler: the worker fills them in from the answer to its claim and keeps them in memory only
     secrets: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -188,10 +188,12 @@ class SecretAnswer:
 
 @dataclass
 class ClaimAnswer:
-    """Whether a worker may start the task it claimed; if not, why."""
+    """Whether a worker may start the task it claimed; if not, why. A job's secrets come with the grant, to
+    the worker that holds it only: they travel in no task message and land in no task folder."""
 
     granted: bool
     reason: str = ""
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

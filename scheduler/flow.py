@@ -126,6 +126,10 @@ class TaskFlow:
 
     # ------------------------------------------------------------------ forward
 
+    def secrets(self) -> dict[str, str]:
+        """The secrets every job gets, opened."""
+        return {name: self.cipher.open(value) for name, value, _ in self.store.secrets()}
+
     def release_if_ready(self, task: TaskRecord) -> None:
         """Start ``task`` if everything it depends on is done and its master (if any) runs.
 
@@ -188,8 +192,7 @@ class TaskFlow:
                 master = Endpoint(hostname=record.hostname, ports=record.ports)
             message = JobTask(run_name=task.run_name, attempt=task.attempt, job=task.job_state.job,
                               snapshot_id=run.snapshot_id, master=master, inputs=list(task.job_state.inputs),
-                              cache=task.job_state.cache, resume=task.job_state.resume,
-                              secrets={name: self.cipher.open(value) for name, value, _ in self.store.secrets()})
+                              cache=task.job_state.cache, resume=task.job_state.resume)
             needs = message.job.resources
         task.queue = task_queue(needs)
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:

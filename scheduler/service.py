@@ -328,7 +328,7 @@ class Scheduler:
             return ClaimAnswer(granted=False, reason=f"the task is {task.status.value}")
         task.worker_id = request.worker_id
         self._flow.save(task)
-        return ClaimAnswer(granted=True)
+        return ClaimAnswer(granted=True, secrets=self._flow.secrets() if task.kind is Kind.JOB else {})
 
     def tick(self) -> None:
         """What time alone makes happen (called every second): retries whose backoff has passed

@@ -13,6 +13,7 @@ pick the class for a task.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
 import re
@@ -172,9 +173,11 @@ class Execution(abc.ABC):
     # -------------------------------------------------------------- save, load
 
     def save(self) -> None:
-        """Keep the task in its folder, so that a restarted worker knows what it had taken."""
+        """Keep the task in its folder, so that a restarted worker knows what it had taken (a job without its
+        secrets: they stay in memory)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / TASK_FILE).write_bytes(encode(self.task))
+        task = dataclasses.replace(self.task, secrets={}) if isinstance(self.task, JobTask) else self.task
+        (self.folder / TASK_FILE).write_bytes(encode(task))
 
     @staticmethod
     def load(path: Path, context: WorkerContext) -> Execution:

@@ -18,6 +18,7 @@ from dstack.messages import (
     Allocation,
     ClaimTask,
     Inventory,
+    JobTask,
     QueueOpened,
     Resources,
     StopTask,
@@ -241,6 +242,8 @@ class Worker:
             log.info("not starting %s: %s", execution.key, grant.reason)
             self.capacity.release(allocation)
             return True
+        if isinstance(task, JobTask):
+            task.secrets = grant.secrets  # in memory only: the task's folder gets the task without them
         self._launch(execution, allocation)
         return True
 

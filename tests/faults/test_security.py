@@ -107,3 +107,22 @@ def test_secrets_are_sealed_at_rest_and_survive_a_key_rotation(fleet: Cluster, t
     fleet.start_scheduler()
     assert job_has_it("second")
     assert not any(value.encode() in path.read_bytes() for path in sorted(scheduler_home.glob("state.db*")))
+
+
+def test_task_messages_carry_no_secret(fleet: Cluster, tmp_path: Path) -> None:
+    """A job's secrets come with its worker's claim; the task message on the broker holds none of them."""
+    value = "in-transit-Value-9"
+    assert fleet.dstack("secrets", "set", "HF_TOKEN", input=value).returncode == 0
+    fleet.start_reporting_worker("worker-a", resources="{cpu: 2, memory: 4GB, gpu: 0}")
+    # the job waits in its queue: no worker has a GPU
+    run_name = fleet.submit(graph_workflow_project(tmp_path / "project", [
+        {"commands": ['echo "$HF_TOKEN"'], "resources": {"gpu": 1}}]))
+    queue = "dstack.tasks.gpu1xany"
+    wait_for(lambda: queue_counts(fleet.broker_url, queue)[0] == 1, 60, "the job's task on its queue")
+    connection = pika.BlockingConnection(pika.URLParameters(fleet.broker_url))
+    channel = connection.channel()
+    method, _, body = channel.basic_get(queue, auto_ack=False)
+    assert method is not None and b"HF_TOKEN" not in body and value.encode() not in body
+    assert run_name.encode() in body  # it is the job's task
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    connection.close()

@@ -595,7 +595,8 @@ def test_stale_events_of_the_first_attempt_are_ignored_after_restart(h: Dag) -> 
     h.finish("prepare.1", attempt=1)  # a late copy of the first attempt's end
     h.finish("prepare.1", status="failed", attempt=1, exit_code=1)
     h.scheduler.handle_event(TaskStarted(RUN, "prepare.1", 1, "w-old", Endpoint("old")))
-    assert h.claim("prepare.1", "w-old", attempt=1) == {"granted": False, "reason": "no such task (attempt)"}
+    assert h.claim("prepare.1", "w-old", attempt=1) == {"granted": False, "reason": "no such task (attempt)",
+                                                        "secrets": {}}
     task = h.task("prepare.1")
     assert task.status is Status.QUEUED and task.attempt == 2 and task.worker_id is None
     assert h.task("train.provider").status is Status.SUBMITTED

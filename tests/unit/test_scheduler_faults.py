@@ -215,7 +215,7 @@ def test_a_retry_is_released_once_its_backoff_has_passed(h: Harness, clock: Cloc
     mark = tick_at(h, clock, retry_at + 100)  # once only
     assert h.job_tasks(mark) == []
 
-    assert claim(h, "train.0", attempt=1) == {"granted": False, "reason": "no such task (attempt)"}
+    assert claim(h, "train.0", attempt=1) == {"granted": False, "reason": "no such task (attempt)", "secrets": {}}
     start(h, "train.0", worker="w2", attempt=2)
     assert h.task("train.0").status is Status.RUNNING and h.task("train.0").worker_id == "w2"
     mark = len(h.sent)

@@ -154,7 +154,7 @@ def test_unknown_requests_and_events(h: Harness) -> None:
 
 def test_claim_granted_once(h: Harness) -> None:
     h.submit()
-    assert h.claim(PROVIDER_TASK, "w1") == {"granted": True, "reason": ""}
+    assert h.claim(PROVIDER_TASK, "w1") == {"granted": True, "reason": "", "secrets": {}}
     assert h.task(PROVIDER_TASK).worker_id == "w1"
     assert h.claim(PROVIDER_TASK, "w1")["granted"]  # the same worker again (redelivered)
     refused = h.claim(PROVIDER_TASK, "w2")
@@ -181,7 +181,7 @@ def test_claim_stopped_task_refused(h: Harness) -> None:
     h.submit()
     h.scheduler.handle_request(StopRun(RUN))
     refused = h.claim(PROVIDER_TASK, "w1")
-    assert refused == {"granted": False, "reason": "the task is stopped"}
+    assert refused == {"granted": False, "reason": "the task is stopped", "secrets": {}}
 
 
 def test_claim_finished_task_refused_even_for_its_worker(h: Harness) -> None:

@@ -12,7 +12,7 @@ from dstack.errors import ConfigError, DstackError
 from dstack.messages import JobTask, SetSecret
 from dstack.scheduler.secrets import KEY_FILE, NEXT_KEY_FILE, SEALED, load_cipher, rotate_key, seal_stored
 from dstack.scheduler.store import SqliteStateStore
-from tests.scheduler_harness import Harness, spec
+from tests.scheduler_harness import PROVIDER_TASK, Harness, spec
 
 VALUE = "hf_very-secret-token"
 
@@ -53,8 +53,10 @@ def test_the_database_holds_no_secret_in_clear_and_jobs_get_it(tmp_path: Path) -
     h.scheduler.handle_request(SetSecret(name="HF_TOKEN", value=VALUE))
     h.provider_creates([spec("a")])
     jobs = h.job_tasks()
-    assert [job.secrets for job in jobs] == [{"HF_TOKEN": VALUE}]
+    assert [job.secrets for job in jobs] == [{}]  # no secret travels in a task message
     assert isinstance(jobs[0], JobTask)
+    assert h.claim("train.0", "w1")["secrets"] == {"HF_TOKEN": VALUE}  # the claim's answer brings them
+    assert h.claim(PROVIDER_TASK, "w-provider")["secrets"] == {}  # a provider gets none
     h.store.close()
     files = [p for p in (tmp_path / "scheduler").iterdir() if p.name.startswith("state.db")]
     assert files and not any(VALUE.encode() in p.read_bytes() for p in files)

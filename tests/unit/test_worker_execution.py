@@ -27,7 +27,7 @@ from dstack.sdk import GPU, App, Job, ResourceRequirements, Retry
 from dstack.sdk.job import jobs_to_dicts
 from dstack.states import Status
 from dstack.workers.artifacts import upload_artifacts
-from dstack.workers.execution import Execution, JobExecution, ProviderExecution
+from dstack.workers.execution import TASK_FILE, Execution, JobExecution, ProviderExecution
 from dstack.workers.runtime import ContainerSpec
 from tests.fakes import Script, provider_io, workdir
 from tests.worker_harness import RUN, WorkerHarness
@@ -371,3 +371,12 @@ def test_a_job_mounts_its_own_folder_only_and_the_workers_mounts(h: Harness, tmp
     spec = h.runtime.started[execution.container.name].spec  # type: ignore[union-attr]
     assert spec.mounts == [(str(execution.workdir), "/workflow", False), ("/srv/wheels", "/wheels", True)]
     assert spec.pids == 4096
+
+
+def test_a_jobs_secrets_stay_out_of_its_task_folder(h: Harness) -> None:
+    task = h.job(script=Script(output=[b"$TOKEN\n"]))
+    task.secrets = {"TOKEN": "s3cret-in-memory"}  # as the worker sets them from its claim's answer
+    execution = h.started(task)
+    assert b"s3cret-in-memory" not in (execution.folder / TASK_FILE).read_bytes()
+    assert Execution.load(execution.folder / TASK_FILE, h.context).task.secrets == {}
+    assert h.runtime.started[execution.container.name].spec.env["TOKEN"] == "s3cret-in-memory"  # type: ignore[union-attr]
