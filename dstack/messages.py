@@ -11,8 +11,9 @@ import enum
 import functools
 import json
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import msgpack
 
@@ -533,46 +534,47 @@ def to_payload(message: Any) -> dict[str, Any]:
     that a later release adds reaches an older receiver, which refuses fields it does not know, only where
     it is used, and the parts of a fleet can be upgraded one at a time.
     """
-    payload: dict[str, Any] = _compact(message)
+    payload: dict[str, Any] = _plain(message, _set_fields)
     payload["type"] = type(message).__name__
     payload["v"] = defaults.PROTOCOL_VERSION
     return payload
 
 
-def _compact(value: Any) -> Any:
-    """:func:`plain`, without the fields of data classes that hold their default."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        compact = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if f.default is not dataclasses.MISSING and item == f.default:
-                continue
-            if f.default_factory is not dataclasses.MISSING and (
-                    not item if isinstance(item, (list, dict)) else item == f.default_factory()):
-                continue  # an empty list or map, or a data class as its factory makes it
-            compact[f.name] = _compact(item)
-        return compact
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _compact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_compact(v) for v in value]
-    return value
-
-
 def plain(value: Any) -> Any:
     """Plain data (maps, lists, text, numbers) for a dataclass, an enum, or a list or map of them:
     :func:`dataclasses.asdict`, with every enum as its value. :func:`from_dict` reverses it."""
+    return _plain(value, _all_fields)
+
+
+def _plain(value: Any, fields_of: Callable[[Any], Iterator[tuple[str, Any]]]) -> Any:
+    """Plain data for ``value``, a data class's fields as ``fields_of`` gives them."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
+        return {name: _plain(item, fields_of) for name, item in fields_of(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        return {k: _plain(v, fields_of) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [_plain(v, fields_of) for v in value]
     return value
+
+
+def _all_fields(value: Any) -> Iterator[tuple[str, Any]]:
+    for f in dataclasses.fields(value):
+        yield f.name, getattr(value, f.name)
+
+
+def _set_fields(value: Any) -> Iterator[tuple[str, Any]]:
+    """The fields that do not hold their default: an empty list or map, or a data class as its factory makes
+    it, counts as the default."""
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if f.default is not dataclasses.MISSING and item == f.default:
+            continue
+        if f.default_factory is not dataclasses.MISSING and (
+                not item if isinstance(item, (list, dict)) else item == f.default_factory()):
+            continue
+        yield f.name, item
 
 
 def from_payload(payload: Any, expected: Optional[type[T]] = None) -> T:
