@@ -222,8 +222,8 @@ class SqliteStateStore(StateStore):
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # deleted rows are overwritten, not left in free pages: a task message in the outbox (which holds the
-        # job's secrets until it is sent) leaves nothing in the file once deleted
+        # deleted rows are overwritten, not left in free pages: a secret deleted or sealed again under a new
+        # key leaves nothing of its earlier form in the file
         self._db.execute("PRAGMA secure_delete=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
