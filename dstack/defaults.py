@@ -74,3 +74,7 @@ IMAGE_CHECK_INTERVAL = 60.0
 
 #: The most processes (and threads) a job's container may run at once, unless its ``resources`` say.
 JOB_PIDS_LIMIT = 4096
+
+#: MiB of the machine's memory a job that asks for no memory limit cannot take (or 5% of it, if more), so that a
+#: job that fills its memory ends itself, not the worker.
+WORKER_MEMORY_RESERVE_MIB = 1024

@@ -230,6 +230,7 @@ class DockerRuntime(ContainerRuntime):
         self.network = network
         info = self._client.info()
         self._engine_cpus = float(info.get("NCPU") or 1)
+        self._engine_memory_mib = int(info.get("MemTotal") or 0) // 2**20
         self._data_root = str(info.get("DockerRootDir") or "")
 
     def start(self, spec: ContainerSpec) -> Container:
@@ -253,6 +254,9 @@ class DockerRuntime(ContainerRuntime):
             options["nano_cpus"] = int(min(spec.cpu, self._engine_cpus) * 1e9)
         if spec.memory_mib:
             options["mem_limit"] = options["memswap_limit"] = f"{spec.memory_mib}m"
+        elif self._engine_memory_mib:  # no limit asked for: the machine's memory, but what the worker holds back
+            reserve = max(defaults.WORKER_MEMORY_RESERVE_MIB, self._engine_memory_mib // 20)
+            options["mem_limit"] = f"{max(self._engine_memory_mib - reserve, 256)}m"
         if spec.shm_size_mib:
             options["shm_size"] = f"{spec.shm_size_mib}m"
         if spec.gpu_ids and self.gpu_devices:

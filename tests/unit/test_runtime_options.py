@@ -72,7 +72,8 @@ class FakeClient:
         self.images = FakeImages()
 
 
-def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus: float = 2) -> DockerRuntime:
+def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus: float = 2,
+                 engine_memory_mib: int = 16384) -> DockerRuntime:
     """A DockerRuntime set up as ``__init__`` would, without reaching a Docker engine."""
     runtime = DockerRuntime.__new__(DockerRuntime)
     runtime.gpu_devices = gpu_devices
@@ -82,6 +83,7 @@ def make_runtime(network: str = "bridge", gpu_devices: bool = False, engine_cpus
     runtime._create = lambda options: client.containers.create(**options)  # type: ignore[method-assign]
     runtime.network = network
     runtime._engine_cpus = engine_cpus
+    runtime._engine_memory_mib = engine_memory_mib
     return runtime
 
 
@@ -127,10 +129,13 @@ def test_basic_options() -> None:
     assert container._container.started == 1  # type: ignore[attr-defined]
 
 
-def test_no_limits_when_none_are_asked() -> None:
+def test_no_limits_when_none_are_asked_but_the_workers_share_of_memory() -> None:
     options = created(make_runtime(gpu_devices=True), spec())
-    for key in ("nano_cpus", "mem_limit", "memswap_limit", "shm_size", "device_requests"):
+    for key in ("nano_cpus", "memswap_limit", "shm_size", "device_requests"):
         assert key not in options, key
+    assert options["mem_limit"] == f"{16384 - 1024}m"  # a job that fills its memory ends itself, not the worker
+    options = created(make_runtime(engine_memory_mib=256 * 1024), spec())
+    assert options["mem_limit"] == f"{256 * 1024 - 256 * 1024 // 20}m"  # 5% of a big machine
 
 
 # ----------------------------------------------------------------------------- GPUs
@@ -181,7 +186,7 @@ def test_memory_limit_without_swap() -> None:
 def test_shm_size() -> None:
     options = created(make_runtime(), spec(shm_size_mib=2048))
     assert options["shm_size"] == "2048m"
-    assert "mem_limit" not in options
+    assert "memswap_limit" not in options
 
 
 def test_all_limits_together() -> None:
