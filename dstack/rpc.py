@@ -86,12 +86,12 @@ class RpcClient:
             while correlation_id not in self._replies:
                 now = time.monotonic()
                 if now >= deadline:
-                    self._check_scheduler()  # it went away since its last reply: say so
+                    self.check_scheduler()  # it went away since its last reply: say so
                     raise SchedulerUnavailable(
                         f"the scheduler did not answer within {self._timeout:.0f} s "
                         f"(broker {describe(self._url)}); is it running and healthy?")
                 if now >= next_check:  # a slow reply: is a scheduler still there?
-                    self._check_scheduler()
+                    self.check_scheduler()
                     next_check = now + SLOW_REPLY
                 self._connection.process_data_events(time_limit=min(deadline - now, next_check - now, 0.5))
         except AMQPError as e:
@@ -105,11 +105,11 @@ class RpcClient:
 
     def _send(self, request: Any, correlation_id: str) -> None:
         if time.monotonic() - self._answered_at > SCHEDULER_SEEN_FOR:
-            self._check_scheduler()
+            self.check_scheduler()
         publish(self._channel, "", RPC_QUEUE, encode(request), reply_to=REPLY_TO_QUEUE,
                 correlation_id=correlation_id, expires_in=self._timeout)
 
-    def _check_scheduler(self) -> None:
+    def check_scheduler(self) -> None:
         """Raise :class:`SchedulerUnavailable` when no scheduler consumes requests."""
         queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
         if queue.method.consumer_count == 0:

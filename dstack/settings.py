@@ -273,7 +273,7 @@ def _size_mib(raw: object, field: str) -> int:
     from dstack.sdk.resources import parse_size_mib
 
     try:
-        mib = parse_size_mib(raw if isinstance(raw, (str, int, float)) else str(raw), field)
+        mib = parse_size_mib(raw if isinstance(raw, (str, int, float)) else str(raw), "the size")
     except ValueError as e:
         raise ConfigError(str(e), field=field) from None
     return mib or 0

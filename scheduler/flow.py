@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Optional
 
+from dstack.errors import DstackError
 from dstack.messages import (
     ArtifactRef,
     Endpoint,
@@ -127,8 +128,21 @@ class TaskFlow:
     # ------------------------------------------------------------------ forward
 
     def secrets(self) -> dict[str, str]:
-        """The secrets every job gets, opened."""
-        return {name: self.cipher.open(value) for name, value, _ in self.store.secrets()}
+        """The secrets every job gets, opened.
+
+        Raises:
+            DstackError: some cannot be opened with the scheduler's key; the message names them.
+        """
+        opened, unopened = {}, []
+        for name, value, _ in self.store.secrets():
+            try:
+                opened[name] = self.cipher.open(value)
+            except DstackError:
+                unopened.append(name)
+        if unopened:
+            raise DstackError(f"the secrets {', '.join(unopened)} were sealed under another key than the scheduler's "
+                              "(DSTACK_SECRETS_KEY, scheduler/secrets.key); set them again, or delete them")
+        return opened
 
     def release_if_ready(self, task: TaskRecord) -> None:
         """Start ``task`` if everything it depends on is done and its master (if any) runs.

@@ -11,7 +11,7 @@ from dstack.live import Publisher
 from dstack.messages import from_payload, pack, plain, unpack
 from dstack.names import EVENT_ACTOR, EVENTS_QUEUE, UPDATES_EXCHANGE
 from dstack.rpc import RpcServer
-from dstack.scheduler.secrets import load_cipher, seal_stored
+from dstack.scheduler.secrets import load_cipher, seal_stored, unopenable
 from dstack.scheduler.service import Scheduler
 from dstack.scheduler.store import SqliteStateStore
 from dstack.settings import Settings
@@ -35,6 +35,10 @@ class SchedulerService:
         sealed = seal_stored(self.store, cipher)
         if sealed:
             log.info("sealed %d secrets stored in clear by an earlier version", sealed)
+        unopened = unopenable(self.store, cipher)
+        if unopened:
+            log.error("the secrets %s cannot be opened with this scheduler's key (DSTACK_SECRETS_KEY, "
+                      "scheduler/secrets.key): jobs fail until they are set again or deleted", ", ".join(unopened))
         self.scheduler = Scheduler(self.store, send=self._send, notify=self._notify,
                                    worker_timeout=settings.worker_timeout, cipher=cipher)
         self._lock = threading.Lock()

@@ -83,6 +83,18 @@ def seal_stored(store: StateStore, cipher: SecretCipher) -> int:
     return count
 
 
+def unopenable(store: StateStore, cipher: SecretCipher) -> list[str]:
+    """The names of the stored secrets that ``cipher`` cannot open (sealed under another key)."""
+    names = []
+    with store.transaction():
+        for name, value, _ in store.secrets():
+            try:
+                cipher.open(value)
+            except DstackError:
+                names.append(name)
+    return names
+
+
 def rotate_key(store: StateStore, scheduler_home: Path, env_key: Optional[str]) -> tuple[bytes, int]:
     """Seal every secret again under a new key; returns the key and how many secrets.
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.errors import RequestRejected, RunNameTaken
+from dstack.errors import DstackError, RequestRejected, RunNameTaken
 from dstack.jobgraph import check_job_graph, find_cycle
 from dstack.messages import (
     UPLOAD_WORKFLOW,
@@ -326,9 +326,20 @@ class Scheduler:
         if task.status not in (Status.QUEUED, *ACTIVE) or (
                 task.status in ACTIVE and task.worker_id != request.worker_id):
             return ClaimAnswer(granted=False, reason=f"the task is {task.status.value}")
+        secrets: dict[str, str] = {}
+        if task.kind is Kind.JOB:
+            try:
+                secrets = self._flow.secrets()
+            except DstackError as e:  # sealed under another key: this job cannot have them
+                run = self._store.get_run(task.run_name)
+                assert run is not None
+                task.started_at = time.time()
+                self._flow.end(task, Status.FAILED, f"its secrets cannot be given: {e}", task.started_at)
+                self._flow.update_run(run)
+                return ClaimAnswer(granted=False, reason=str(e))
         task.worker_id = request.worker_id
         self._flow.save(task)
-        return ClaimAnswer(granted=True, secrets=self._flow.secrets() if task.kind is Kind.JOB else {})
+        return ClaimAnswer(granted=True, secrets=secrets)
 
     def tick(self) -> None:
         """What time alone makes happen (called every second): retries whose backoff has passed

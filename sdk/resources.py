@@ -6,6 +6,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|)\s*$", re.IGNORECASE)
 _MIB_PER_UNIT = {"": 1.0, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
+#: The most processes a job's ``pids`` may allow: the kernel's most (``pid_max`` on 64-bit Linux).
+_MAX_PIDS = 4194304
 #: Early dstack's ``MODEL/gpu: N`` key of ``resources`` (``K80/gpu: 4``).
 _MODEL_GPU = re.compile(r"^([^/]+)/gpu$")
 
@@ -81,8 +83,8 @@ class ResourceRequirements:
         if not isinstance(interruptible, bool):
             raise ValueError(f"interruptible must be true or false, not {interruptible!r}")
         self.interruptible = interruptible
-        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids < 1):
-            raise ValueError(f"pids must be a whole number of at least 1, not {pids!r}")
+        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or not 1 <= pids <= _MAX_PIDS):
+            raise ValueError(f"pids must be a whole number from 1 to {_MAX_PIDS}, not {pids!r}")
         self.pids = pids
 
     @classmethod

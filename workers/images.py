@@ -65,7 +65,10 @@ class PullProgress:
         return f"pulling {image}: {self.layers_done}/{len(self._status)} layers{mb}"
 
     def summary(self, image: str) -> str:
-        """``pulled IMAGE: 7 layers (3 already here), 120.0 MB in 4.2 s``."""
+        """``pulled IMAGE: 7 layers (3 already here), 120.0 MB in 4.2 s``, or ``IMAGE is up to date`` when the
+        registry had nothing new."""
+        if not self._status:
+            return f"{image} is up to date (checked in {time.monotonic() - self.started:.1f} s)"
         here = sum(1 for status in self._status.values() if status == "Already exists")
         return (f"pulled {image}: {len(self._status)} layers ({here} already here), "
                 f"{sum(self._total.values()) / 1e6:.1f} MB in {time.monotonic() - self.started:.1f} s")
@@ -85,8 +88,11 @@ class _Pull:
     def listen(self, listener: Callable[[str], None]) -> None:
         with self.lock:
             self.listeners.append(listener)
-            if self.last_line:  # a task that joins late hears where the pull is
-                listener(self.last_line)
+            if self.last_line:  # a task that joins late hears what is pulled, and where the pull is
+                header = f"pulling {self.image}"
+                listener(header)
+                if self.last_line != header:
+                    listener(self.last_line)
 
     def leave(self, listener: Callable[[str], None]) -> None:
         with self.lock:

@@ -12,7 +12,7 @@ import dramatiq
 
 from dstack import defaults
 from dstack.broker import consumer, declare_queue, make_broker
-from dstack.errors import ConfigError, DstackError, MessageError
+from dstack.errors import ConfigError, DstackError, MessageError, RequestRejected
 from dstack.live import Publisher
 from dstack.messages import (
     Allocation,
@@ -235,6 +235,10 @@ class Worker:
             return False
         try:
             grant = self._claim(task)
+        except RequestRejected as e:  # the scheduler owns the task's state: it failed the task, or will say why
+            log.warning("not starting %s: the scheduler refused the claim: %s", execution.key, e)
+            self.capacity.release(allocation)
+            return True
         except DstackError:
             self.capacity.release(allocation)
             raise

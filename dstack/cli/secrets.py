@@ -55,9 +55,20 @@ def secrets_delete(context: Context, name: str) -> None:
 def secrets_rotate_key(context: Context) -> None:
     """Seal every secret again under a new key. Run it on the scheduler's machine, with the scheduler stopped,
     as the user it runs as (same DSTACK_HOME and DSTACK_SECRETS_KEY); then start the scheduler again."""
+    from dstack.errors import DstackError
+    from dstack.rpc import RpcClient
     from dstack.scheduler.secrets import rotate_key
     from dstack.scheduler.store import SqliteStateStore
 
+    try:
+        with RpcClient(context.settings.broker_url) as rpc:
+            rpc.check_scheduler()
+        running = True
+    except DstackError:  # no scheduler consumes requests, or no broker answers: none runs
+        running = False
+    if running:
+        raise click.ClickException("a scheduler is running on the broker: stop it first (it holds the old key), "
+                                   "rotate, then start it again")
     home = context.settings.home / "scheduler"
     if not (home / "state.db").exists():
         raise click.ClickException(f"no scheduler database at {home / 'state.db'}: run this on the scheduler's "

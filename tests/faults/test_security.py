@@ -99,11 +99,15 @@ def test_secrets_are_sealed_at_rest_and_survive_a_key_rotation(fleet: Cluster, t
     database = sorted(scheduler_home.glob("state.db*"))
     assert database and not any(value.encode() in path.read_bytes() for path in database)
 
-    # rotation: the scheduler stopped, the command on its machine (its home), the scheduler started again
+    # rotation: refused while the scheduler runs (it holds the old key) ...
+    home = {"DSTACK_HOME": str(fleet.root / "scheduler-home")}
+    refused = fleet.dstack("secrets", "rotate-key", env=home)
+    assert refused.returncode != 0 and "a scheduler is running" in refused.stderr
+    # ... then with the scheduler stopped, the command on its machine (its home), the scheduler started again
     fleet.signal("scheduler", signal.SIGTERM)
     fleet.processes["scheduler"].wait(30)
     old_key = key_file.read_bytes()
-    rotated = fleet.dstack("secrets", "rotate-key", env={"DSTACK_HOME": str(fleet.root / "scheduler-home")})
+    rotated = fleet.dstack("secrets", "rotate-key", env=home)
     assert rotated.returncode == 0 and "1 secrets sealed under a new key" in rotated.stderr, rotated.stderr
     assert key_file.read_bytes() != old_key
     fleet.start_scheduler()

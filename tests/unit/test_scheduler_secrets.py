@@ -10,7 +10,15 @@ from cryptography.fernet import Fernet
 
 from dstack.errors import ConfigError, DstackError
 from dstack.messages import JobTask, SetSecret
-from dstack.scheduler.secrets import KEY_FILE, NEXT_KEY_FILE, SEALED, load_cipher, rotate_key, seal_stored
+from dstack.scheduler.secrets import (
+    KEY_FILE,
+    NEXT_KEY_FILE,
+    SEALED,
+    load_cipher,
+    rotate_key,
+    seal_stored,
+    unopenable,
+)
 from dstack.scheduler.store import SqliteStateStore
 from tests.scheduler_harness import PROVIDER_TASK, Harness, spec
 
@@ -113,3 +121,16 @@ def test_rotation_with_the_key_in_the_environment_returns_the_new_key(tmp_path: 
         [(_, stored, _)] = store.secrets()
     assert count == 1 and load_cipher(tmp_path, new_key.decode()).open(stored) == "a-value"
     assert not (tmp_path / KEY_FILE).exists()
+
+
+def test_a_job_whose_secrets_cannot_be_opened_fails_saying_which(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "scheduler" / "state.db")
+    h.scheduler.handle_request(SetSecret(name="GOOD", value="g"))
+    with h.store.transaction():  # sealed under another key (a rotation while the scheduler ran)
+        h.store.set_secret("STALE", load_cipher(tmp_path / "other", None).seal("s"), 1.0)
+    h.provider_creates([spec("a")])
+    answer = h.claim("train.0", "w1")
+    assert not answer["granted"] and "STALE" in answer["reason"] and "GOOD" not in answer["reason"]
+    job = h.task("train.0")
+    assert job.status.value == "failed" and job.reason.startswith("its secrets cannot be given: the secrets STALE")
+    assert unopenable(h.store, h.scheduler._flow.cipher) == ["STALE"]

@@ -729,3 +729,10 @@ def test_provider_resources_that_are_wrong_end_the_provider(provider_module: Mod
     with pytest.raises(SystemExit):
         provider_module.NoSchemaProvider()._resources()
     assert "workflow 'download': resources: memory must be a size" in read_error(output_dir)
+
+
+@pytest.mark.parametrize("pids", [0, -5, 4194305, True, 1.5, "50"])
+def test_a_process_limit_out_of_range_is_refused(pids: Any) -> None:
+    with pytest.raises(ValueError, match="pids must be a whole number from 1 to 4194304"):
+        ResourceRequirements(pids=pids)
+    assert ResourceRequirements(pids=4194304).to_dict()["pids"] == 4194304

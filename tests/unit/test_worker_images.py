@@ -96,6 +96,33 @@ def puller(tmp_path: Path, runtime: FakeRuntime, **options: Any) -> ImagePuller:
     return ImagePuller(runtime, UsageRecord(tmp_path / "images.json"), **options)
 
 
+def test_a_pull_with_nothing_new_says_the_image_is_up_to_date() -> None:
+    progress = PullProgress()
+    for event in ({"status": "Pulling from team/trainer", "id": "42"}, {"status": "Digest: sha256:abc"},
+                  {"status": f"Status: Image is up to date for {IMAGE}"}):
+        progress.feed(event)
+    assert progress.summary(IMAGE).startswith(f"{IMAGE} is up to date (checked in ")
+
+
+def test_a_task_that_joins_a_pull_hears_what_is_pulled_first(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    runtime.registry[IMAGE] = EVENTS
+    release = threading.Event()
+    runtime.on_pull_event = lambda event: release.wait(5) if event is EVENTS[4] else None
+    images = puller(tmp_path, runtime, progress_interval=0)
+    first = threading.Thread(target=images.pull, args=(IMAGE, None, lambda line: None, lambda: False))
+    first.start()
+    time.sleep(0.2)
+    late: list[str] = []
+    joined = threading.Thread(target=images.pull, args=(IMAGE, None, late.append, lambda: False))
+    joined.start()
+    time.sleep(0.1)
+    release.set()
+    first.join(5)
+    joined.join(5)
+    assert late[0] == f"pulling {IMAGE}" and late[1].startswith(f"pulling {IMAGE}: ")
+
+
 def test_one_pull_serves_every_task_waiting_for_it(tmp_path: Path) -> None:
     runtime = FakeRuntime()
     runtime.registry[IMAGE] = EVENTS

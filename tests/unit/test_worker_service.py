@@ -12,7 +12,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from dstack.errors import ConfigError, MessageError
+from dstack.errors import ConfigError, MessageError, RequestRejected
 from dstack.messages import Inventory, JobSpec, JobTask, StopTask, TaskFinished, TaskStarted, from_payload, to_payload
 from dstack.names import CONTAINER_LABEL, EVENTS_QUEUE, WORKER_LABEL, container_name
 from dstack.settings import Settings
@@ -212,3 +212,11 @@ def test_drain_of_tasks_that_end_within_the_period_stops_nothing(worker: Worker,
     assert time.monotonic() - started < 1.0
     [end] = finished(sent_events(worker))
     assert end.status == Status.DONE
+
+
+def test_a_refused_claim_leaves_the_worker_running(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(task: Any) -> Any:
+        raise RequestRejected("the secrets X were sealed under another key")
+    monkeypatch.setattr(worker, "_claim", refuse)
+    assert worker._take(to_payload(job_task(worker, "train.0"))) is True  # acknowledged: the scheduler owns it
+    assert worker.capacity.held() == []
