@@ -66,6 +66,8 @@ TASK_FILE = "task.msgpack"
 TAIL_LINES = 10
 #: Exit code of a container killed by SIGKILL (128 + 9).
 SIGKILL_EXIT = 137
+#: What a process says when it cannot fork or start a thread (a job at its process limit, ``resources.pids``)
+_FORK_FAILED = ("Resource temporarily unavailable", "Cannot fork", "can't start new thread")
 #: ``${{ secrets.NAME }}`` in a job's ``registry_auth``
 _SECRET = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -409,8 +411,9 @@ class Execution(abc.ABC):
             finished.reason = f"out of memory (the limit is {limit} MiB)" if limit else "out of memory"
         elif exit_info.exit_code != 0:
             finished.status = Status.FAILED
+            tail = writer.tail(TAIL_LINES)
             finished.reason = self._error_reason() or (
-                f"exit code {exit_info.exit_code}; last lines:\n" + "\n".join(writer.tail(TAIL_LINES)))
+                f"exit code {exit_info.exit_code}{self._hint(tail)}; last lines:\n" + "\n".join(tail))
         else:
             self._succeeded(finished)
         return finished
@@ -422,6 +425,10 @@ class Execution(abc.ABC):
     def _error_reason(self) -> Optional[str]:
         """The reason the task gave for failing, if it gave one (else its last lines are quoted)."""
         return None
+
+    def _hint(self, last_lines: list[str]) -> str:
+        """What the last lines of a failed task suggest about why, to put beside its exit code."""
+        return ""
 
     def _succeeded(self, finished: TaskFinished) -> None:
         """Complete ``finished`` of a container that exited with 0 (it may turn it into a failure)."""
@@ -680,6 +687,12 @@ class JobExecution(Execution):
 
     def _memory_limit_mib(self) -> Optional[int]:
         return self.task.job.resources.memory_mib
+
+    def _hint(self, last_lines: list[str]) -> str:
+        if any(marker in line for line in last_lines for marker in _FORK_FAILED):
+            limit = self.task.job.resources.pids or defaults.JOB_PIDS_LIMIT
+            return f" (it may have hit its process limit of {limit}: resources.pids)"
+        return ""
 
     def _prepare(self, folder: Path) -> None:
         """A job that resumes (a retry, a restart without ``--clear``) gets its own last stored artifacts,

@@ -84,6 +84,8 @@ class _Pull:
     listeners: list[Callable[[str], None]] = field(default_factory=list)
     last_line: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: every task that waited for it was stopped: the pull stops at its next event
+    abandoned: bool = False
 
     def listen(self, listener: Callable[[str], None]) -> None:
         with self.lock:
@@ -203,7 +205,12 @@ class ImagePuller:
                 if cancelled():
                     raise PullCancelled(image)
         finally:
-            pull.leave(on_line)
+            with self._lock:
+                pull.leave(on_line)
+                if not pull.listeners and not pull.done.is_set():  # no task waits for it any more
+                    pull.abandoned = True
+                    if self._pulls.get(key) is pull:
+                        del self._pulls[key]  # a task that needs the image later starts a pull of its own
         if pull.error is not None:
             raise pull.error
 
@@ -217,12 +224,17 @@ class ImagePuller:
                     self._pull_once(image, auth, pull)
                     self.record.pulled(image)
                     return
+                except PullCancelled:
+                    log.info("pulling %s stopped: no task waits for it", image)
+                    return
                 except RegistryUnreachable as e:
                     if time.monotonic() + delay > deadline:
                         pull.error = RegistryUnreachable(f"{e} (tried for {self._retry_timeout:g} s)")
                         return
                     pull.tell(f"registry unreachable, trying again in {delay:g} s: {e}")
                     self._sleep(delay)
+                    if pull.abandoned:
+                        return
                     delay = min(delay * 2, MAX_RETRY_DELAY)
         except DstackError as e:
             pull.error = e
@@ -231,14 +243,17 @@ class ImagePuller:
             pull.error = DstackError(f"pulling image '{image}' failed in the worker: {e}")
         finally:
             with self._lock:
-                self._pulls.pop(key, None)
+                if self._pulls.get(key) is pull:
+                    del self._pulls[key]
             pull.done.set()
 
     def _pull_once(self, image: str, auth: Optional[tuple[str, str]], pull: _Pull) -> None:
         progress = PullProgress()
         pull.tell(f"pulling {image}")
         told = time.monotonic()
-        for event in self._runtime.pull(image, auth):
+        for event in self._runtime.pull(image, auth):  # leaving the loop closes the stream: Docker stops the pull
+            if pull.abandoned:
+                raise PullCancelled(image)
             progress.feed(event)
             if time.monotonic() - told >= self._interval:
                 pull.tell(progress.line(image))

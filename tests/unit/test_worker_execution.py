@@ -380,3 +380,12 @@ def test_a_jobs_secrets_stay_out_of_its_task_folder(h: Harness) -> None:
     assert b"s3cret-in-memory" not in (execution.folder / TASK_FILE).read_bytes()
     assert Execution.load(execution.folder / TASK_FILE, h.context).task.secrets == {}
     assert h.runtime.started[execution.container.name].spec.env["TOKEN"] == "s3cret-in-memory"  # type: ignore[union-attr]
+
+
+def test_a_job_that_could_not_fork_is_told_its_process_limit(h: Harness) -> None:
+    output = [b"sh: 1: Cannot fork\n"]
+    finished = h.run(h.job(script=Script(output=output, exit_code=2), resources=Resources(pids=50)))
+    assert finished.reason.startswith("exit code 2 (it may have hit its process limit of 50: resources.pids)")
+    h.events.clear()
+    plain_failure = h.run(h.job(script=Script(output=[b"boom\n"], exit_code=2), run="other-run-2"))
+    assert plain_failure.reason.startswith("exit code 2; last lines:")

@@ -191,12 +191,32 @@ def test_a_stopped_task_leaves_the_pull_to_the_others(tmp_path: Path) -> None:
     release = threading.Event()
     runtime.on_pull_event = lambda event: release.wait(5) if event is EVENTS[-1] else None
     images = puller(tmp_path, runtime)
+    other = threading.Thread(target=images.pull, args=(IMAGE, None, lambda line: None, lambda: False))
+    other.start()
+    time.sleep(0.1)
     with pytest.raises(PullCancelled):
         images.pull(IMAGE, None, lambda line: None, lambda: True, wait_step=0.01)
-    assert images.pulling() == {IMAGE}
+    assert images.pulling() == {IMAGE}  # the other task still waits for it
     release.set()
+    other.join(5)
+    assert runtime.pulls == [(IMAGE, None)] and images.record.unused_since(time.time() + 1) == [IMAGE]
+
+
+def test_a_pull_no_task_waits_for_stops(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    runtime.registry[IMAGE] = EVENTS
+    release = threading.Event()
+    seen: list[dict[str, Any]] = []
+    runtime.on_pull_event = lambda event: (seen.append(event), release.wait(5) if event is EVENTS[3] else None)
+    images = puller(tmp_path, runtime)
+    with pytest.raises(PullCancelled):
+        images.pull(IMAGE, None, lambda line: None, lambda: True, wait_step=0.01)
+    assert images.pulling() == set()  # a later task starts a pull of its own
+    release.set()
+    time.sleep(0.2)
+    assert len(seen) < len(EVENTS) and images.record.unused_since(time.time() + 1) == []  # stopped, not pulled
     images.pull(IMAGE, None, lambda line: None, lambda: False)
-    assert runtime.pulls == [(IMAGE, None)]
+    assert len(runtime.pulls) == 2
 
 
 def test_different_credentials_pull_apart(tmp_path: Path) -> None:
