@@ -245,8 +245,6 @@ class Execution(abc.ABC):
                 raise
             self._pull(image)
             result = action()
-        assert self.context.images is not None
-        self.context.images.record.used(image)
         return result
 
     def _pull(self, image: str) -> None:
