@@ -65,6 +65,8 @@ Channel = BlockingChannel
 
 #: pika's error for a connection or channel that broke (or was closed).
 AMQPError = pika.exceptions.AMQPError
+#: The broker closed a channel (its ``reply_code`` says why: 403 refused, 404 not found, 406 precondition).
+ChannelClosed = pika.exceptions.ChannelClosedByBroker
 
 if TYPE_CHECKING:
     import dramatiq
@@ -112,6 +114,11 @@ def describe(url: str) -> str:
     return f"amqp://{host}:{port}{parts.path or '/'}"
 
 
+def account(url: str) -> str:
+    """The RabbitMQ user ``url`` connects as (``guest`` when the URL names none, as pika does)."""
+    return str(getattr(pika.URLParameters(url).credentials, "username", "guest"))
+
+
 def connect(url: str) -> Connection:
     """A blocking pika connection to ``url``.
 
@@ -149,12 +156,13 @@ def call_threadsafe(connection: Optional[Connection], callback: Callable[[], Non
 
 def publish(channel: Channel, exchange: str, routing_key: str, body: bytes, *,
             correlation_id: Optional[str] = None, reply_to: Optional[str] = None,
-            expires_in: Optional[float] = None) -> None:
+            expires_in: Optional[float] = None, user_id: Optional[str] = None) -> None:
     """Publish ``body`` as a transient message (no publisher confirm: for requests, replies and
     live notifications, where the sender finds out otherwise). RabbitMQ drops it when nobody
-    consumed it within ``expires_in`` seconds."""
+    consumed it within ``expires_in`` seconds. ``user_id``, the connection's own user, is checked by
+    RabbitMQ (which closes the channel when it is not), so the receiver knows who sent it."""
     properties = pika.BasicProperties(
-        delivery_mode=1, correlation_id=correlation_id, reply_to=reply_to,
+        delivery_mode=1, correlation_id=correlation_id, reply_to=reply_to, user_id=user_id,
         expiration=None if expires_in is None else str(int(expires_in * 1000)))
     channel.basic_publish(exchange, routing_key, body, properties)
 
@@ -167,6 +175,8 @@ class Delivery(NamedTuple):
     body: bytes
     reply_to: Optional[str]
     correlation_id: Optional[str]
+    #: the sender's RabbitMQ user, as RabbitMQ checked it (``None``: the sender did not say)
+    user_id: Optional[str] = None
 
 
 def consume(channel: Channel, queue_name: str, *, timeout: float, auto_ack: bool = False
@@ -178,7 +188,7 @@ def consume(channel: Channel, queue_name: str, *, timeout: float, auto_ack: bool
             yield None
         else:
             yield Delivery(method.delivery_tag or 0, method.exchange or "", body, properties.reply_to,
-                           properties.correlation_id)
+                           properties.correlation_id, properties.user_id)
 
 
 # ----------------------------------------------------------------------------- Dramatiq

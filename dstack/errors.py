@@ -86,8 +86,13 @@ class RunNameTaken(RequestRejected):
     picks another name."""
 
 
+class NotAllowed(RequestRejected):
+    """The caller may not do what it asked: the run is someone else's, the request is for admins or workers, or
+    the broker account is no dstack user."""
+
+
 #: Refusals the scheduler's replies name (``"kind"``), so that the caller gets the same class.
-REJECTIONS: dict[str, type[RequestRejected]] = {cls.__name__: cls for cls in (RunNameTaken,)}
+REJECTIONS: dict[str, type[RequestRejected]] = {cls.__name__: cls for cls in (RunNameTaken, NotAllowed)}
 
 
 class RuntimeErrorInContainer(DstackError):

@@ -8,12 +8,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from typing import Optional
 
 from dstack import defaults
-from dstack.broker import AMQPError, Backoff, Channel, Connection, close_quietly, connect, consume, publish, retry
-from dstack.errors import BrokerUnavailable
-from dstack.names import LOGS_EXCHANGE, UPDATES_EXCHANGE
+from dstack.broker import (
+    AMQPError,
+    Backoff,
+    Channel,
+    ChannelClosed,
+    Connection,
+    account,
+    close_quietly,
+    connect,
+    consume,
+    publish,
+    retry,
+)
+from dstack.errors import BrokerUnavailable, SchedulerUnavailable
+from dstack.names import LOGS_EXCHANGE, UPDATES_EXCHANGE, user_queue
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +35,8 @@ BUFFER = 10_000
 
 
 def declare_exchanges(channel: Channel) -> None:
+    """Declare the exchanges of live notifications (the scheduler at its start, workers before they publish; a
+    user's account may not, and need not)."""
     for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
         channel.exchange_declare(exchange, exchange_type="topic", durable=True)
 
@@ -80,7 +95,8 @@ class Publisher:
 
 
 class Subscription:
-    """A private queue receiving the live notifications of one run (logs and updates)."""
+    """A private queue receiving the live notifications of one run (logs and updates), named after the broker
+    account (``dstack.user.ACCOUNT.*``: the only queues a user's account may declare and read)."""
 
     def __init__(self, url: str, run_name: str) -> None:
         self._url = url
@@ -91,10 +107,16 @@ class Subscription:
         self._connection: Connection = connect(self._url)
         try:
             self._channel = self._connection.channel()
-            declare_exchanges(self._channel)
-            self._queue = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            self._queue = user_queue(account(self._url), f"follow-{uuid.uuid4().hex}")
+            self._channel.queue_declare(self._queue, exclusive=True, auto_delete=True)
             for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
                 self._channel.queue_bind(self._queue, exchange, routing_key=self._run_name)
+        except ChannelClosed as e:
+            close_quietly(self._connection)
+            if e.reply_code == 404:  # the exchanges are declared by the scheduler when it starts
+                raise SchedulerUnavailable("no scheduler has run on this broker yet; start one with `dstack up` "
+                                           "or `dstack scheduler`") from None
+            raise
         except AMQPError:
             close_quietly(self._connection)
             raise

@@ -347,6 +347,9 @@ class TaskFinished:
     artifacts_size: Optional[int] = None
     #: ``RUN/JOB`` of the earlier job whose result this one reused (job caching), else empty
     cached_from: str = ""
+    #: the worker that ran it (empty from a worker older than users): the scheduler ignores an end reported by
+    #: another worker than the one that claimed the task
+    worker_id: str = ""
 
 
 # ----------------------------------------------------------------------------- requests
@@ -423,6 +426,8 @@ class GetRuns:
     run_name: Optional[str] = None
     #: how many of the newest runs (``None``: every run)
     limit: Optional[int] = 50
+    #: only the runs of this user (``dstack status --mine``)
+    owner: Optional[str] = None
 
 
 @dataclass
@@ -446,10 +451,12 @@ class DeleteRuns:
 
 @dataclass
 class SetSecret:
-    """CLI -> scheduler: keep ``value`` as the secret ``name``; every job gets it as an environment variable."""
+    """CLI -> scheduler: keep ``value`` as the caller's secret ``name`` (with ``team``, the team's: admins only); the
+    jobs of the runs of its owner (of everyone's, for a team secret) get it as an environment variable."""
 
     name: str
     value: str
+    team: bool = False
 
     def __repr__(self) -> str:  # never shown, not even in a traceback
         return f"SetSecret(name={self.name!r}, value='***')"
@@ -457,7 +464,10 @@ class SetSecret:
 
 @dataclass
 class DeleteSecret:
+    """CLI -> scheduler: delete the caller's secret ``name`` (with ``team``, the team's: admins only)."""
+
     name: str
+    team: bool = False
 
 
 @dataclass
@@ -515,12 +525,65 @@ class GetWorkers:
     """CLI -> scheduler: the live workers, with what they have and what is in use."""
 
 
+#: The roles of dstack users: what a broker account may do (:mod:`dstack.accounts`) and ask the scheduler.
+ROLES = ("user", "admin", "worker")
+
+
+@dataclass
+class AddUser:
+    """Admin -> scheduler: ``name``, a RabbitMQ account made for it already, is a dstack user with ``role``
+    (one of :data:`ROLES`); a user added again gets the new role."""
+
+    name: str
+    role: str = "user"
+
+
+@dataclass
+class RemoveUser:
+    """Admin -> scheduler: ``name`` is no dstack user any more; what it started goes on."""
+
+    name: str
+
+
+@dataclass
+class GetUsers:
+    """CLI -> scheduler: the dstack users and their roles, and who asks."""
+
+
+@dataclass
+class GetStorage:
+    """CLI -> scheduler: where runs store their files, and whether the CLI reaches them through presigned URLs
+    (:class:`PresignStorage`) rather than with credentials of its own."""
+
+
+@dataclass
+class StorageOp:
+    """One storage operation a CLI asks a presigned URL for."""
+
+    #: ``get``, ``head``, ``put``, ``list`` or ``delete``
+    action: str
+    #: the object's key; for ``list``, the prefix
+    key: str
+    #: for ``list``: where the previous page ended (S3's continuation token)
+    continuation: str = ""
+    #: for ``put``: the SHA-256 of the content (hex), which the storage then checks
+    sha256: str = ""
+
+
+@dataclass
+class PresignStorage:
+    """CLI -> scheduler: presigned URLs for ``ops``, each checked against what the caller may touch; all
+    or nothing."""
+
+    ops: list[StorageOp]
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (ProviderTask, JobTask, StopTask, TaskStarted, TaskPulling, TaskFinished,
                 SubmitRun, GetRuns, StopRun, ClaimTask, RestartRun, TagRun, UntagRun, GetTags,
                 QueueOpened, WorkerReport, WorkerLeaving, GetWorkers, SetSecret, DeleteSecret, GetSecrets,
-                DeleteRuns, RecordUpload)
+                DeleteRuns, RecordUpload, AddUser, RemoveUser, GetUsers, GetStorage, PresignStorage)
 }
 
 

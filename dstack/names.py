@@ -14,10 +14,15 @@ from dstack.storage.base import check_key
 EVENTS_QUEUE = "dstack.events"
 #: Requests from the CLI and workers to the scheduler (request/reply).
 RPC_QUEUE = "dstack.rpc"
+#: The exchange requests are published to (routing key :data:`RPC_QUEUE`): the one thing a user's broker account
+#: may publish to (not the default exchange, through which it could reach any queue).
+REQUESTS_EXCHANGE = "dstack.requests"
 #: Topic exchange of live log chunks; routing key: the run name.
 LOGS_EXCHANGE = "dstack.logs"
 #: Topic exchange of run and job status changes; routing key: the run name.
 UPDATES_EXCHANGE = "dstack.updates"
+#: RabbitMQ's name of the default exchange (``""``) in permissions: Dramatiq publishes through it.
+DEFAULT_EXCHANGE = "amq.default"
 #: RabbitMQ's pseudo-queue for direct reply-to: where a request's reply comes back.
 REPLY_TO_QUEUE = "amq.rabbitmq.reply-to"
 #: Dramatiq actor of the tasks on the task queues (workers read them with their own consumer).
@@ -36,7 +41,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 def is_valid_name(name: str) -> bool:
     """Whether ``name`` may be a run, workflow or job name part (letters, digits, ``-``, ``_``)."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -44,7 +49,7 @@ _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 def is_valid_tag(tag: str) -> bool:
     """Whether ``tag`` may name a run (letters, digits, ``.``, ``-``, ``_``)."""
-    return bool(_TAG.match(tag))
+    return bool(_TAG.fullmatch(tag))
 
 
 def env_name(variable: str) -> str:
@@ -53,8 +58,10 @@ def env_name(variable: str) -> str:
     return variable.upper().replace("-", "_")
 
 
+#: What every task queue's name starts with.
+TASK_QUEUE_PREFIX = "dstack.tasks."
 #: The queue of tasks that ask for no particular resources; every worker takes from it.
-DEFAULT_TASK_QUEUE = "dstack.tasks.cpu"
+DEFAULT_TASK_QUEUE = TASK_QUEUE_PREFIX + "cpu"
 
 
 def task_queue(needs: Optional[Resources] = None) -> str:
@@ -75,12 +82,23 @@ def task_queue(needs: Optional[Resources] = None) -> str:
             parts.append(f"cpu{needs.cpu:.3f}".rstrip("0").rstrip("."))
         if needs.memory_mib:
             parts.append(f"mem{needs.memory_mib}mib")
-    return f"dstack.tasks.{'-'.join(parts)}" if parts else DEFAULT_TASK_QUEUE
+    return f"{TASK_QUEUE_PREFIX}{'-'.join(parts)}" if parts else DEFAULT_TASK_QUEUE
+
+
+def user_queue(user: str, name: str) -> str:
+    """A queue of the broker account ``user`` (live notifications): the only queues its account may declare
+    and read."""
+    return f"dstack.user.{user}.{name}"
 
 
 def worker_queue(worker_id: str) -> str:
     """The control queue of one worker (stop requests)."""
     return f"dstack.worker.{worker_id}"
+
+
+def delay_queue(queue: str) -> str:
+    """Where Dramatiq holds ``queue``'s delayed messages (``dramatiq.common.dq_name``, without loading Dramatiq)."""
+    return f"{queue}.DQ"
 
 
 def dead_letter_queue(queue: str) -> str:

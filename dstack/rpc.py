@@ -1,8 +1,11 @@
 """Request/reply over RabbitMQ: how the CLI and the workers ask the scheduler things.
 
-Requests go to the durable ``dstack.rpc`` queue as transient messages that expire with the
-caller's timeout, so a request nobody answered in time is dropped rather than acted on
-late. Replies come back through RabbitMQ's direct reply-to.
+Requests go to the durable ``dstack.rpc`` queue (through the ``dstack.requests`` exchange, the one
+thing a user's broker account may publish to) as transient messages that expire with the caller's
+timeout, so a request nobody answered in time is dropped rather than acted on late. Each names its
+sender in the ``user_id`` property, which RabbitMQ checks against the connection's account: the
+scheduler knows who asks without a token of its own. Replies come back through RabbitMQ's direct
+reply-to.
 """
 from __future__ import annotations
 
@@ -10,10 +13,21 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.broker import AMQPError, Backoff, close_quietly, connect, consume, describe, publish, retry
+from dstack.broker import (
+    AMQPError,
+    Backoff,
+    ChannelClosed,
+    account,
+    close_quietly,
+    connect,
+    consume,
+    describe,
+    publish,
+    retry,
+)
 from dstack.errors import (
     REJECTIONS,
     BrokerUnavailable,
@@ -22,8 +36,9 @@ from dstack.errors import (
     RequestRejected,
     SchedulerUnavailable,
 )
+from dstack.live import declare_exchanges
 from dstack.messages import decode, encode, pack, plain, unpack
-from dstack.names import REPLY_TO_QUEUE, RPC_QUEUE
+from dstack.names import REPLY_TO_QUEUE, REQUESTS_EXCHANGE, RPC_QUEUE
 from dstack.views import decode_reply
 
 log = logging.getLogger(__name__)
@@ -50,6 +65,8 @@ class RpcClient:
     def __init__(self, url: str, *, timeout: float = defaults.RPC_TIMEOUT) -> None:
         self._url = url
         self._timeout = timeout
+        #: the broker account requests are sent as
+        self.user = account(url)
         self._replies: dict = {}
         self._answered_at = float("-inf")
         self._connect()
@@ -106,13 +123,20 @@ class RpcClient:
     def _send(self, request: Any, correlation_id: str) -> None:
         if time.monotonic() - self._answered_at > SCHEDULER_SEEN_FOR:
             self.check_scheduler()
-        publish(self._channel, "", RPC_QUEUE, encode(request), reply_to=REPLY_TO_QUEUE,
-                correlation_id=correlation_id, expires_in=self._timeout)
+        publish(self._channel, REQUESTS_EXCHANGE, RPC_QUEUE, encode(request), reply_to=REPLY_TO_QUEUE,
+                correlation_id=correlation_id, expires_in=self._timeout, user_id=self.user)
 
     def check_scheduler(self) -> None:
         """Raise :class:`SchedulerUnavailable` when no scheduler consumes requests."""
-        queue = self._channel.queue_declare(RPC_QUEUE, durable=True)
-        if queue.method.consumer_count == 0:
+        try:
+            queue = self._channel.queue_declare(RPC_QUEUE, passive=True)  # a user's account may only look
+        except ChannelClosed as e:
+            if e.reply_code != 404:
+                raise
+            self._channel = self._connection.channel()  # the broker closed the one that asked
+            self._channel.basic_consume(REPLY_TO_QUEUE, self._on_reply, auto_ack=True)
+            queue = None
+        if queue is None or queue.method.consumer_count == 0:
             raise SchedulerUnavailable(
                 f"no scheduler is running on the broker at {describe(self._url)}; "
                 "start one with `dstack up` (single machine) or `dstack scheduler`")
@@ -130,12 +154,13 @@ class RpcClient:
 class RpcServer:
     """Answers requests from ``dstack.rpc`` with ``handler`` until :meth:`stop`.
 
-    ``handler`` gets the decoded request and returns plain data; raising
-    :class:`~dstack.errors.RequestRejected` sends its message back as the error.
-    Reconnects by itself when the broker goes away.
+    ``handler(request, sender)`` gets the decoded request and the broker account that sent it (checked by
+    RabbitMQ) and returns plain data; raising :class:`~dstack.errors.RequestRejected` sends its message back
+    as the error. A request that names no sender is refused unread. Reconnects by itself when the broker goes
+    away.
     """
 
-    def __init__(self, url: str, handler: Callable[[Any], Any]) -> None:
+    def __init__(self, url: str, handler: Callable[[Any, str], Any]) -> None:
         self._url = url
         self._handler = handler
         self._stopping = threading.Event()
@@ -154,6 +179,9 @@ class RpcServer:
         try:
             channel = connection.channel()
             channel.queue_declare(RPC_QUEUE, durable=True)
+            channel.exchange_declare(REQUESTS_EXCHANGE, exchange_type="direct", durable=True)
+            channel.queue_bind(RPC_QUEUE, REQUESTS_EXCHANGE, routing_key=RPC_QUEUE)
+            declare_exchanges(channel)  # of live notifications, which users' accounts may not declare
             channel.basic_qos(prefetch_count=32)
             self._backoff.reset()
             self.ready.set()
@@ -162,7 +190,7 @@ class RpcServer:
                     return
                 if delivery is None:
                     continue
-                reply = self._answer(delivery.body)
+                reply = self._answer(delivery.body, delivery.user_id)
                 if delivery.reply_to:
                     publish(channel, "", delivery.reply_to, pack(reply), correlation_id=delivery.correlation_id)
                 channel.basic_ack(delivery.tag)
@@ -171,9 +199,12 @@ class RpcServer:
             self.ready.clear()
             close_quietly(connection)
 
-    def _answer(self, body: bytes) -> dict:
+    def _answer(self, body: bytes, sender: Optional[str]) -> dict:
+        if not sender:
+            return {"ok": False, "error": "a request must name its sender (the AMQP user_id property, which RabbitMQ "
+                                          "checks); upgrade this dstack client", "kind": "NotAllowed"}
         try:
-            return {"ok": True, "result": plain(self._handler(decode(body)))}
+            return {"ok": True, "result": plain(self._handler(decode(body), sender))}
         except RequestRejected as e:
             return {"ok": False, "error": str(e), "kind": type(e).__name__}
         except MessageError as e:

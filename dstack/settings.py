@@ -20,6 +20,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_VARS = {
     "DSTACK_HOME": "home",
     "DSTACK_BROKER_URL": "broker_url",
+    "DSTACK_BROKER_ADMIN_URL": "broker_admin_url",
     "DSTACK_STORAGE_URL": "storage_url",
     "DSTACK_WORKER_ID": "worker_id",
     "DSTACK_WORKER_SLOTS": "worker_slots",
@@ -38,6 +39,7 @@ ENV_VARS = {
     "DSTACK_IMAGE_MAX_AGE": "image_max_age",
     "DSTACK_IMAGE_MIN_FREE": "image_min_free_mib",
     "DSTACK_SECRETS_KEY": "secrets_key",
+    "DSTACK_VISIBILITY": "visibility",
 }
 
 #: The pull policies of a worker (``DSTACK_PULL_POLICY``) and of a job (``pull_policy``).
@@ -51,8 +53,14 @@ class Settings:
     Attributes:
         home: local state folder (``DSTACK_HOME``).
         broker_url: AMQP URL of RabbitMQ (``DSTACK_BROKER_URL``).
+        broker_admin_url: the URL of RabbitMQ's management API with a RabbitMQ administrator's credentials, which
+            ``dstack users add`` and ``remove`` make and delete broker accounts with (``DSTACK_BROKER_ADMIN_URL``,
+            such as ``http://admin:PASSWORD@rabbit:15672``); empty: port 15672 of the broker's host, with the
+            credentials of ``broker_url``.
         storage_url: ``file:///path`` or ``s3://bucket/prefix`` (``DSTACK_STORAGE_URL``);
             the default is a folder under ``home``.
+        storage_given: whether ``storage_url`` was set; a CLI without it asks the scheduler where storage is,
+            and reaches S3 through presigned URLs (no credentials of its own).
         worker_id: the name a worker is known by (``DSTACK_WORKER_ID``, default: the host name).
         worker_slots: how many tasks a worker runs at once (``DSTACK_WORKER_SLOTS``).
         worker_host: the address other jobs reach this worker's jobs at (``DSTACK_WORKER_HOST``,
@@ -86,11 +94,15 @@ class Settings:
             images it pulled that no job used for ``image_max_age`` (``DSTACK_IMAGE_MIN_FREE``, e.g. ``20GB``).
         secrets_key: the key that seals secrets in the scheduler's database (``DSTACK_SECRETS_KEY``); empty:
             the key file ``scheduler/secrets.key`` under ``home``, made at the scheduler's first start.
+        visibility: whose runs a user sees (status, logs, artifacts): ``all`` (everyone's) or ``own`` (their own;
+            admins see all) (``DSTACK_VISIBILITY``, the scheduler's).
     """
 
     home: Path = field(default_factory=lambda: Path(defaults.HOME).expanduser())
     broker_url: str = defaults.BROKER_URL
+    broker_admin_url: str = ""
     storage_url: str = ""
+    storage_given: bool = field(default=False, init=False, compare=False)
     worker_id: str = ""
     worker_slots: int = defaults.WORKER_SLOTS
     worker_host: str = ""
@@ -108,9 +120,11 @@ class Settings:
     image_max_age: float = defaults.IMAGE_MAX_AGE
     image_min_free_mib: int = defaults.IMAGE_MIN_FREE_MIB
     secrets_key: str = ""
+    visibility: str = "all"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
+        object.__setattr__(self, "storage_given", bool(self.storage_url))
         if not self.storage_url:
             object.__setattr__(self, "storage_url",
                                (self.home / defaults.LOCAL_STORAGE_DIR).as_uri())
@@ -121,6 +135,8 @@ class Settings:
         if self.network not in ("", "host", "bridge"):
             raise ConfigError(f"network must be 'host' or 'bridge', not {self.network!r}",
                               field="DSTACK_NETWORK")
+        if self.visibility not in ("all", "own"):
+            raise ConfigError(f"visibility must be 'all' or 'own', not {self.visibility!r}", field="DSTACK_VISIBILITY")
         if self.pull_policy not in PULL_POLICIES:
             raise ConfigError(f"the pull policy must be one of {', '.join(PULL_POLICIES)}, not {self.pull_policy!r}",
                               field="DSTACK_PULL_POLICY")

@@ -14,14 +14,19 @@ from typing import Any, Optional
 
 from dstack.errors import MessageError
 from dstack.messages import (
+    AddUser,
     ClaimTask,
     DeleteRuns,
     DeleteSecret,
     GetRuns,
     GetSecrets,
+    GetStorage,
     GetTags,
+    GetUsers,
     GetWorkers,
+    PresignStorage,
     RecordUpload,
+    RemoveUser,
     Resources,
     RestartRun,
     SetSecret,
@@ -114,6 +119,8 @@ class RunView:
     tags: list[str] = field(default_factory=list)
     #: bytes of the artifacts its jobs stored
     artifacts_size: int = 0
+    #: the dstack user who submitted it
+    owner: str = ""
 
 
 @dataclass
@@ -146,6 +153,8 @@ class TagView:
     size: int = 0
     #: ``run`` (a run's tag) or ``upload`` (local data, ``dstack artifacts upload``)
     kind: str = "run"
+    #: the dstack user who made the tag
+    owner: str = ""
 
 
 @dataclass
@@ -177,6 +186,8 @@ class SecretView:
 
     name: str
     updated_at: float
+    #: the dstack user it belongs to; empty for a team secret
+    owner: str = ""
 
 
 @dataclass
@@ -227,13 +238,48 @@ class Acknowledged:
     """The reply to a request that has nothing to say back."""
 
 
+@dataclass
+class UserView:
+    """A dstack user: a RabbitMQ account and its role."""
+
+    name: str
+    role: str
+    added_at: float = 0.0
+
+
+@dataclass
+class UsersAnswer:
+    """The reply to ``GetUsers``: every user, and the caller with the role it acts in."""
+
+    users: list[UserView]
+    caller: UserView
+
+
+@dataclass
+class StorageInfo:
+    """The reply to ``GetStorage``: the storage runs use, and whether the CLI reaches it through presigned URLs
+    (S3; the URL then carries no credentials) or opens it itself (a local folder on the scheduler's machine)."""
+
+    url: str
+    presigned: bool = False
+
+
+@dataclass
+class PresignedUrls:
+    """The reply to ``PresignStorage``: one URL per operation asked, in order, valid for ``expires_in`` seconds."""
+
+    urls: list[str]
+    expires_in: float
+
+
 #: What each request gets back.
 REPLY_TYPES: dict[type, Any] = {
     SubmitRun: RunView, GetRuns: list[RunView], StopRun: RunView, RestartRun: RunView,
     ClaimTask: ClaimAnswer, TagRun: TagAnswer, UntagRun: UntagAnswer, GetTags: list[TagView],
     WorkerReport: ReportAnswer, WorkerLeaving: Acknowledged, GetWorkers: list[WorkerView],
     SetSecret: SecretAnswer, DeleteSecret: SecretAnswer, GetSecrets: list[SecretView],
-    DeleteRuns: DeletedRuns, RecordUpload: TagView,
+    DeleteRuns: DeletedRuns, RecordUpload: TagView, AddUser: UserView, RemoveUser: UserView,
+    GetUsers: UsersAnswer, GetStorage: StorageInfo, PresignStorage: PresignedUrls,
 }
 
 

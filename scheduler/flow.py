@@ -127,18 +127,18 @@ class TaskFlow:
 
     # ------------------------------------------------------------------ forward
 
-    def secrets(self) -> dict[str, str]:
-        """The secrets every job gets, opened.
+    def secrets(self, owner: str) -> dict[str, str]:
+        """The secrets the jobs of ``owner``'s runs get, opened: the team's, and over them ``owner``'s own.
 
         Raises:
             DstackError: some cannot be opened with the scheduler's key; the message names them.
         """
         opened, unopened = {}, []
-        for name, value, _ in self.store.secrets():
+        for secret in self.store.secrets(owners=("", owner)):  # the team's first: the owner's own win
             try:
-                opened[name] = self.cipher.open(value)
+                opened[secret.name] = self.cipher.open(secret.value)
             except DstackError:
-                unopened.append(name)
+                unopened.append(secret.name)
         if unopened:
             raise DstackError(f"the secrets {', '.join(unopened)} were sealed under another key than the scheduler's "
                               "(DSTACK_SECRETS_KEY, scheduler/secrets.key); set them again, or delete them")

@@ -25,7 +25,7 @@ def _tagged_artifacts(store: StateStore, workflow: str, uses: str, tagged: TagRe
     without artifacts."""
     run_name = store.get_tag(tagged.tag)
     if run_name is None:
-        known = ", ".join(t for t, _, _ in store.list_tags()) or "none"
+        known = ", ".join(t.tag for t in store.list_tags()) or "none"
         raise RequestRejected(f"workflow '{workflow}' {uses} {tagged.workflow}:{tagged.tag}, but there "
                               f"is no tag '{tagged.tag}' (known tags: {known})")
     if not tagged.workflow:

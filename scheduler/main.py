@@ -5,16 +5,18 @@ import logging
 import threading
 from typing import Any
 
-from dstack.broker import DramatiqConnectionError, consumer, describe, enqueue, make_broker
+from dstack.broker import DramatiqConnectionError, account, consumer, describe, enqueue, make_broker
 from dstack.errors import DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import from_payload, pack, plain, unpack
 from dstack.names import EVENT_ACTOR, EVENTS_QUEUE, UPDATES_EXCHANGE
 from dstack.rpc import RpcServer
+from dstack.scheduler.grants import StorageGrants
 from dstack.scheduler.secrets import load_cipher, seal_stored, unopenable
 from dstack.scheduler.service import Scheduler
 from dstack.scheduler.store import SqliteStateStore
 from dstack.settings import Settings
+from dstack.storage import open_storage
 from dstack.views import RunUpdate
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,9 @@ class SchedulerService:
             log.error("the secrets %s cannot be opened with this scheduler's key (DSTACK_SECRETS_KEY, "
                       "scheduler/secrets.key): jobs fail until they are set again or deleted", ", ".join(unopened))
         self.scheduler = Scheduler(self.store, send=self._send, notify=self._notify,
-                                   worker_timeout=settings.worker_timeout, cipher=cipher)
+                                   worker_timeout=settings.worker_timeout, cipher=cipher,
+                                   account=account(settings.broker_url), visibility=settings.visibility,
+                                   grants=StorageGrants(open_storage(settings.storage_url), settings.visibility))
         self._lock = threading.Lock()
         self.rpc = RpcServer(settings.broker_url, self._locked(self.scheduler.handle_request))
         self.worker = consumer(self.broker, self._on_event, queue_name=EVENTS_QUEUE, actor_name=EVENT_ACTOR,
@@ -48,9 +52,9 @@ class SchedulerService:
         self._stopping = threading.Event()
 
     def _locked(self, handler: Any) -> Any:
-        def call(message: Any) -> Any:
+        def call(message: Any, sender: str) -> Any:
             with self._lock:
-                return handler(message)
+                return handler(message, sender)
         return call
 
     def _on_event(self, payload: dict[str, Any]) -> None:

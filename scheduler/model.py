@@ -199,6 +199,8 @@ class RunRecord:
     abort: bool = False
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
+    #: the dstack user who submitted it (empty: before dstack had users; the administrator's)
+    owner: str = ""
 
     def view(self, tasks: list[TaskRecord], tags: Optional[list[str]] = None) -> RunView:
         """The run, its workflows (with the variables they got), its jobs, the ``tags`` that name it and the
@@ -208,7 +210,7 @@ class RunRecord:
         target = next((w for w in workflows if w.name == self.workflow), None)
         size = sum(t.spec.artifacts_size or 0 for t in tasks if isinstance(t.spec, JobState))
         return RunView(
-            tags=list(tags or []), artifacts_size=size,
+            tags=list(tags or []), artifacts_size=size, owner=self.owner,
             run_name=self.run_name, workflow=self.workflow, status=self.status, reason=self.reason,
             project=self.project, submitted_at=self.submitted_at, started_at=self.started_at,
             finished_at=self.finished_at, variables=target.variables if target else {}, workflows=workflows,

@@ -76,9 +76,9 @@ def seal_stored(store: StateStore, cipher: SecretCipher) -> int:
     """Seal the secrets stored in clear (by a scheduler older than encryption); returns how many."""
     count = 0
     with store.transaction():
-        for name, value, updated_at in store.secrets():
-            if not value.startswith(SEALED):
-                store.set_secret(name, cipher.seal(value), updated_at)
+        for secret in store.secrets():
+            if not secret.value.startswith(SEALED):
+                store.set_secret(secret.name, cipher.seal(secret.value), secret.updated_at, secret.owner)
                 count += 1
     return count
 
@@ -87,11 +87,11 @@ def unopenable(store: StateStore, cipher: SecretCipher) -> list[str]:
     """The names of the stored secrets that ``cipher`` cannot open (sealed under another key)."""
     names = []
     with store.transaction():
-        for name, value, _ in store.secrets():
+        for secret in store.secrets():
             try:
-                cipher.open(value)
+                cipher.open(secret.value)
             except DstackError:
-                names.append(name)
+                names.append(f"{secret.owner}/{secret.name}" if secret.owner else secret.name)
     return names
 
 
@@ -109,8 +109,8 @@ def rotate_key(store: StateStore, scheduler_home: Path, env_key: Optional[str]) 
     new = SecretCipher([new_key])
     with store.transaction():
         secrets = store.secrets()
-        for name, value, updated_at in secrets:
-            store.set_secret(name, new.seal(old.open(value)), updated_at)
+        for secret in secrets:
+            store.set_secret(secret.name, new.seal(old.open(secret.value)), secret.updated_at, secret.owner)
     if not env_key:
         os.replace(next_path, scheduler_home / KEY_FILE)
     return new_key, len(secrets)

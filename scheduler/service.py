@@ -12,20 +12,26 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from dstack import defaults
-from dstack.errors import DstackError, RequestRejected, RunNameTaken
+from dstack.errors import DstackError, NotAllowed, RequestRejected, RunNameTaken
 from dstack.jobgraph import check_job_graph, find_cycle
 from dstack.messages import (
+    ROLES,
     UPLOAD_WORKFLOW,
+    AddUser,
     ClaimTask,
     DeleteRuns,
     DeleteSecret,
     GetRuns,
     GetSecrets,
+    GetStorage,
     GetTags,
+    GetUsers,
     GetWorkers,
     Inventory,
     JobSpec,
+    PresignStorage,
     RecordUpload,
+    RemoveUser,
     Resources,
     RestartRun,
     SetSecret,
@@ -44,6 +50,7 @@ from dstack.messages import (
 from dstack.names import is_valid_name, is_valid_tag, job_id, provider_task_id
 from dstack.placement import asks_for_anything, describe_needs, fits
 from dstack.scheduler import inputs
+from dstack.scheduler.access import VISIBILITIES, Caller, Role, service_caller
 from dstack.scheduler.flow import TaskFlow
 from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
 from dstack.scheduler.secrets import SecretCipher
@@ -55,15 +62,19 @@ from dstack.views import (
     DeletedRuns,
     JobView,
     OpenQueue,
+    PresignedUrls,
     ReportAnswer,
     RunUpdate,
     RunView,
     SecretAnswer,
     SecretView,
+    StorageInfo,
     TagAnswer,
     TagView,
     TaskRef,
     UntagAnswer,
+    UsersAnswer,
+    UserView,
     WorkerView,
 )
 
@@ -86,36 +97,75 @@ class Scheduler:
         send: ``send(queue, actor, payload_bytes)`` publishes a message (from the outbox).
         notify: ``notify(run_name, update)`` tells live followers about a change of a run.
         worker_timeout: seconds after its last report that a worker counts as gone.
+        cipher: seals and opens secrets.
+        account: the scheduler's own broker account: the fleet's administrator.
+        visibility: who sees runs (:data:`~dstack.scheduler.access.VISIBILITIES`).
+        grants: presigned URLs of the storage for users (``None``: the scheduler has no storage to hand out).
     """
 
     def __init__(self, store: StateStore, send: Callable[[str, str, bytes], None],
                  notify: Callable[[str, RunUpdate], None],
-                 worker_timeout: float = defaults.WORKER_TIMEOUT, cipher: Optional[SecretCipher] = None) -> None:
+                 worker_timeout: float = defaults.WORKER_TIMEOUT, cipher: Optional[SecretCipher] = None,
+                 account: str = "guest", visibility: str = "all", grants: Optional[Any] = None) -> None:
+        if visibility not in VISIBILITIES:
+            raise DstackError(f"DSTACK_VISIBILITY must be one of {', '.join(VISIBILITIES)}, not {visibility!r}")
         self._store = store
         self._send = send
         self._notify = notify
         self._flow = TaskFlow(store, worker_timeout, cipher)
         self._started_at = time.time()
+        self._service = service_caller(account)
+        self._visibility = visibility
+        self._grants = grants
 
     # ------------------------------------------------------------------ entry points
 
-    def handle_request(self, request: Any) -> Any:
-        """Answer a request from the CLI or a worker (see :mod:`dstack.rpc`) with its reply
-        (:data:`dstack.views.REPLY_TYPES`)."""
-        handlers: dict[type, Callable[[Any], Any]] = {
+    def handle_request(self, request: Any, sender: Optional[str] = None) -> Any:
+        """Answer a request from the CLI or a worker (see :mod:`dstack.rpc`) sent by the broker account
+        ``sender`` (``None``: the scheduler's own) with its reply (:data:`dstack.views.REPLY_TYPES`).
+
+        Raises:
+            NotAllowed: the sender is no dstack user, or may not send this request.
+        """
+        handlers: dict[type, Callable[[Any, Caller], Any]] = {
             SubmitRun: self.submit_run, GetRuns: self.get_runs, StopRun: self.stop_run,
             ClaimTask: self.claim_task, RestartRun: self.restart_run, TagRun: self.tag_run,
             UntagRun: self.untag_run, GetTags: self.get_tags, WorkerReport: self.worker_report,
             WorkerLeaving: self.worker_leaving, GetWorkers: self.get_workers, SetSecret: self.set_secret,
             DeleteSecret: self.delete_secret, GetSecrets: self.get_secrets, DeleteRuns: self.delete_runs,
-            RecordUpload: self.record_upload}
+            RecordUpload: self.record_upload, AddUser: self.add_user, RemoveUser: self.remove_user,
+            GetUsers: self.get_users, GetStorage: self.get_storage, PresignStorage: self.presign_storage}
         handler = handlers.get(type(request))
         if handler is None:
             raise RequestRejected(f"the scheduler does not answer {type(request).__name__} requests")
-        return self._apply(lambda: handler(request))
+
+        def answer() -> Any:
+            caller = self._caller(sender)
+            if not caller.may_send(request):
+                raise NotAllowed(f"{caller.name} is a {caller.role.value}: it may not send {type(request).__name__}"
+                                 + (" (for admins only)" if caller.role is Role.USER else ""))
+            if caller.role is Role.WORKER and request.worker_id != caller.name:  # a worker speaks for itself only
+                raise NotAllowed(f"the worker account {caller.name} may not speak for worker {request.worker_id}: "
+                                 f"run it with DSTACK_WORKER_ID={caller.name}")
+            return handler(request, caller)
+        return self._apply(answer)
+
+    def _caller(self, sender: Optional[str]) -> Caller:
+        """Who sent a request: the scheduler's own account, or a dstack user."""
+        if sender is None or sender == self._service.name:
+            return self._service
+        user = self._store.get_user(sender)
+        if user is None:
+            raise NotAllowed(f"the broker account '{sender}' is no dstack user: an admin adds it with "
+                             f"`dstack users add {sender}`")
+        return Caller(user.name, Role(user.role))
+
+    def _visible(self, caller: Caller, owner: str) -> bool:
+        return caller.may_see(owner or self._service.name, self._visibility)
 
     def handle_event(self, event: Any) -> None:
-        """Apply an event from a worker."""
+        """Apply an event from a worker. Events carry no sender RabbitMQ vouched for (Dramatiq sets none): one
+        about a task that another worker claimed is ignored."""
         handlers: dict[type, Callable[[Any], None]] = {TaskStarted: self.task_started, TaskPulling: self.task_pulling,
                                                        TaskFinished: self.task_finished}
         handler = handlers.get(type(event))
@@ -153,7 +203,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ runs
 
-    def submit_run(self, request: SubmitRun) -> RunView:
+    def submit_run(self, request: SubmitRun, caller: Caller) -> RunView:
         names = [w.name for w in request.workflows]
         if not is_valid_name(request.run_name) or not all(is_valid_name(n) for n in names):
             raise RequestRejected(f"invalid run or workflow name: {request.run_name!r}, {names!r}")
@@ -178,7 +228,8 @@ class Scheduler:
         if cycle:
             raise RequestRejected("dependency cycle between workflows: " + " -> ".join(cycle))
         run = RunRecord(run_name=request.run_name, workflow=request.workflow, status=Status.QUEUED,
-                        submitted_at=request.submitted_at, snapshot_id=request.snapshot_id, project=request.project)
+                        submitted_at=request.submitted_at, snapshot_id=request.snapshot_id, project=request.project,
+                        owner=caller.name)
         self._flow.create_run(run)
         now = time.time()
         records = []
@@ -203,8 +254,15 @@ class Scheduler:
             self._flow.release_if_ready(provider)
         return run.view(self._store.tasks_of(run.run_name))
 
-    def get_runs(self, request: GetRuns) -> list[RunView]:
-        runs = [self._run(request.run_name)] if request.run_name else self._store.list_runs(request.limit)
+    def get_runs(self, request: GetRuns, caller: Caller) -> list[RunView]:
+        """The run named, or the newest runs (of ``request.owner``, if set) that the caller may see."""
+        if request.run_name:
+            runs = [self._run(request.run_name, caller)]
+        else:
+            owner = request.owner
+            if owner is None and not self._visible(caller, ""):  # DSTACK_VISIBILITY=own: the caller's only
+                owner = caller.name
+            runs = [run for run in self._store.list_runs(request.limit, owner) if self._visible(caller, run.owner)]
         views = [run.view(self._store.tasks_of(run.run_name), self._store.tags_of(run.run_name)) for run in runs]
         self._explain_waits([job for view in views for job in view.jobs])
         return views
@@ -223,15 +281,18 @@ class Scheduler:
                     job.reason = f"waiting for capacity: no live worker has {describe_needs(needs)}"
         return jobs
 
-    def _run(self, run_name: str) -> RunRecord:
+    def _run(self, run_name: str, caller: Caller, change: bool = False) -> RunRecord:
+        """The run named, if the caller may see it (and, with ``change``, change it)."""
         run = self._store.get_run(run_name)
-        if run is None:
+        if run is None or not self._visible(caller, run.owner):
             raise RequestRejected(f"no run named '{run_name}'")
+        if change:
+            caller.check_change(run.owner or self._service.name, f"run {run_name}")
         return run
 
-    def stop_run(self, request: StopRun) -> RunView:
+    def stop_run(self, request: StopRun, caller: Caller) -> RunView:
         """Stop the run, or only ``request.workflow`` and everything downstream of it (the rest goes on)."""
-        run = self._run(request.run_name)
+        run = self._run(request.run_name, caller, change=True)
         if request.workflow is not None:
             tasks = {t.task_id: t for t in self._store.tasks_of(run.run_name)}
             self._check_workflow(run, tasks, request.workflow)
@@ -259,10 +320,10 @@ class Scheduler:
             known = ", ".join(sorted(t.task_id for t in tasks.values() if t.kind is Kind.WORKFLOW))
             raise RequestRejected(f"run {run.run_name} has no workflow '{workflow}' (it has: {known})")
 
-    def restart_run(self, request: RestartRun) -> RunView:
+    def restart_run(self, request: RestartRun, caller: Caller) -> RunView:
         """Run the failed and stopped parts again; what is done stays done and keeps its artifacts. Each job
         that runs again starts with its own last synced artifacts, or with none stored if ``request.clear``."""
-        run = self._run(request.run_name)
+        run = self._run(request.run_name, caller, change=True)
         if not run.status.finished:
             raise RequestRejected(f"run {run.run_name} is {run.status.value}; restart it once it has ended")
         tasks = {t.task_id: t for t in self._store.tasks_of(run.run_name)}
@@ -317,7 +378,7 @@ class Scheduler:
             pending += [d.task_id for d, _ in self._store.dependents_of(tasks[task_id].run_name, task_id)]
         return scope
 
-    def claim_task(self, request: ClaimTask) -> ClaimAnswer:
+    def claim_task(self, request: ClaimTask, caller: Caller) -> ClaimAnswer:
         task = self._store.get_task(request.run_name, request.task_id)
         if task is None or task.attempt != request.attempt:
             return ClaimAnswer(granted=False, reason="no such task (attempt)")
@@ -328,11 +389,11 @@ class Scheduler:
             return ClaimAnswer(granted=False, reason=f"the task is {task.status.value}")
         secrets: dict[str, str] = {}
         if task.kind is Kind.JOB:
+            run = self._store.get_run(task.run_name)
+            assert run is not None
             try:
-                secrets = self._flow.secrets()
+                secrets = self._flow.secrets(run.owner)
             except DstackError as e:  # sealed under another key: this job cannot have them
-                run = self._store.get_run(task.run_name)
-                assert run is not None
                 task.started_at = time.time()
                 self._flow.end(task, Status.FAILED, f"its secrets cannot be given: {e}", task.started_at)
                 self._flow.update_run(run)
@@ -375,7 +436,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ workers
 
-    def worker_report(self, report: WorkerReport) -> ReportAnswer:
+    def worker_report(self, report: WorkerReport, caller: Caller) -> ReportAnswer:
         """Record a worker's report; answer with the task queues that hold tasks, and the tasks
         the worker holds that are not its own anymore (it was counted lost, or they ended): it
         stops them."""
@@ -390,56 +451,75 @@ class Scheduler:
                   for queue, needs in self._store.open_queues()]
         return ReportAnswer(queues=queues, stop=stale)
 
-    def worker_leaving(self, request: WorkerLeaving) -> Acknowledged:
+    def worker_leaving(self, request: WorkerLeaving, caller: Caller) -> Acknowledged:
         self._store.delete_worker(request.worker_id)
         return Acknowledged()
 
-    def get_workers(self, request: GetWorkers) -> list[WorkerView]:
+    def get_workers(self, request: GetWorkers, caller: Caller) -> list[WorkerView]:
         """The live workers: their latest report, and when it came."""
         return [from_dict(WorkerView, {**report, "seen_at": seen_at})
                 for report, seen_at in self._flow.live_workers()]
 
     # ------------------------------------------------------------------ secrets
 
-    def set_secret(self, request: SetSecret) -> SecretAnswer:
-        """Keep a secret; jobs enqueued from now on get it. Nothing here ever repeats its value."""
+    def set_secret(self, request: SetSecret, caller: Caller) -> SecretAnswer:
+        """Keep a secret of the caller (or, from an admin, of the team); jobs of the runs of its owner (of
+        everyone's, for the team's) started from now on get it. Nothing here ever repeats its value."""
         if not _SECRET_NAME.match(request.name):
             raise RequestRejected(f"secret name {request.name!r} must be an environment variable name: "
                                   "letters, digits and '_', not starting with a digit")
-        self._store.set_secret(request.name, self._flow.cipher.seal(request.value), time.time())
+        owner = self._secret_owner(request.team, caller)
+        self._store.set_secret(request.name, self._flow.cipher.seal(request.value), time.time(), owner)
         return SecretAnswer(name=request.name)
 
-    def delete_secret(self, request: DeleteSecret) -> SecretAnswer:
-        if not self._store.delete_secret(request.name):
-            raise RequestRejected(f"no secret named '{request.name}'")
+    def delete_secret(self, request: DeleteSecret, caller: Caller) -> SecretAnswer:
+        owner = self._secret_owner(request.team, caller)
+        if not self._store.delete_secret(request.name, owner):
+            whose = "the team" if request.team else caller.name
+            raise RequestRejected(f"{whose} has no secret named '{request.name}'")
         return SecretAnswer(name=request.name)
 
-    def get_secrets(self, request: GetSecrets) -> list[SecretView]:
-        return [SecretView(name=name, updated_at=updated_at) for name, _, updated_at in self._store.secrets()]
+    def _secret_owner(self, team: bool, caller: Caller) -> str:
+        if team and not caller.is_admin:
+            raise NotAllowed(f"{caller.name} is no admin: only admins set or delete the team's secrets")
+        return "" if team else caller.name
+
+    def get_secrets(self, request: GetSecrets, caller: Caller) -> list[SecretView]:
+        """The names of the team's secrets and the caller's (an admin's: everyone's), never their values."""
+        owners = None if caller.is_admin else ("", caller.name)
+        return [SecretView(name=s.name, updated_at=s.updated_at, owner=s.owner) for s in self._store.secrets(owners)]
 
     # ------------------------------------------------------------------ tags
 
-    def tag_run(self, request: TagRun) -> TagAnswer:
+    def tag_run(self, request: TagRun, caller: Caller) -> TagAnswer:
         if not is_valid_tag(request.tag):
             raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
-        run = self._run(request.run_name)
+        run = self._run(request.run_name, caller, change=True)
         current = self._store.get_tag(request.tag)
         if current not in (None, run.run_name):
             raise RequestRejected(f"tag '{request.tag}' names run {current} already; "
                                   f"`dstack untag {request.tag}` first")
-        self._store.set_tag(request.tag, run.run_name, time.time())
+        self._store.set_tag(request.tag, run.run_name, time.time(), caller.name)
         return TagAnswer(tag=request.tag, run_name=run.run_name)
 
-    def untag_run(self, request: UntagRun) -> UntagAnswer:
-        if not self._store.delete_tag(request.tag):
+    def untag_run(self, request: UntagRun, caller: Caller) -> UntagAnswer:
+        """Remove a tag: its owner, the owner of the run it names, or an admin may."""
+        tag = next((t for t in self._store.list_tags() if t.tag == request.tag), None)
+        if tag is None or not self._visible(caller, tag.owner):
             raise RequestRejected(f"no tag named '{request.tag}'")
+        run = self._store.get_run(tag.run_name)
+        if not caller.may_change(tag.owner or self._service.name):
+            caller.check_change(run.owner or self._service.name if run else tag.owner, f"tag {request.tag}")
+        self._store.delete_tag(request.tag)
         return UntagAnswer(tag=request.tag)
 
-    def get_tags(self, request: GetTags) -> list[TagView]:
-        """Every tag with its run, the bytes of that run's artifacts and its kind (a run, or an upload)."""
-        return [self._tag_view(tag, run_name, created_at) for tag, run_name, created_at in self._store.list_tags()]
+    def get_tags(self, request: GetTags, caller: Caller) -> list[TagView]:
+        """Every tag the caller may see, with its run, the bytes of that run's artifacts and its kind (a run, or
+        an upload)."""
+        return [self._tag_view(t.tag, t.run_name, t.created_at, t.owner) for t in self._store.list_tags()
+                if self._visible(caller, t.owner)]
 
-    def _tag_view(self, tag: str, run_name: str, created_at: float) -> TagView:
+    def _tag_view(self, tag: str, run_name: str, created_at: float, owner: str) -> TagView:
         run = self._store.get_run(run_name)
         tasks = self._store.tasks_of(run_name)
         workflows = [t for t in tasks if t.kind is Kind.WORKFLOW]
@@ -447,11 +527,11 @@ class Scheduler:
         return TagView(tag=tag, run_name=run_name, created_at=created_at,
                        status=run.status.value if run else "unknown", workflows=[t.task_id for t in workflows],
                        size=sum(t.spec.artifacts_size or 0 for t in tasks if isinstance(t.spec, JobState)),
-                       kind="upload" if uploaded else "run")
+                       kind="upload" if uploaded else "run", owner=owner)
 
     # ------------------------------------------------------------------ uploads
 
-    def record_upload(self, request: RecordUpload) -> TagView:
+    def record_upload(self, request: RecordUpload, caller: Caller) -> TagView:
         """Record local data that ``dstack artifacts upload`` stored (its files and manifest are in storage) as a
         done run of workflow ``upload`` with one done job, ``upload.0``, whose artifacts are the files, and name it
         with the request's tag. An existing tag or run refuses it, with nothing recorded; a resent request finds
@@ -463,8 +543,8 @@ class Scheduler:
         current = self._store.get_tag(request.tag)
         existing = self._store.get_run(request.run_name)
         if existing is not None and current == request.run_name:  # a resent request
-            created_at = next(at for tag, _, at in self._store.list_tags() if tag == request.tag)
-            return self._tag_view(request.tag, request.run_name, created_at)
+            stored = next(t for t in self._store.list_tags() if t.tag == request.tag)
+            return self._tag_view(request.tag, request.run_name, stored.created_at, stored.owner)
         if current is not None:
             raise RequestRejected(f"tag '{request.tag}' names run {current} already; choose another name, or "
                                   f"`dstack untag {request.tag}` first")
@@ -474,7 +554,7 @@ class Scheduler:
             raise RequestRejected(f"an upload names relative paths, not {request.artifacts!r}")
         now = time.time()
         run = RunRecord(run_name=request.run_name, workflow=UPLOAD_WORKFLOW, status=Status.QUEUED,
-                        submitted_at=request.submitted_at, snapshot_id="", project=request.project)
+                        submitted_at=request.submitted_at, snapshot_id="", project=request.project, owner=caller.name)
         self._flow.create_run(run)
         upload_job = job_id(UPLOAD_WORKFLOW, 0)
         workflow = TaskRecord(run_name=run.run_name, task_id=UPLOAD_WORKFLOW, kind=Kind.WORKFLOW,
@@ -492,20 +572,23 @@ class Scheduler:
             self._flow.move(task, Status.DONE)
         run.started_at = run.finished_at = now
         self._flow.move_run(run, Status.DONE)
-        self._store.set_tag(request.tag, run.run_name, now)
-        return self._tag_view(request.tag, run.run_name, now)
+        self._store.set_tag(request.tag, run.run_name, now, caller.name)
+        return self._tag_view(request.tag, run.run_name, now, caller.name)
 
     # ------------------------------------------------------------------ deleting runs
 
-    def delete_runs(self, request: DeleteRuns) -> DeletedRuns:
+    def delete_runs(self, request: DeleteRuns, caller: Caller) -> DeletedRuns:
         """Forget finished runs, all or none: every run is checked before anything is deleted. Their objects in
         storage are the caller's to delete, after this (a crash in between leaves objects nothing refers to)."""
         problems = []
         names = list(dict.fromkeys(request.run_names))
         for run_name in names:
             run = self._store.get_run(run_name)
-            if run is None:
+            if run is None or not self._visible(caller, run.owner):
                 problems.append(f"no run named '{run_name}'")
+            elif not caller.may_change(run.owner or self._service.name):
+                problems.append(f"{run_name} belongs to {run.owner or self._service.name}: only its owner or an "
+                                "admin may delete it")
             elif not run.status.finished:
                 problems.append(f"{run_name} is {run.status.value}; stop it first (`dstack stop {run_name}`)")
             elif not request.force and self._store.tags_of(run_name):
@@ -518,12 +601,70 @@ class Scheduler:
             tags += self._store.delete_run(run_name, with_tags=request.force)
         return DeletedRuns(run_names=names, tags=tags)
 
+    # ------------------------------------------------------------------ users
+
+    def add_user(self, request: AddUser, caller: Caller) -> UserView:
+        """Make a broker account a dstack user with a role (its account and permissions are made on the broker by
+        ``dstack users add``, before this)."""
+        if not is_valid_name(request.name) or request.role not in ROLES:
+            raise RequestRejected(f"a user is named with letters, digits, '-' and '_' and has a role of "
+                                  f"{', '.join(ROLES)}; not {request.name!r} ({request.role!r})")
+        if request.name == self._service.name:
+            raise RequestRejected(f"'{request.name}' is the scheduler's own account, the administrator already")
+        self._store.add_user(request.name, request.role, time.time())
+        user = self._store.get_user(request.name)
+        assert user is not None
+        return UserView(name=user.name, role=user.role, added_at=user.added_at)
+
+    def remove_user(self, request: RemoveUser, caller: Caller) -> UserView:
+        """Forget a dstack user; what it started goes on, and its runs keep their owner."""
+        user = self._store.get_user(request.name)
+        if user is None:
+            raise RequestRejected(f"no dstack user named '{request.name}'")
+        self._store.remove_user(request.name)
+        return UserView(name=user.name, role=user.role, added_at=user.added_at)
+
+    def get_users(self, request: GetUsers, caller: Caller) -> UsersAnswer:
+        """The scheduler's own account (the administrator) and every dstack user; and who asks."""
+        users = [UserView(name=self._service.name, role=Role.ADMIN.value)]
+        users += [UserView(name=u.name, role=u.role, added_at=u.added_at) for u in self._store.users()]
+        return UsersAnswer(users=users, caller=UserView(name=caller.name, role=caller.role.value))
+
+    # ------------------------------------------------------------------ storage
+
+    def get_storage(self, request: GetStorage, caller: Caller) -> StorageInfo:
+        """Where runs store their files, and whether the CLI reaches them through presigned URLs."""
+        if self._grants is None:
+            raise RequestRejected("this scheduler hands out no storage: set DSTACK_STORAGE_URL for the CLI")
+        info: StorageInfo = self._grants.info()
+        return info
+
+    def presign_storage(self, request: PresignStorage, caller: Caller) -> PresignedUrls:
+        """Presigned URLs for what the caller may touch in storage: all the operations asked, or none."""
+        if self._grants is None:
+            raise RequestRejected("this scheduler hands out no storage URLs: set DSTACK_STORAGE_URL for the CLI")
+
+        def owner_of(run_name: str) -> Optional[str]:
+            run = self._store.get_run(run_name)
+            return None if run is None else (run.owner or self._service.name)
+        urls: PresignedUrls = self._grants.presign(request.ops, caller, owner_of)
+        return urls
+
     # ------------------------------------------------------------------ events
+
+    def _from_holder(self, task: TaskRecord, worker_id: Optional[str]) -> bool:
+        """Whether an event about ``task`` comes from the worker that claimed it (or the task is claimed by none)."""
+        if task.worker_id in (None, worker_id):
+            return True
+        log.warning("ignored an event of worker %s about %s/%s, which worker %s holds", worker_id, task.run_name,
+                    task.task_id, task.worker_id)
+        return False
 
     def task_pulling(self, event: TaskPulling) -> None:
         """A worker pulls the task's image before it starts it: the task is ``pulling`` (and its run running)."""
         task = self._store.get_task(event.run_name, event.task_id)
-        if task is None or task.attempt != event.attempt or task.status is not Status.QUEUED:
+        if (task is None or task.attempt != event.attempt or task.status is not Status.QUEUED
+                or not self._from_holder(task, event.worker_id)):
             return
         task.worker_id = event.worker_id
         self._flow.move(task, Status.PULLING)
@@ -533,7 +674,7 @@ class Scheduler:
 
     def task_started(self, event: TaskStarted) -> None:
         task = self._store.get_task(event.run_name, event.task_id)
-        if task is None or task.kind is Kind.WORKFLOW:
+        if task is None or task.kind is Kind.WORKFLOW or not self._from_holder(task, event.worker_id):
             return
         if task.attempt != event.attempt or task.status.finished:
             if task.attempt == event.attempt and task.status.finished:
@@ -561,7 +702,8 @@ class Scheduler:
 
     def task_finished(self, event: TaskFinished) -> None:
         task = self._store.get_task(event.run_name, event.task_id)
-        if task is None or task.kind is Kind.WORKFLOW or task.attempt != event.attempt or task.status.finished:
+        if (task is None or task.kind is Kind.WORKFLOW or task.attempt != event.attempt or task.status.finished
+                or not self._from_holder(task, event.worker_id or task.worker_id)):
             return
         run = self._store.get_run(task.run_name)
         assert run is not None

@@ -18,12 +18,35 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from dstack.errors import DstackError
 from dstack.messages import from_dict, plain
 from dstack.names import DEFAULT_TASK_QUEUE
 from dstack.scheduler.model import SPEC_TYPES, Kind, RunRecord, Status, TaskRecord
+
+
+class StoredTag(NamedTuple):
+    tag: str
+    run_name: str
+    created_at: float
+    #: the dstack user who made it
+    owner: str
+
+
+class StoredSecret(NamedTuple):
+    name: str
+    #: sealed (:mod:`dstack.scheduler.secrets`)
+    value: str
+    updated_at: float
+    #: the dstack user it belongs to; empty for a team secret
+    owner: str
+
+
+class StoredUser(NamedTuple):
+    name: str
+    role: str
+    added_at: float
 
 
 class StateStore(abc.ABC):
@@ -36,8 +59,8 @@ class StateStore(abc.ABC):
     def get_run(self, run_name: str) -> Optional[RunRecord]: ...
 
     @abc.abstractmethod
-    def list_runs(self, limit: Optional[int]) -> list[RunRecord]:
-        """The newest ``limit`` runs (``None``: every run), newest first."""
+    def list_runs(self, limit: Optional[int], owner: Optional[str] = None) -> list[RunRecord]:
+        """The newest ``limit`` runs (``None``: every run) of ``owner`` (``None``: anyone's), newest first."""
 
     @abc.abstractmethod
     def save_run(self, run: RunRecord) -> None: ...
@@ -90,13 +113,14 @@ class StateStore(abc.ABC):
         """The run a tag names."""
 
     @abc.abstractmethod
-    def set_tag(self, tag: str, run_name: str, created_at: float) -> None: ...
+    def set_tag(self, tag: str, run_name: str, created_at: float, owner: str = "") -> None: ...
 
     @abc.abstractmethod
     def delete_tag(self, tag: str) -> bool: ...
 
     @abc.abstractmethod
-    def list_tags(self) -> list[tuple[str, str, float]]: ...
+    def list_tags(self) -> list[StoredTag]:
+        """Every tag, by name."""
 
     @abc.abstractmethod
     def tags_of(self, run_name: str) -> list[str]:
@@ -142,14 +166,29 @@ class StateStore(abc.ABC):
         """The unfinished tasks a worker claimed."""
 
     @abc.abstractmethod
-    def set_secret(self, name: str, value: str, updated_at: float) -> None: ...
+    def set_secret(self, name: str, value: str, updated_at: float, owner: str = "") -> None:
+        """Keep the secret ``name`` of ``owner`` (empty: the team's)."""
 
     @abc.abstractmethod
-    def delete_secret(self, name: str) -> bool: ...
+    def delete_secret(self, name: str, owner: str = "") -> bool: ...
 
     @abc.abstractmethod
-    def secrets(self) -> list[tuple[str, str, float]]:
-        """``(name, value, updated_at)`` of every secret, by name."""
+    def secrets(self, owners: Optional[tuple[str, ...]] = None) -> list[StoredSecret]:
+        """The secrets of ``owners`` (``None``: everyone's; ``""`` names the team's), by owner and name."""
+
+    @abc.abstractmethod
+    def add_user(self, name: str, role: str, added_at: float) -> None:
+        """Keep ``name`` as a dstack user with ``role`` (a user added again gets the new role)."""
+
+    @abc.abstractmethod
+    def remove_user(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def get_user(self, name: str) -> Optional[StoredUser]: ...
+
+    @abc.abstractmethod
+    def users(self) -> list[StoredUser]:
+        """Every dstack user, by name."""
 
     @abc.abstractmethod
     def add_outbox(self, queue: str, actor: str, payload: bytes) -> None: ...
@@ -162,7 +201,7 @@ class StateStore(abc.ABC):
 
 
 #: Version of the tables below; a database of another version is refused, not misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -170,7 +209,7 @@ CREATE TABLE IF NOT EXISTS runs (
     submitted_at REAL NOT NULL, snapshot_id TEXT NOT NULL, project TEXT NOT NULL,
     reason TEXT NOT NULL, stop_requested INTEGER NOT NULL, abort INTEGER NOT NULL,
     started_at REAL, finished_at REAL,
-    unfinished INTEGER NOT NULL DEFAULT 0, running INTEGER NOT NULL DEFAULT 0);
+    unfinished INTEGER NOT NULL DEFAULT 0, running INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS runs_by_time ON runs (submitted_at);
 CREATE TABLE IF NOT EXISTS tasks (
     run_name TEXT NOT NULL, task_id TEXT NOT NULL, kind TEXT NOT NULL, workflow TEXT NOT NULL,
@@ -185,27 +224,52 @@ CREATE TABLE IF NOT EXISTS edges (
     PRIMARY KEY (run_name, upstream, downstream, kind));
 CREATE INDEX IF NOT EXISTS edges_by_downstream ON edges (run_name, downstream);
 CREATE TABLE IF NOT EXISTS tags (
-    tag TEXT PRIMARY KEY, run_name TEXT NOT NULL, created_at REAL NOT NULL);
+    tag TEXT PRIMARY KEY, run_name TEXT NOT NULL, created_at REAL NOT NULL, owner TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS queues (
     queue TEXT PRIMARY KEY, needs TEXT NOT NULL, queued INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY, report TEXT NOT NULL, seen_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS secrets (
-    name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    owner TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (owner, name));
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, added_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, actor TEXT NOT NULL, payload BLOB NOT NULL);
 """
 
 #: Version 2 had one task queue, and no record of queues and workers.
-_FROM_VERSION_2 = "BEGIN;" + _SCHEMA + f"""
+_FROM_VERSION_2 = f"""BEGIN;
+CREATE TABLE IF NOT EXISTS queues (
+    queue TEXT PRIMARY KEY, needs TEXT NOT NULL, queued INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY, report TEXT NOT NULL, seen_at REAL NOT NULL);
 ALTER TABLE tasks ADD COLUMN queue TEXT NOT NULL DEFAULT '{DEFAULT_TASK_QUEUE}';
 INSERT INTO queues SELECT '{DEFAULT_TASK_QUEUE}', '{{}}', count(*) FROM tasks WHERE status = 'queued';
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 3;
 COMMIT;
 """
 
+#: Version 3 had no users: runs and tags had no owner, and secrets were the team's.
+_FROM_VERSION_3 = """BEGIN;
+ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE tags ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE secrets_by_owner (
+    owner TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (owner, name));
+INSERT INTO secrets_by_owner SELECT '', name, value, updated_at FROM secrets;
+DROP TABLE secrets;
+ALTER TABLE secrets_by_owner RENAME TO secrets;
+PRAGMA user_version = 4;
+COMMIT;
+"""
+
+#: The steps from each older version to the next.
+_MIGRATIONS = {2: _FROM_VERSION_2, 3: _FROM_VERSION_3}
+
 _RUN_COLUMNS = ("run_name", "workflow", "status", "submitted_at", "snapshot_id", "project", "reason",
-                "stop_requested", "abort", "started_at", "finished_at")
+                "stop_requested", "abort", "started_at", "finished_at", "owner")
 _TASK_COLUMNS = ("run_name", "task_id", "kind", "workflow", "status", "spec", "attempt", "depends_on",
                  "deps_left", "master", "worker_id", "hostname", "ports", "exit_code", "reason",
                  "submitted_at", "started_at", "finished_at", "queue")
@@ -227,9 +291,9 @@ class SqliteStateStore(StateStore):
         self._db.execute("PRAGMA secure_delete=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-        if has_tables and version == 2:
-            self._db.executescript(_FROM_VERSION_2)
-            version = SCHEMA_VERSION
+        while has_tables and version in _MIGRATIONS:
+            self._db.executescript(_MIGRATIONS[version])
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if has_tables and version != SCHEMA_VERSION:
             raise DstackError(f"the scheduler's state at {path} has schema version {version}, not "
                               f"{SCHEMA_VERSION} (written by another version of dstack); move it away to start afresh")
@@ -265,9 +329,9 @@ class SqliteStateStore(StateStore):
         row = self._db.execute("SELECT * FROM runs WHERE run_name = ?", (run_name,)).fetchone()
         return _run(row) if row else None
 
-    def list_runs(self, limit: Optional[int]) -> list[RunRecord]:
-        rows = self._db.execute("SELECT * FROM runs ORDER BY submitted_at DESC LIMIT ?",
-                                (-1 if limit is None else limit,))
+    def list_runs(self, limit: Optional[int], owner: Optional[str] = None) -> list[RunRecord]:
+        rows = self._db.execute("SELECT * FROM runs WHERE ? IS NULL OR owner = ? ORDER BY submitted_at DESC LIMIT ?",
+                                (owner, owner, -1 if limit is None else limit))
         return [_run(row) for row in rows]
 
     def save_run(self, run: RunRecord) -> None:
@@ -349,14 +413,16 @@ class SqliteStateStore(StateStore):
         row = self._db.execute("SELECT run_name FROM tags WHERE tag = ?", (tag,)).fetchone()
         return row[0] if row else None
 
-    def set_tag(self, tag: str, run_name: str, created_at: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (tag, run_name, created_at))
+    def set_tag(self, tag: str, run_name: str, created_at: float, owner: str = "") -> None:
+        self._db.execute("INSERT OR REPLACE INTO tags (tag, run_name, created_at, owner) VALUES (?, ?, ?, ?)",
+                         (tag, run_name, created_at, owner))
 
     def delete_tag(self, tag: str) -> bool:
         return self._db.execute("DELETE FROM tags WHERE tag = ?", (tag,)).rowcount > 0
 
-    def list_tags(self) -> list[tuple[str, str, float]]:
-        return [tuple(row) for row in self._db.execute("SELECT tag, run_name, created_at FROM tags ORDER BY tag")]
+    def list_tags(self) -> list[StoredTag]:
+        return [StoredTag(*row) for row in
+                self._db.execute("SELECT tag, run_name, created_at, owner FROM tags ORDER BY tag")]
 
     def tags_of(self, run_name: str) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT tag FROM tags WHERE run_name = ? ORDER BY tag",
@@ -403,14 +469,32 @@ class SqliteStateStore(StateStore):
 
     # ------------------------------------------------------------------ secrets
 
-    def set_secret(self, name: str, value: str, updated_at: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?)", (name, value, updated_at))
+    def set_secret(self, name: str, value: str, updated_at: float, owner: str = "") -> None:
+        self._db.execute("INSERT OR REPLACE INTO secrets (owner, name, value, updated_at) VALUES (?, ?, ?, ?)",
+                         (owner, name, value, updated_at))
 
-    def delete_secret(self, name: str) -> bool:
-        return self._db.execute("DELETE FROM secrets WHERE name = ?", (name,)).rowcount > 0
+    def delete_secret(self, name: str, owner: str = "") -> bool:
+        return self._db.execute("DELETE FROM secrets WHERE owner = ? AND name = ?", (owner, name)).rowcount > 0
 
-    def secrets(self) -> list[tuple[str, str, float]]:
-        return [tuple(row) for row in self._db.execute("SELECT name, value, updated_at FROM secrets ORDER BY name")]
+    def secrets(self, owners: Optional[tuple[str, ...]] = None) -> list[StoredSecret]:
+        rows = self._db.execute("SELECT name, value, updated_at, owner FROM secrets ORDER BY owner, name")
+        return [StoredSecret(*row) for row in rows if owners is None or row[3] in owners]
+
+    # ------------------------------------------------------------------ users
+
+    def add_user(self, name: str, role: str, added_at: float) -> None:
+        self._db.execute("INSERT INTO users VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET role = excluded.role",
+                         (name, role, added_at))
+
+    def remove_user(self, name: str) -> bool:
+        return self._db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+
+    def get_user(self, name: str) -> Optional[StoredUser]:
+        row = self._db.execute("SELECT name, role, added_at FROM users WHERE name = ?", (name,)).fetchone()
+        return StoredUser(*row) if row else None
+
+    def users(self) -> list[StoredUser]:
+        return [StoredUser(*row) for row in self._db.execute("SELECT name, role, added_at FROM users ORDER BY name")]
 
     # ------------------------------------------------------------------ outbox
 

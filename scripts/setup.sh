@@ -76,6 +76,21 @@ else
   rabbit_up || die "rabbitmq did not open 127.0.0.1:5672 within ${RABBIT_WAIT_S}s; see $RABBIT_LOG and /var/log/rabbitmq/"
   log "rabbitmq: up after ~${i}s"
 fi
+# The management API (HTTP, port 15672): `dstack users` makes broker accounts through it, and the tests check
+# them. Enabling it is idempotent and works on a running node; the plugin file keeps it across restarts.
+manage_up() { timeout 2 bash -c '</dev/tcp/127.0.0.1/15672' 2>/dev/null; }
+if manage_up; then
+  log "rabbitmq management API: answering on port 15672"
+else
+  log "rabbitmq: enabling the management plugin (rabbitmq_management)"
+  "${SUDO[@]}" rabbitmq-plugins -q enable rabbitmq_management >&2
+  for ((i = 0; i < RABBIT_WAIT_S; i++)); do
+    manage_up && break
+    sleep 1
+  done
+  manage_up || die "the management API did not open port 15672 within ${RABBIT_WAIT_S}s; see /var/log/rabbitmq/"
+  log "rabbitmq management API: up after ~${i}s"
+fi
 
 # --- 4. project venv -------------------------------------------------------------
 VENV="$ROOT/.venv"

@@ -44,18 +44,19 @@ def spec(job_id: str, depends_on: Sequence[str] = (), master: Optional[str] = No
 class WireScheduler(Scheduler):
     """The scheduler as its clients see it: replies in their plain form, as RpcServer sends them."""
 
-    def handle_request(self, request: Any) -> Any:
-        return plain(super().handle_request(request))
+    def handle_request(self, request: Any, sender: Optional[str] = None) -> Any:
+        return plain(super().handle_request(request, sender))
 
 
 class Harness:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, **options: Any) -> None:
+        """``options``: more arguments of :class:`Scheduler` (``visibility``, ``grants``, ...)."""
         self.store = SqliteStateStore(path)
         self.sent: list[tuple[str, str, bytes]] = []
         self.notified: list[tuple[str, dict[str, Any]]] = []
         self.fail_send = False
         self.scheduler = WireScheduler(self.store, self._send,
-                                       lambda run, update: self.notified.append((run, plain(update))))
+                                       lambda run, update: self.notified.append((run, plain(update))), **options)
 
     def _send(self, queue: str, actor: str, payload: bytes) -> None:
         if self.fail_send:
@@ -103,11 +104,11 @@ class Harness:
     # -------------------------------------------------------------- acting
 
     def submit(self, run: str = RUN, workflow: str = WF, snapshot: str = "snap-1",
-               submitted_at: float = 1700000000.0) -> Any:
+               submitted_at: float = 1700000000.0, sender: Optional[str] = None) -> Any:
         return self.scheduler.handle_request(SubmitRun(
             run_name=run, workflow=workflow,
             workflows=[WorkflowSpec(name=workflow, data={"jobs": 2}, provider=PROVIDER)],
-            snapshot_id=snapshot, submitted_at=submitted_at, project="/p"))
+            snapshot_id=snapshot, submitted_at=submitted_at, project="/p"), sender)
 
     def claim(self, task_id: str, worker: str = "w1", attempt: int = 1, run: str = RUN) -> dict[str, Any]:
         return self.scheduler.handle_request(ClaimTask(run_name=run, task_id=task_id, attempt=attempt,

@@ -377,7 +377,8 @@ class Execution(abc.ABC):
         except DstackError as e:  # storage is out: the end is reported all the same
             log.warning("task %s: its failure is not in its logs: %s", self.key, e)
         self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
-                                             attempt=self.task.attempt, status=status, reason=reason))
+                                             attempt=self.task.attempt, status=status, reason=reason,
+                                             worker_id=self.context.worker_id))
         self._reported()
         if self.container is not None:
             self.container.remove()
@@ -395,8 +396,8 @@ class Execution(abc.ABC):
 
     def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
         """How the task ended: stopped, past its time limit, out of memory, failed, or done."""
-        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
-                                attempt=self.task.attempt, status=Status.DONE, exit_code=exit_info.exit_code)
+        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id, attempt=self.task.attempt,
+                                status=Status.DONE, exit_code=exit_info.exit_code, worker_id=self.context.worker_id)
         if self.stop_requested:
             finished.status, finished.reason = (Status.FAILED, self.stop_failure) if self.stop_failure else (
                 Status.STOPPED, "stopped by request")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Optional
 import click
 from rich.console import Console
 
-from dstack.messages import GetRuns
+from dstack.errors import RequestRejected
+from dstack.messages import GetRuns, GetStorage, PresignStorage, StorageOp
 from dstack.rpc import RpcClient
 from dstack.settings import Settings, load_settings
 
@@ -28,13 +29,32 @@ class Context:
     def __init__(self) -> None:
         self.settings: Settings = load_settings()
         self._storage: Optional[Storage] = None
+        self._storage_rpc: Optional[RpcClient] = None
 
     @property
     def storage(self) -> Storage:
+        """Where runs store their files: the ``DSTACK_STORAGE_URL`` given, opened with this machine's credentials;
+        without one, the scheduler's storage: S3 through the presigned URLs the scheduler hands out for what this
+        user may touch, or the scheduler's folder on this machine."""
         if self._storage is None:
             from dstack.storage import open_storage
 
-            self._storage = open_storage(self.settings.storage_url)
+            url = self.settings.storage_url
+            if not self.settings.storage_given:
+                rpc = self._storage_rpc = RpcClient(self.settings.broker_url)
+                try:
+                    info = rpc.call(GetStorage())
+                except RequestRejected:  # a scheduler that hands out no storage: the default folder
+                    info = None
+                if info is not None and info.presigned:
+                    from dstack.storage.presigned import PresignedStorage
+
+                    def presign(ops: list[StorageOp]) -> list[str]:
+                        return list(rpc.call(PresignStorage(ops=ops)).urls)
+                    self._storage = PresignedStorage(info.url, presign)
+                    return self._storage
+                url = info.url if info is not None else url
+            self._storage = open_storage(url)
         return self._storage
 
     def rpc(self) -> RpcClient:

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "app": "dstack.cli.apps:app",
     "workflows": "dstack.cli.workflows:workflows",
     "secrets": "dstack.cli.secrets:secrets",
+    "users": "dstack.cli.users:users",
     "artifacts": "dstack.cli.artifacts:artifacts",
     "scheduler": "dstack.cli.services:scheduler",
     "worker": "dstack.cli.services:worker",

@@ -66,18 +66,18 @@ def endpoint(job: JobView) -> str:
 def runs_table(runs: list[RunView]) -> Table:
     """Runs, each followed by its jobs."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("RUN / JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "TAGS", "ARTIFACTS",
+    for column in ("RUN / JOB", "WORKFLOW", "OWNER", "STATUS", "EXIT", "SUBMITTED", "DURATION", "TAGS", "ARTIFACTS",
                    "PORTS / URL", "REASON"):
         table.add_column(column, overflow="fold")
     for run in runs:
-        table.add_row(f"[bold]{run.run_name}[/]", run.workflow, styled(run.status), "",
+        table.add_row(f"[bold]{run.run_name}[/]", run.workflow, escape(run.owner or "-"), styled(run.status), "",
                       ago(run.submitted_at), duration(run.started_at, run.finished_at), escape(", ".join(run.tags)),
                       human_size(run.artifacts_size) if run.artifacts_size else "-", "",
                       escape(short_reason(run.reason)))
         for job in run.jobs:
             exit_code = "" if job.exit_code is None else str(job.exit_code)
             status = styled(job.status) + (f" (cached from {escape(job.cached_from)})" if job.cached_from else "")
-            table.add_row(f"  {job.job_id}", "", status, exit_code, ago(job.submitted_at),
+            table.add_row(f"  {job.job_id}", "", "", status, exit_code, ago(job.submitted_at),
                           duration(job.started_at, job.finished_at), "", human_size(job.artifacts_size),
                           escape(endpoint(job)), escape(short_reason(job.reason)))
     return table
@@ -148,10 +148,11 @@ def print_tags(console: Console, tags: list[TagView]) -> None:
                       "[bold]dstack artifacts upload PATH --tag NAME[/].")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("TAG", "KIND", "RUN", "STATUS", "SIZE", "WORKFLOWS", "CREATED"):
+    for column in ("TAG", "KIND", "RUN", "OWNER", "STATUS", "SIZE", "WORKFLOWS", "CREATED"):
         table.add_column(column, overflow="fold", justify="right" if column == "SIZE" else "left")
     for tag in tags:
         status = styled(Status(tag.status)) if tag.status in Status._value2member_map_ else tag.status
-        table.add_row(f"[bold]{escape(tag.tag)}[/]", tag.kind, tag.run_name, status, human_size(tag.size),
+        table.add_row(f"[bold]{escape(tag.tag)}[/]", tag.kind, tag.run_name, escape(tag.owner or "-"), status,
+                      human_size(tag.size),
                       ", ".join(tag.workflows), ago(tag.created_at))
     console.print(table)

@@ -200,19 +200,21 @@ def _follow_to_end(context: Context, rpc: RpcClient, run_name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of runs, each with its jobs.")
 @click.option("-n", "--limit", default=20, show_default=True, help="How many recent runs to list.")
 @click.option("-a", "--all", "every", is_flag=True, help="List every run, not only the recent ones.")
+@click.option("--mine", is_flag=True, help="Only the runs I submitted.")
 @pass_context
-def status(context: Context, run_name: Optional[str], as_json: bool, limit: int, every: bool) -> None:
+def status(context: Context, run_name: Optional[str], as_json: bool, limit: int, every: bool, mine: bool) -> None:
     """List recent runs with their jobs, tags and artifact sizes, or the run RUN_NAME. Statuses are coloured on a
     terminal, plain text otherwise.
 
     The --json output is the stable interface for scripts: a list of runs, each with
-    run_name, workflow, status, reason, submitted_at, started_at, finished_at, tags, artifacts_size and jobs
+    run_name, workflow, owner, status, reason, submitted_at, started_at, finished_at, tags, artifacts_size and jobs
     (each with job_id, status, exit_code, reason, hostname, ports, artifacts_size, ...).
     """
     if limit < 1:
         raise click.BadParameter("must be at least 1", param_hint="'-n'")
     with context.rpc() as rpc:
-        runs: list[RunView] = rpc.call(GetRuns(run_name=run_name, limit=None if every else limit))
+        runs: list[RunView] = rpc.call(GetRuns(run_name=run_name, limit=None if every else limit,
+                                               owner=rpc.user if mine else None))
     if as_json:
         click.echo(json.dumps(plain(runs), indent=2))
     else:

@@ -1,4 +1,5 @@
-"""``dstack secrets``: values every job gets as environment variables, kept by the scheduler."""
+"""``dstack secrets``: values jobs get as environment variables, kept by the scheduler: a user's own (for the jobs
+of their runs) and the team's (for every job; set by admins)."""
 from __future__ import annotations
 
 import sys
@@ -11,13 +12,18 @@ from dstack.messages import DeleteSecret, GetSecrets, SetSecret
 
 @click.group()
 def secrets() -> None:
-    """Secrets: values every job gets as environment variables, never shown in logs or status."""
+    """Secrets: values jobs get as environment variables, never shown in logs or status. Yours reach the jobs of
+    your runs; the team's (--team, set by admins) reach every job, below a secret of yours of the same name."""
+
+
+TEAM = click.option("--team", is_flag=True, help="The team's secret, for every job (admins only), not yours.")
 
 
 @secrets.command("set")
 @click.argument("name")
+@TEAM
 @pass_context
-def secrets_set(context: Context, name: str) -> None:
+def secrets_set(context: Context, name: str, team: bool) -> None:
     """Set secret NAME to the value read from standard input (asked for, hidden, on a terminal)."""
     if sys.stdin.isatty():
         value = click.prompt(f"Value of {name}", hide_input=True)
@@ -28,26 +34,30 @@ def secrets_set(context: Context, name: str) -> None:
         raise click.UsageError("the value is empty; give it on standard input, e.g. `printf %s VALUE | "
                                f"dstack secrets set {name}`")
     with context.rpc() as rpc:
-        rpc.call(SetSecret(name=name, value=value))
-    err.print(f"secret {name} set; jobs that start from now on get it")
+        rpc.call(SetSecret(name=name, value=value, team=team))
+    whose = "every job" if team else "the jobs of your runs"
+    err.print(f"secret {name} set; {whose} that start from now on get it")
 
 
 @secrets.command("list")
 @pass_context
 def secrets_list(context: Context) -> None:
-    """The names of the secrets (never their values)."""
+    """The names of your secrets and of the team's (an admin's: everyone's), never their values: a name alone
+    is yours; the team's and others' say whose."""
     with context.rpc() as rpc:
         for item in rpc.call(GetSecrets()):
-            click.echo(item.name)
+            whose = "" if item.owner == rpc.user else f"  ({item.owner or 'team'})"
+            click.echo(item.name + whose)
 
 
 @secrets.command("delete")
 @click.argument("name")
+@TEAM
 @pass_context
-def secrets_delete(context: Context, name: str) -> None:
+def secrets_delete(context: Context, name: str, team: bool) -> None:
     """Delete secret NAME; jobs that start from now on no longer get it."""
     with context.rpc() as rpc:
-        rpc.call(DeleteSecret(name=name))
+        rpc.call(DeleteSecret(name=name, team=team))
 
 
 @secrets.command("rotate-key")

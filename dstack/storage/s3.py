@@ -11,9 +11,15 @@ An S3 PUT is atomic, so an object appears whole or not at all.
 botocore errors are converted in :meth:`S3Storage._errors`, where they enter: a
 missing object becomes :class:`ObjectNotFound`, everything else a
 :class:`StorageError` naming the storage, the endpoint and what to check.
+
+:meth:`S3Storage.presign` signs one operation for someone without credentials
+(SigV4 query signing, which AWS and MinIO check: the URL is good for its method,
+its key and the headers it names, until it expires); the scheduler hands such URLs
+to the CLI (:mod:`dstack.scheduler.grants`, :mod:`dstack.storage.presigned`).
 """
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import os
@@ -21,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 import boto3
 from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
@@ -40,6 +46,9 @@ from dstack.errors import ObjectNotFound, StorageError
 from dstack.storage import check_prefix
 from dstack.storage.base import NEW_FILE_MODE, ObjectInfo, Progress, Storage, check_key, limited
 
+if TYPE_CHECKING:
+    from dstack.messages import StorageOp
+
 _MB = 1024 * 1024
 #: Multipart above 8 MB, in 8 MB parts, at most 4 at a time (~32 MB in flight).
 TRANSFER = TransferConfig(multipart_threshold=8 * _MB, multipart_chunksize=8 * _MB,
@@ -53,6 +62,11 @@ _CHECK_CONFIG = Config(connect_timeout=5, read_timeout=5,
 
 #: The most keys one ``delete_objects`` request takes.
 _DELETE_BATCH = 1000
+#: The longest a SigV4 presigned URL may live (S3's limit: 7 days).
+PRESIGN_MAX_EXPIRES = 7 * 24 * 3600
+#: What each action of a :class:`~dstack.messages.StorageOp` is in S3.
+_PRESIGN_METHODS = {"get": "get_object", "head": "head_object", "put": "put_object", "list": "list_objects_v2",
+                    "delete": "delete_object"}
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "ExpiredToken", "InvalidToken"}
@@ -68,6 +82,7 @@ class S3Storage(Storage):
         self._session = boto3.session.Session()  # one per storage: sessions are not thread-safe
         self._client = self._make_client(_OPS_CONFIG)  # clients are, so share this one
         self._check_client: Optional[Any] = None
+        self._presign_client: Optional[Any] = None
 
     def _make_client(self, config: Config) -> Any:
         try:
@@ -201,6 +216,54 @@ class S3Storage(Storage):
             first = failed[0]
             raise StorageError(f"S3 storage {self.url}: {len(failed)} object(s) not deleted; the first, "
                                f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+
+    def presign(self, op: StorageOp, expires_in: float, *, max_keys: Optional[int] = None,
+                create_only: bool = False) -> str:
+        """A URL that lets its holder do ``op`` and nothing else, for ``expires_in`` seconds (SigV4 query
+        signing; no request is made).
+
+        ``op.key`` is relative to this storage's prefix (for ``list``, the prefix to list; ``max_keys`` sets the
+        page size, S3's default being 1000). A ``put`` with ``op.sha256`` (hex) signs the header
+        ``x-amz-checksum-sha256`` (the base64 of the digest): the client must send it, and the server refuses
+        content with another digest. ``create_only`` signs ``If-None-Match: *``: the client must send it, and the
+        server keeps an object stored already (answering 412).
+
+        Raises:
+            ValueError: an unknown action, an unsafe key or a bad digest or lifetime.
+            StorageError: the URL could not be signed (no credentials).
+        """
+        if op.action not in _PRESIGN_METHODS:
+            raise ValueError(f"cannot presign {op.action!r}: the actions are {', '.join(_PRESIGN_METHODS)}")
+        if not 1 <= expires_in <= PRESIGN_MAX_EXPIRES:
+            raise ValueError(f"a presigned URL lives 1 to {PRESIGN_MAX_EXPIRES} s, not {expires_in:g}")
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        if op.action == "list":
+            params["Prefix"] = self._key(check_prefix(op.key))
+            if op.continuation:
+                params["ContinuationToken"] = op.continuation
+            if max_keys is not None:
+                params["MaxKeys"] = max_keys
+        else:
+            params["Key"] = self._key(check_key(op.key))
+        if op.action == "put":
+            if op.sha256:
+                try:
+                    digest = bytes.fromhex(op.sha256)
+                except ValueError:
+                    digest = b""
+                if len(digest) != 32:
+                    raise ValueError(f"{op.sha256!r} is no SHA-256 digest (64 hex digits)")
+                params["ChecksumSHA256"] = base64.b64encode(digest).decode()
+            if create_only:
+                params["IfNoneMatch"] = "*"
+        if self._presign_client is None:
+            # SigV4 explicitly: botocore would otherwise presign some requests with the legacy SigV2, which
+            # signs no checksum header and which MinIO and newer AWS regions refuse
+            self._presign_client = self._make_client(_OPS_CONFIG.merge(Config(signature_version="s3v4")))
+        with self._errors(op.key):
+            url: str = self._presign_client.generate_presigned_url(
+                _PRESIGN_METHODS[op.action], Params=params, ExpiresIn=int(expires_in))
+        return url
 
     def check(self) -> None:
         """``head_bucket`` with short timeouts and one retry, on a client kept for this."""

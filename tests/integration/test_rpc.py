@@ -33,7 +33,7 @@ def serve(url: str, handler: object) -> tuple[RpcServer, threading.Thread]:
 
 
 def test_a_scheduler_gone_since_the_last_reply_is_named_not_waited_for(vhost: Vhost) -> None:
-    server, thread = serve(vhost.url, lambda request: [])
+    server, thread = serve(vhost.url, lambda request, sender: [])
     with RpcClient(vhost.url, timeout=30) as rpc:
         assert rpc.call(GetRuns()) == []
         server.stop()
@@ -46,7 +46,7 @@ def test_a_scheduler_gone_since_the_last_reply_is_named_not_waited_for(vhost: Vh
 
 
 def test_a_refusal_keeps_its_kind_across_the_wire(vhost: Vhost) -> None:
-    def refuse(request: object) -> None:
+    def refuse(request: object, sender: str) -> None:
         raise RunNameTaken("a run named 'x' exists already")
 
     server, thread = serve(vhost.url, refuse)

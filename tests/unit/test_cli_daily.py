@@ -139,6 +139,9 @@ def test_a_part_of_a_run_is_a_job_or_a_workflow() -> None:
 class FakeScheduler:
     """An RpcClient answering from ``runs``, recording every request."""
 
+    #: the broker account it sends as
+    user = "guest"
+
     def __init__(self, views: Sequence[RunView]) -> None:
         self.views = list(views)
         self.requests: list[Any] = []
@@ -231,12 +234,14 @@ def test_status_is_plain_text_with_tags_and_sizes_when_piped(fake: FakeScheduler
     assert result.exit_code == 0, result.output
     assert "\x1b[" not in result.output and "[bold]" not in result.output and "[green]" not in result.output
     header, first = result.output.splitlines()[:2]
-    assert header.split() == ["RUN", "/", "JOB", "WORKFLOW", "STATUS", "EXIT", "SUBMITTED", "DURATION", "TAGS",
-                              "ARTIFACTS", "PORTS", "/", "URL", "REASON"]
+    assert header.split() == ["RUN", "/", "JOB", "WORKFLOW", "OWNER", "STATUS", "EXIT", "SUBMITTED", "DURATION",
+                              "TAGS", "ARTIFACTS", "PORTS", "/", "URL", "REASON"]
     assert RUN in first and "best, v1" in first and "1.5 MB" in first
     assert fake.requests == [GetRuns(limit=None)]
     CliRunner().invoke(cli, ["status", "-n", "3"])
     assert fake.requests[-1] == GetRuns(limit=3)
+    CliRunner().invoke(cli, ["status", "--mine"])
+    assert fake.requests[-1] == GetRuns(limit=20, owner="guest")  # the broker account of DSTACK_BROKER_URL
 
 
 def test_status_is_coloured_on_a_terminal() -> None:

@@ -12,6 +12,7 @@ from dstack.broker import MsgpackEncoder
 from dstack.errors import MessageError
 from dstack.messages import (
     MESSAGE_TYPES,
+    AddUser,
     Allocation,
     ArtifactRef,
     ClaimTask,
@@ -20,23 +21,28 @@ from dstack.messages import (
     Endpoint,
     GetRuns,
     GetSecrets,
+    GetStorage,
     GetTags,
+    GetUsers,
     GetWorkers,
     GpuInfo,
     Inventory,
     JobSpec,
     JobTask,
+    PresignStorage,
     ProviderRepo,
     ProviderSpec,
     ProviderTask,
     QueueOpened,
     RecordUpload,
     RegistryAuth,
+    RemoveUser,
     Resources,
     RestartRun,
     SetSecret,
     StopRun,
     StopTask,
+    StorageOp,
     SubmitRun,
     TagRef,
     TagRun,
@@ -123,6 +129,12 @@ SAMPLES = [
     SetSecret(name="HF_TOKEN", value="hf_abc"),
     DeleteSecret(name="HF_TOKEN"),
     GetSecrets(),
+    AddUser(name="alice", role="admin"),
+    RemoveUser(name="bob"),
+    GetUsers(),
+    GetStorage(),
+    PresignStorage(ops=[StorageOp(action="get", key="runs/r1/logs/a/0000000000.msgpack"),
+                        StorageOp(action="put", key="blobs/ab/abcd", sha256="abcd")]),
     TaskPulling(run_name="r1", task_id="train.0", attempt=1, worker_id="w1", image="registry.example.com/t:42"),
 ]
 
@@ -185,10 +197,10 @@ def test_round_trip_keeps_dag_parts_typed() -> None:
     assert isinstance(submit.workflows[0].provider_repo, ProviderRepo) and submit.workflows[0].provider is None
     assert isinstance(submit.workflows[1].provider, ProviderSpec) and submit.workflows[1].provider_repo is None
     assert submit.workflows[1].tagged == [TagRef(workflow="data", tag="v1")]
-    provider = decode(encode(SAMPLES[-11]))
+    provider = decode(encode(SAMPLES[-16]))
     assert all(isinstance(i, ArtifactRef) for i in provider.inputs)
     assert isinstance(provider.provider_repo, ProviderRepo)
-    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-10])).inputs)
+    assert all(isinstance(i, ArtifactRef) for i in decode(encode(SAMPLES[-15])).inputs)
 
 
 def test_round_trip_keeps_worker_parts_typed() -> None:

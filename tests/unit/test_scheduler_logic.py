@@ -27,6 +27,7 @@ from dstack.messages import (
     plain,
 )
 from dstack.names import task_queue, worker_queue
+from dstack.scheduler.access import service_caller
 from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
 from dstack.scheduler.model import JobState, Kind, Status, TaskRecord
 from dstack.scheduler.store import SqliteStateStore
@@ -40,7 +41,7 @@ def test_submit_records_queued_run_and_provider_task_in_outbox(h: Harness) -> No
                         workflows=[WorkflowSpec(name=WF, data={"epochs": 3}, provider=PROVIDER)],
                         snapshot_id="snap-1", submitted_at=1700000000.0, project="/home/me/p")
     with h.store.transaction():
-        view = plain(h.scheduler.submit_run(request))
+        view = plain(h.scheduler.submit_run(request, service_caller("guest")))
     assert view["run_name"] == RUN and view["status"] == "queued"
     assert [j["job_id"] for j in view["jobs"]] == [PROVIDER_TASK]
     assert [(w["name"], w["status"]) for w in view["workflows"]] == [(WF, "submitted")]
@@ -582,7 +583,7 @@ def test_state_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(str(path))
     db.execute("PRAGMA user_version = 1")
     db.close()
-    with pytest.raises(DstackError, match="schema version 1, not 3"):
+    with pytest.raises(DstackError, match="schema version 1, not 4"):
         SqliteStateStore(path)
 
 

@@ -21,7 +21,7 @@ from dstack.messages import (
 )
 from dstack.names import DEFAULT_TASK_QUEUE, worker_queue
 from dstack.scheduler.flow import CONTROL_ACTOR, TASK_ACTOR
-from dstack.scheduler.store import SqliteStateStore
+from dstack.scheduler.store import SCHEMA_VERSION, SqliteStateStore
 from tests.scheduler_harness import PROVIDER_TASK, RUN, Harness, spec
 
 A100 = Resources(gpu_count=1, gpu_name="A100")
@@ -145,12 +145,37 @@ def test_state_of_version_2_is_brought_up_to_date(tmp_path: Path) -> None:
     h.submit()  # the provider task is queued
     h.store.close()
     db = sqlite3.connect(str(path))  # make it look like version 2: no queue column, no queues or workers
-    db.executescript("ALTER TABLE tasks DROP COLUMN queue; DROP TABLE queues; DROP TABLE workers; "
+    db.executescript(_AS_VERSION_3 + "ALTER TABLE tasks DROP COLUMN queue; DROP TABLE queues; DROP TABLE workers; "
                      "PRAGMA user_version = 2;")
     db.close()
     store = SqliteStateStore(path)
     with store.transaction():
         assert store.open_queues() == [(DEFAULT_TASK_QUEUE, {})]
         assert store.get_task(RUN, PROVIDER_TASK).queue == DEFAULT_TASK_QUEUE
-    assert sqlite3.connect(str(path)).execute("PRAGMA user_version").fetchone()[0] == 3
+    assert sqlite3.connect(str(path)).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
+
+
+#: Makes a state of this version look like version 3: no owners, no users, secrets by name alone.
+_AS_VERSION_3 = """
+ALTER TABLE runs DROP COLUMN owner; ALTER TABLE tags DROP COLUMN owner; DROP TABLE users; DROP TABLE secrets;
+CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+
+
+def test_state_of_version_3_gets_owners_and_team_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    h = Harness(path)
+    h.submit()
+    h.store.close()
+    db = sqlite3.connect(str(path))
+    db.executescript(_AS_VERSION_3 + "INSERT INTO secrets VALUES ('TOKEN', 'sealed', 1.0); PRAGMA user_version = 3;")
+    db.close()
+    store = SqliteStateStore(path)
+    with store.transaction():
+        run = store.get_run(RUN)
+        assert run is not None and run.owner == ""  # before users: the administrator's
+        assert store.secrets() == [("TOKEN", "sealed", 1.0, "")]  # the team's
+        assert store.users() == []
+    assert sqlite3.connect(str(path)).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     store.close()

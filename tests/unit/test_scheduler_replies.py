@@ -8,6 +8,7 @@ import pytest
 
 from dstack.errors import MessageError
 from dstack.messages import (
+    AddUser,
     Allocation,
     ClaimTask,
     DeleteRuns,
@@ -15,14 +16,19 @@ from dstack.messages import (
     Endpoint,
     GetRuns,
     GetSecrets,
+    GetStorage,
     GetTags,
+    GetUsers,
     GetWorkers,
     Inventory,
+    PresignStorage,
     RecordUpload,
+    RemoveUser,
     Resources,
     RestartRun,
     SetSecret,
     StopRun,
+    StorageOp,
     SubmitRun,
     TagRun,
     TaskStarted,
@@ -38,6 +44,7 @@ from dstack.messages import (
 )
 from dstack.names import task_queue
 from dstack.rpc import RpcServer
+from dstack.scheduler.grants import StorageGrants
 from dstack.scheduler.service import Scheduler
 from dstack.states import Status
 from dstack.views import (
@@ -54,6 +61,7 @@ from dstack.views import (
     decode_reply,
 )
 from tests.scheduler_harness import PROVIDER, PROVIDER_TASK, RUN, WF, Harness, spec
+from tests.unit.test_scheduler_grants import FakeS3
 
 
 def typed(h: Harness, request: Any) -> Any:
@@ -63,8 +71,8 @@ def typed(h: Harness, request: Any) -> Any:
 
 def over_the_wire(request: Any, reply: Any) -> Any:
     """What RpcServer sends for ``reply``, as RpcClient.call returns it."""
-    server = RpcServer("amqp://unused", lambda _: reply)
-    answer = unpack(pack(server._answer(encode(request))))
+    server = RpcServer("amqp://unused", lambda request, sender: reply)
+    answer = unpack(pack(server._answer(encode(request), "guest")))
     assert answer["ok"], answer
     return decode_reply(request, answer["result"])
 
@@ -82,6 +90,9 @@ def test_every_reply_of_the_scheduler_round_trips(h: Harness) -> None:
     requests += [RecordUpload(run_name="quiet-heron-1234", tag="dataset", artifacts=["data"], size=10,
                               submitted_at=1.0)]
     requests += [GetRuns(limit=None), DeleteRuns(["quiet-heron-1234"], force=True)]  # a done run, tagged
+    requests += [AddUser("alice", "admin"), GetUsers(), RemoveUser("alice")]
+    h.scheduler._grants = StorageGrants(FakeS3())
+    requests += [GetStorage(), PresignStorage([StorageOp("get", f"runs/{RUN}/logs/train.0/0000000000.msgpack")])]
     for request in requests:
         reply = typed(h, request)
         assert over_the_wire(request, reply) == reply, request
@@ -102,7 +113,8 @@ def test_typed_replies_have_their_types(h: Harness) -> None:
     assert typed(h, WorkerLeaving("w1")) == Acknowledged()
     typed(h, TagRun(RUN, "best"))
     (tag,) = typed(h, GetTags())
-    assert tag == TagView(tag="best", run_name=RUN, created_at=tag.created_at, status="running", workflows=[WF])
+    assert tag == TagView(tag="best", run_name=RUN, created_at=tag.created_at, status="running", workflows=[WF],
+                          owner="guest")
 
 
 def test_updates_round_trip_as_published(h: Harness) -> None:
@@ -123,7 +135,7 @@ def test_plain_form_keeps_the_json_keys_in_their_order(h: Harness) -> None:
     h.provider_creates([spec("a")])
     (run,) = plain(typed(h, GetRuns(run_name=RUN)))
     assert list(run) == ["run_name", "workflow", "status", "reason", "project", "submitted_at", "started_at",
-                         "finished_at", "variables", "workflows", "jobs", "tags", "artifacts_size"]
+                         "finished_at", "variables", "workflows", "jobs", "tags", "artifacts_size", "owner"]
     assert list(run["jobs"][1]) == ["job_id", "kind", "workflow", "status", "exit_code", "reason", "attempt",
                                     "worker", "hostname", "ports", "depends_on", "master", "image", "resources",
                                     "provider_commit", "apps", "submitted_at", "started_at", "finished_at",

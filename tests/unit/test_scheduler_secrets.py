@@ -78,7 +78,7 @@ def test_secrets_stored_in_clear_are_sealed_at_start(tmp_path: Path) -> None:
     assert cipher.open(VALUE) == VALUE  # in clear: read as it is until sealed
     assert seal_stored(store, cipher) == 1 and seal_stored(store, cipher) == 0
     with store.transaction():
-        [(name, stored, updated_at)] = store.secrets()
+        [(name, stored, updated_at, _)] = store.secrets()
     assert (name, updated_at) == ("OLD", 1.0) and stored.startswith(SEALED) and cipher.open(stored) == VALUE
 
 
@@ -95,7 +95,7 @@ def test_rotating_the_key_seals_every_secret_again(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
     new = load_cipher(tmp_path, None)
     with store.transaction():
-        stored = {name: value for name, value, _ in store.secrets()}
+        stored = {name: value for name, value, _, _ in store.secrets()}
     assert {name: new.open(value) for name, value in stored.items()} == {"A": "a-value", "B": "b-value"}
     with pytest.raises(DstackError):
         old.open(stored["A"])
@@ -107,7 +107,7 @@ def test_a_rotation_cut_short_leaves_every_secret_readable(tmp_path: Path) -> No
         store.set_secret("A", load_cipher(tmp_path, None).seal("a-value"), 1.0)
     (tmp_path / NEXT_KEY_FILE).write_bytes(Fernet.generate_key())  # written, then the rotation stopped
     with store.transaction():
-        [(_, stored, _)] = store.secrets()
+        [(_, stored, _, _)] = store.secrets()
     assert load_cipher(tmp_path, None).open(stored) == "a-value"
 
 
@@ -118,7 +118,7 @@ def test_rotation_with_the_key_in_the_environment_returns_the_new_key(tmp_path: 
         store.set_secret("A", load_cipher(tmp_path, key).seal("a-value"), 1.0)
     new_key, count = rotate_key(store, tmp_path, key)
     with store.transaction():
-        [(_, stored, _)] = store.secrets()
+        [(_, stored, _, _)] = store.secrets()
     assert count == 1 and load_cipher(tmp_path, new_key.decode()).open(stored) == "a-value"
     assert not (tmp_path / KEY_FILE).exists()
 

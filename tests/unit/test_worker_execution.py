@@ -92,7 +92,8 @@ def test_what_a_job_holds_and_how_long_it_may_run(h: Harness) -> None:
 
 def test_a_job_that_exits_with_0_is_done(h: Harness) -> None:
     finished = h.run(h.job(script=Script(output=[b"hello\n", b"wor", b"ld\n"])))
-    assert finished == TaskFinished(run_name=RUN, task_id="train.0", attempt=1, status=Status.DONE, exit_code=0)
+    assert finished == TaskFinished(run_name=RUN, task_id="train.0", attempt=1, status=Status.DONE, exit_code=0,
+                                    worker_id="w1")
     assert h.log_lines("train.0") == ["hello", "world"]
     assert [item[:2] for item in h.announced] == [(LOGS_EXCHANGE, RUN)]  # stored, then published live
     started = h.events[0]

@@ -144,7 +144,7 @@ def test_tasks_of_an_earlier_life_are_reported_lost(worker: Worker, runtime: Fak
     assert mine.removed and not other.removed  # another worker's container is left alone
     [lost] = sent_events(worker)
     assert lost == TaskFinished(run_name=RUN, task_id="train.0", attempt=1, status=Status.FAILED,
-                                reason="worker lost: the worker restarted while the task ran")
+                                reason="worker lost: the worker restarted while the task ran", worker_id="w1")
     assert not earlier.folder.exists()
 
 
