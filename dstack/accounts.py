@@ -15,6 +15,13 @@ and bind to an exchange):
   (``dstack.worker.NAME``: its ``DSTACK_WORKER_ID`` is its account name), enqueue events through Dramatiq,
   publish live logs, and send requests like a user; nothing of the users'.
 
+Live notifications are published with the routing key ``OWNER.RUN`` (:func:`dstack.names.live_routing_key`).
+With ``DSTACK_VISIBILITY=own`` a **user**'s account also gets topic permissions on ``dstack.logs`` and
+``dstack.updates`` (:func:`topic_permissions_for`): it may bind its queues with keys that begin with ``NAME.``
+only, so it follows its own runs and no one else's (RabbitMQ checks a binding key, wildcards included, against
+the ``read`` pattern at queue.bind). Admins and workers get none, and neither does anyone with ``all``: an
+account without topic permissions on an exchange may use every key.
+
 The accounts are made through RabbitMQ's HTTP management API (:class:`ManagementApi`) or, on the broker's
 machine, with ``rabbitmqctl`` (:class:`Rabbitmqctl`); both with the same permissions.
 """
@@ -34,6 +41,10 @@ from typing import Any, Optional, Protocol
 from dstack import names
 from dstack.errors import DstackError
 from dstack.messages import ROLES
+
+#: The values of the scheduler's ``DSTACK_VISIBILITY`` (:data:`dstack.scheduler.access.VISIBILITIES`): every run
+#: is seen by everyone, or a user sees their own only.
+VISIBILITIES = ("all", "own")
 
 #: Letters, digits, ``-`` and ``_``, 1 to 63 of them, the first a letter or digit (the scheduler's rule for names,
 #: :func:`dstack.names.is_valid_name`): a name that is the same in a URL, a queue name and a permission's pattern.
@@ -56,6 +67,18 @@ class Permissions:
     #: publish to an exchange; bind a queue (to an exchange it may read)
     write: str
     #: consume from a queue; bind to an exchange
+    read: str
+
+
+@dataclass(frozen=True)
+class TopicPermissions:
+    """The topic permissions of a RabbitMQ account on one topic exchange of a virtual host: two regular
+    expressions that routing keys must match (searched, like :class:`Permissions`'). RabbitMQ checks ``write``
+    against the routing key of a publish, and ``read`` against the binding key of a queue.bind and queue.unbind
+    (``#`` and ``*`` as they are). On an exchange for which an account has none, every key is allowed."""
+
+    exchange: str
+    write: str
     read: str
 
 
@@ -109,6 +132,27 @@ def permissions_for(name: str, role: str) -> Permissions:
         # only when the declare creates it, and the scheduler declares it when it starts, before any event.
         read=_any_of(tasks, re.escape(control), re.escape(names.delay_queue(control))),
     )
+
+
+def topic_permissions_for(name: str, role: str, visibility: str) -> tuple[TopicPermissions, ...]:
+    """The topic permissions of the broker account ``name`` as a dstack ``role`` under the scheduler's
+    ``visibility`` (``DSTACK_VISIBILITY``): for a ``user`` with ``own``, on ``dstack.logs`` and ``dstack.updates``,
+    publish nothing (``^$``; its permissions refuse publishing there anyway) and bind only keys that begin with
+    ``NAME.``, the routing keys of its own runs (:func:`dstack.names.live_routing_key`); none otherwise (admins see
+    every run, workers publish every run's logs).
+
+    Raises:
+        DstackError: ``name`` may not name a user, ``role`` is none of the roles, or ``visibility`` none of
+            :data:`VISIBILITIES`.
+    """
+    permissions_for(name, role)  # checks the name and the role
+    if visibility not in VISIBILITIES:
+        raise DstackError(f"{visibility!r} is no visibility: one of {', '.join(VISIBILITIES)} (DSTACK_VISIBILITY)")
+    if role != "user" or visibility != "own":
+        return ()
+    own_runs = "^" + re.escape(names.live_routing_key(name, ""))  # ^NAME\.: NAME has no dot (check_user_name)
+    return tuple(TopicPermissions(exchange, write="^$", read=own_runs)
+                 for exchange in (names.LOGS_EXCHANGE, names.UPDATES_EXCHANGE))
 
 
 def tags_for(role: str) -> str:
@@ -202,6 +246,12 @@ class Accounts(Protocol):
         is refused (it would lose its password). Nothing is left half-made when it fails."""
         ...
 
+    def set_permissions(self, name: str, role: str, visibility: str) -> None:
+        """Give the existing account ``name`` the permissions of ``role`` (:func:`permissions_for`) and the topic
+        permissions of ``role`` under ``visibility`` (:func:`topic_permissions_for`), in place of what it had:
+        when there are none to give, the account's topic permissions in the virtual host are cleared."""
+        ...
+
     def remove(self, name: str) -> bool:
         """Delete the account ``name``; whether there was one."""
         ...
@@ -239,12 +289,23 @@ class ManagementApi:
                               f"{name}`) or pick another name")
         self._request("PUT", f"users/{_quote(name)}", {"password": password, "tags": tags_for(role)})
         try:
-            self._request("PUT", f"permissions/{_quote(self.vhost)}/{_quote(name)}",
-                          {"configure": permissions.configure, "write": permissions.write,
-                           "read": permissions.read})
+            self._put_permissions(name, permissions)
         except DstackError:
             self._request("DELETE", f"users/{_quote(name)}", missing_ok=True)  # nothing half-made
             raise
+
+    def set_permissions(self, name: str, role: str, visibility: str) -> None:
+        topic = topic_permissions_for(name, role, visibility)
+        self._put_permissions(name, permissions_for(name, role))
+        where = f"topic-permissions/{_quote(self.vhost)}/{_quote(name)}"
+        if not topic:  # all of them (none is 404)
+            self._request("DELETE", where, missing_ok=True)
+        for each in topic:  # each PUT replaces that exchange's only: never a moment without any
+            self._request("PUT", where, {"exchange": each.exchange, "write": each.write, "read": each.read})
+
+    def _put_permissions(self, name: str, permissions: Permissions) -> None:
+        self._request("PUT", f"permissions/{_quote(self.vhost)}/{_quote(name)}",
+                      {"configure": permissions.configure, "write": permissions.write, "read": permissions.read})
 
     def remove(self, name: str) -> bool:
         return self._request("DELETE", f"users/{_quote(name)}", missing_ok=True) is not None
@@ -338,6 +399,16 @@ class Rabbitmqctl:
         except DstackError:
             self._run("delete_user", name, check=False)  # nothing half-made
             raise
+
+    def set_permissions(self, name: str, role: str, visibility: str) -> None:
+        topic = topic_permissions_for(name, role, visibility)
+        permissions = permissions_for(name, role)
+        self._run("set_permissions", "-p", self.vhost, name, permissions.configure, permissions.write,
+                  permissions.read)
+        if not topic:
+            self._run("clear_topic_permissions", "-p", self.vhost, name)  # all of them; none is no error
+        for each in topic:  # each replaces that exchange's only: never a moment without any
+            self._run("set_topic_permissions", "-p", self.vhost, name, each.exchange, each.write, each.read)
 
     def remove(self, name: str) -> bool:
         if not self.exists(name):

@@ -26,7 +26,7 @@ from dstack.broker import (
     retry,
 )
 from dstack.errors import BrokerUnavailable, SchedulerUnavailable
-from dstack.names import LOGS_EXCHANGE, UPDATES_EXCHANGE, user_queue
+from dstack.names import LOGS_EXCHANGE, UPDATES_EXCHANGE, live_routing_key, user_queue
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,12 @@ class Publisher:
 
 
 class Subscription:
-    """A private queue receiving the live notifications of one run (logs and updates), named after the broker
-    account (``dstack.user.ACCOUNT.*``: the only queues a user's account may declare and read)."""
+    """A private queue receiving the live notifications of one run of ``owner`` (logs and updates), named after
+    the broker account (``dstack.user.ACCOUNT.*``: the only queues a user's account may declare and read)."""
 
-    def __init__(self, url: str, run_name: str) -> None:
+    def __init__(self, url: str, owner: str, run_name: str) -> None:
         self._url = url
-        self._run_name = run_name
+        self._routing_key = live_routing_key(owner, run_name)
         self._connect()
 
     def _connect(self) -> None:
@@ -110,7 +110,7 @@ class Subscription:
             self._queue = user_queue(account(self._url), f"follow-{uuid.uuid4().hex}")
             self._channel.queue_declare(self._queue, exclusive=True, auto_delete=True)
             for exchange in (LOGS_EXCHANGE, UPDATES_EXCHANGE):
-                self._channel.queue_bind(self._queue, exchange, routing_key=self._run_name)
+                self._channel.queue_bind(self._queue, exchange, routing_key=self._routing_key)
         except ChannelClosed as e:
             close_quietly(self._connection)
             if e.reply_code == 404:  # the exchanges are declared by the scheduler when it starts

@@ -140,6 +140,7 @@ def stored_chunks(storage: Storage, run_name: str, task_id: str = "",
         task, name = info.key.rsplit("/", 2)[-2:]
         if int(name.split(".")[0]) >= skip.get(task, 0):
             keys.setdefault(task, []).append(info.key)
+    storage.will_read(key for task_keys in keys.values() for key in task_keys)
     return {task: (LogChunk.decode(storage.get_bytes(key)) for key in task_keys)
             for task, task_keys in keys.items()}
 

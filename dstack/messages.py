@@ -257,6 +257,8 @@ class ProviderTask:
     inputs: list[ArtifactRef] = field(default_factory=list)
     #: the arguments ``dstack run`` gave the provider (``self.provider_args`` in the SDK)
     args: list[str] = field(default_factory=list)
+    #: the dstack user whose run it is (its live notifications are routed by it)
+    owner: str = ""
 
 
 @dataclass
@@ -276,6 +278,8 @@ class JobTask:
     #: environment variables whose values are never shown (``dstack secrets set``); never in the message from
     #: the scheduler: the worker fills them in from the answer to its claim and keeps them in memory only
     secrets: dict[str, str] = field(default_factory=dict)
+    #: the dstack user whose run it is (its live notifications are routed by it)
+    owner: str = ""
 
     @property
     def task_id(self) -> str:

@@ -17,9 +17,9 @@ RPC_QUEUE = "dstack.rpc"
 #: The exchange requests are published to (routing key :data:`RPC_QUEUE`): the one thing a user's broker account
 #: may publish to (not the default exchange, through which it could reach any queue).
 REQUESTS_EXCHANGE = "dstack.requests"
-#: Topic exchange of live log chunks; routing key: the run name.
+#: Topic exchange of live log chunks; routing key: :func:`live_routing_key`.
 LOGS_EXCHANGE = "dstack.logs"
-#: Topic exchange of run and job status changes; routing key: the run name.
+#: Topic exchange of run and job status changes; routing key: :func:`live_routing_key`.
 UPDATES_EXCHANGE = "dstack.updates"
 #: RabbitMQ's name of the default exchange (``""``) in permissions: Dramatiq publishes through it.
 DEFAULT_EXCHANGE = "amq.default"
@@ -83,6 +83,12 @@ def task_queue(needs: Optional[Resources] = None) -> str:
         if needs.memory_mib:
             parts.append(f"mem{needs.memory_mib}mib")
     return f"{TASK_QUEUE_PREFIX}{'-'.join(parts)}" if parts else DEFAULT_TASK_QUEUE
+
+
+def live_routing_key(owner: str, run_name: str) -> str:
+    """The routing key of a run's live notifications: ``OWNER.RUN``, so that RabbitMQ's topic permissions can
+    let a user's account follow only their own runs (``DSTACK_VISIBILITY=own``)."""
+    return f"{owner}.{run_name}"
 
 
 def user_queue(user: str, name: str) -> str:

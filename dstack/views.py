@@ -253,6 +253,11 @@ class UsersAnswer:
 
     users: list[UserView]
     caller: UserView
+    #: the scheduler's ``DSTACK_VISIBILITY`` (``all`` or ``own``): ``dstack users add`` and ``sync`` give users'
+    #: broker accounts the topic permissions it needs (:func:`dstack.accounts.topic_permissions_for`)
+    visibility: str = "all"
+    #: the scheduler's own broker account, the administrator (listed first among ``users``)
+    scheduler: str = ""
 
 
 @dataclass

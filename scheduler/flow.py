@@ -197,7 +197,7 @@ class TaskFlow:
                 run_name=task.run_name, task_id=task.task_id, attempt=task.attempt, workflow=task.workflow,
                 data=state.data, snapshot_id=run.snapshot_id, provider=state.provider,
                 provider_repo=state.provider_repo, env=env_of(workflow.workflow_state.variables),
-                inputs=list(state.inputs), args=list(state.args))
+                inputs=list(state.inputs), args=list(state.args), owner=run.owner)
         else:
             master = None
             if task.master:
@@ -206,7 +206,7 @@ class TaskFlow:
                 master = Endpoint(hostname=record.hostname, ports=record.ports)
             message = JobTask(run_name=task.run_name, attempt=task.attempt, job=task.job_state.job,
                               snapshot_id=run.snapshot_id, master=master, inputs=list(task.job_state.inputs),
-                              cache=task.job_state.cache, resume=task.job_state.resume)
+                              cache=task.job_state.cache, resume=task.job_state.resume, owner=run.owner)
             needs = message.job.resources
         task.queue = task_queue(needs)
         if self.store.add_queue(task.queue, asdict(needs)) == 0 and task.queue != DEFAULT_TASK_QUEUE:

@@ -9,7 +9,7 @@ from dstack.broker import DramatiqConnectionError, account, consumer, describe, 
 from dstack.errors import DstackError, MessageError
 from dstack.live import Publisher
 from dstack.messages import from_payload, pack, plain, unpack
-from dstack.names import EVENT_ACTOR, EVENTS_QUEUE, UPDATES_EXCHANGE
+from dstack.names import EVENT_ACTOR, EVENTS_QUEUE, UPDATES_EXCHANGE, live_routing_key
 from dstack.rpc import RpcServer
 from dstack.scheduler.grants import StorageGrants
 from dstack.scheduler.secrets import load_cipher, seal_stored, unopenable
@@ -66,7 +66,7 @@ class SchedulerService:
         enqueue(self.broker, queue, actor, unpack(payload))
 
     def _notify(self, run_name: str, update: RunUpdate) -> None:
-        self.publisher.publish(UPDATES_EXCHANGE, run_name, pack(plain(update)))
+        self.publisher.publish(UPDATES_EXCHANGE, live_routing_key(update.run.owner, run_name), pack(plain(update)))
 
     def run(self) -> None:
         with self._lock:

@@ -628,7 +628,8 @@ class Scheduler:
         """The scheduler's own account (the administrator) and every dstack user; and who asks."""
         users = [UserView(name=self._service.name, role=Role.ADMIN.value)]
         users += [UserView(name=u.name, role=u.role, added_at=u.added_at) for u in self._store.users()]
-        return UsersAnswer(users=users, caller=UserView(name=caller.name, role=caller.role.value))
+        return UsersAnswer(users=users, caller=UserView(name=caller.name, role=caller.role.value),
+                           visibility=self._visibility, scheduler=self._service.name)
 
     # ------------------------------------------------------------------ storage
 

@@ -44,7 +44,7 @@ from dstack.messages import (
     encode,
     from_dict,
 )
-from dstack.names import CONTAINER_LABEL, WORKER_LABEL, container_name
+from dstack.names import CONTAINER_LABEL, WORKER_LABEL, container_name, live_routing_key
 from dstack.snapshot import materialize_snapshot, safe_join
 from dstack.states import Status
 from dstack.storage import Storage
@@ -281,8 +281,12 @@ class Execution(abc.ABC):
         return container_name(self.task.run_name, self.task.task_id, self.task.attempt)
 
     def _log_writer(self) -> LogWriter:
-        return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self.context.announce,
+        return LogWriter(self.context.storage, self.task.run_name, self.task.task_id, self._announce,
                          hide=self._hidden())
+
+    def _announce(self, exchange: str, run_name: str, body: bytes) -> None:
+        """Publish a live notification of the task's run, routed by its owner and name."""
+        self.context.announce(exchange, live_routing_key(self.task.owner, run_name), body)
 
     def _base_env(self) -> dict[str, str]:
         """What every task's container gets; ``HOSTNAME`` is early dstack's name of ``JOB_HOSTNAME``."""
@@ -620,7 +624,7 @@ class JobExecution(Execution):
         job's start says what is wrong."""
         if not self.task.cache or self.stop_requested or self.workdir.exists():
             return False
-        cache = JobCache(self.context.storage, self.context.runtime, self.context.announce)
+        cache = JobCache(self.context.storage, self.context.runtime, self._announce)
         try:
             self.cache = self._with_image(self.task.job.image, lambda: cache.reuse(self.task))
         except PullFailed:

@@ -116,8 +116,10 @@ def read_manifests(storage: Storage, run_name: str, job_ids: Optional[list[str]]
     """The manifests of ``job_ids`` of ``run_name`` (every one stored when ``None``); a job that stored
     none (no artifacts, or not yet) is left out."""
     if job_ids is None:
-        return [ArtifactManifest.from_json(storage.get_bytes(info.key))
-                for info in storage.list(manifests_prefix(run_name))]
+        keys = [info.key for info in storage.list(manifests_prefix(run_name))]
+        storage.will_read(keys)
+        return [ArtifactManifest.from_json(storage.get_bytes(key)) for key in keys]
+    storage.will_read(artifacts_manifest_key(run_name, job) for job in job_ids)
     manifests = []
     for job in job_ids:
         try:
@@ -286,6 +288,7 @@ def artifacts_download(context: Context, target: str, which: Optional[str], outp
                 wanted.append((artifact_key(selection.run_name, manifest.job_id, entry.path), path,
                                f"{manifest.job_id}/{entry.path}", entry.size))
     size = sum(item[3] for item in wanted)
+    storage.will_read(item[0] for item in wanted)
     with transfer_progress(size) as advance:
         for key, path, name, _ in wanted:
             storage.get_file(key, path, lambda n, name=name: advance(name, n))  # type: ignore[misc]

@@ -96,7 +96,8 @@ def follow(rpc: RpcClient, broker_url: str, storage: Storage, run_name: str, *,
     ``since`` select the lines as in :class:`LogPrinter`; a ``printer`` given (following again) is used instead,
     and prints nothing it printed before."""
     err = err or Console(stderr=True)
-    subscription = Subscription(broker_url, run_name)
+    owner = rpc.call(GetRuns(run_name=run_name))[0].owner  # live notifications are routed by it
+    subscription = Subscription(broker_url, owner, run_name)
     printer = printer or LogPrinter(storage, run_name, tasks, since)
     statuses: dict[str, str] = {}
     try:

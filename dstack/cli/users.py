@@ -2,7 +2,10 @@
 
 ``add`` makes the broker account (:mod:`dstack.accounts`: through RabbitMQ's management API, or ``rabbitmqctl``
 on the broker's machine) and then registers it with the scheduler, which refuses a caller who is no admin: the
-account is then deleted again, so nothing is left half-made. ``remove`` does the two the other way round.
+account is then deleted again, so nothing is left half-made. With the scheduler's ``DSTACK_VISIBILITY=own``, a
+user's account then gets the topic permissions that let it follow only its own runs. ``remove`` does the two the
+other way round. ``sync`` gives every user's account the permissions of its role again, for the scheduler's
+visibility as it is now.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import ipaddress
 import json
 import sys
 import urllib.parse
+from typing import Callable, Optional
 
 import click
 from rich.markup import escape
@@ -23,6 +27,7 @@ from dstack.accounts import (
     check_user_name,
     generate_password,
     management_url,
+    topic_permissions_for,
     user_broker_url,
 )
 from dstack.broker import account
@@ -72,7 +77,8 @@ def users_add(context: Context, name: str, admin: bool, worker: bool, rabbitmqct
     """Add user NAME, with a RabbitMQ account of their own.
 
     The account gets the permissions of the role (a user, unless --admin or --worker), and the scheduler is told of
-    it. Prints the broker URL NAME connects with, password included: shown this once, hand it over privately."""
+    it; with the scheduler's DSTACK_VISIBILITY=own, a user's account may then follow only their own runs. Prints the
+    broker URL NAME connects with, password included: shown this once, hand it over privately."""
     if admin and worker:
         raise click.UsageError("--admin or --worker, not both")
     role = "admin" if admin else "worker" if worker else "user"
@@ -88,9 +94,19 @@ def users_add(context: Context, name: str, admin: bool, worker: bool, rabbitmqct
         except BaseException as e:  # refused (no admin), no answer, Ctrl-C: the account goes again
             _undo(accounts, name, e)
             raise
+        try:  # the topic permissions of DSTACK_VISIBILITY=own, the scheduler's setting
+            users_answer: UsersAnswer = rpc.call(GetUsers())
+            visibility = users_answer.visibility
+            if topic_permissions_for(name, role, visibility):
+                accounts.set_permissions(name, role, visibility)
+        except BaseException as e:  # the user and the account go again
+            _undo(accounts, name, e, forget=lambda: rpc.call(RemoveUser(name=name)))
+            raise
     settings = context.settings
+    own = " (DSTACK_VISIBILITY=own: they follow the live logs and status of their own runs only)" \
+        if role == "user" and visibility == "own" else ""
     err.print(f"Made the RabbitMQ account [bold]{name}[/] in virtual host {escape(accounts.vhost)} through "
-              f"{escape(accounts.describe())}, and added {name} to the scheduler's users as {added.role}.")
+              f"{escape(accounts.describe())}, and added {name} to the scheduler's users as {added.role}{own}.")
     url = user_broker_url(settings.broker_url, name, password)
     how = (f"Run the worker with DSTACK_WORKER_ID={name} and DSTACK_BROKER_URL set to this URL"
            if role == "worker" else f"{name} sets DSTACK_BROKER_URL to this URL")
@@ -114,16 +130,29 @@ def _read_password(name: str) -> str:
     return password
 
 
-def _undo(accounts: Accounts, name: str, error: BaseException) -> None:
-    """Delete the broker account ``name`` that was made for a user the scheduler did not add (``error``)."""
+def _undo(accounts: Accounts, name: str, error: BaseException, forget: Optional[Callable[[], object]] = None
+          ) -> None:
+    """Delete the broker account ``name`` that was made for a user the scheduler did not add (``error``); or, with
+    ``forget`` (which asks the scheduler to forget them), for a user whose account's permissions could not be
+    set."""
+    failed = f"the scheduler did not add {name}" if forget is None else \
+        f"the permissions of {name}'s RabbitMQ account could not be set"
+    said = f"{failed} ({escape(str(error) or type(error).__name__)})"
+    if forget is not None:
+        try:
+            forget()
+        except BaseException as e:  # said; the account is deleted all the same
+            err.print(f"[red]error:[/] {said}, and the scheduler could not forget {name} "
+                      f"({escape(str(e) or type(e).__name__)}): run `dstack users remove {name}`.")
+        else:
+            failed += f"; the scheduler forgot {name} again"
     try:
         accounts.remove(name)
     except DstackError as e:
-        err.print(f"[red]error:[/] the scheduler did not add {name} ({escape(str(error) or type(error).__name__)}), "
-                  f"and its RabbitMQ account could not be deleted again: {escape(str(e))}. Delete it by hand "
-                  f"(`rabbitmqctl delete_user {name}` on the broker's machine).")
+        err.print(f"[red]error:[/] {said}, and its RabbitMQ account could not be deleted again: {escape(str(e))}. "
+                  f"Delete it by hand (`rabbitmqctl delete_user {name}` on the broker's machine).")
         return
-    err.print(f"The scheduler did not add {name}: its RabbitMQ account was deleted again.")
+    err.print(f"{failed[0].upper()}{failed[1:]}: its RabbitMQ account was deleted again.")
 
 
 def _is_loopback(host: str) -> bool:
@@ -170,6 +199,43 @@ def print_users(answer: UsersAnswer) -> None:
     out.print(table)
     if caller.name not in {user.name for user in answer.users}:
         out.print(f"You are {escape(caller.name)} ({caller.role}), the scheduler's own account.")
+
+
+@users.command("sync")
+@click.option("--rabbitmqctl", is_flag=True, help=_RABBITMQCTL_HELP)
+@pass_context
+def users_sync(context: Context, rabbitmqctl: bool) -> None:
+    """Re-apply every user's RabbitMQ permissions, for their role.
+
+    For the scheduler's DSTACK_VISIBILITY as it is now: run it after changing it. With own, users' accounts may
+    follow the live logs and status of their own runs only; with all, of every run. The accounts of the scheduler
+    and of this CLI are left as they are."""
+    accounts = _accounts(context, rabbitmqctl)
+    with context.rpc() as rpc:
+        answer: UsersAnswer = rpc.call(GetUsers())
+    visibility, mine = answer.visibility, account(context.settings.broker_url)
+    failed: list[str] = []
+    for user in answer.users:
+        if user.name in (answer.scheduler, mine):  # the administrator's, and this CLI's
+            continue
+        try:
+            if not accounts.exists(user.name):
+                err.print(f"[yellow]{escape(user.name)}[/] ({user.role}): RabbitMQ has no such account; skipped "
+                          f"(`dstack users remove {user.name}` forgets them).")
+                continue
+            accounts.set_permissions(user.name, user.role, visibility)
+        except DstackError as e:
+            err.print(f"[red]{escape(user.name)}[/] ({user.role}): {escape(str(e))}")
+            failed.append(user.name)
+            continue
+        follows = "" if user.role == "worker" else "; follows the live logs and status of " + (
+            "their own runs only" if topic_permissions_for(user.name, user.role, visibility) else "every run")
+        err.print(f"[bold]{escape(user.name)}[/] ({user.role}): permissions set{follows}")
+    if failed:
+        raise DstackError(f"the permissions of {', '.join(failed)} could not be set (above); the others' are "
+                          f"set for DSTACK_VISIBILITY={visibility}")
+    err.print(f"Every user's RabbitMQ account has the permissions of their role, for DSTACK_VISIBILITY={visibility}, "
+              f"through {escape(accounts.describe())}.")
 
 
 @users.command("remove")

@@ -103,6 +103,11 @@ class Storage(abc.ABC):
         finally:
             os.unlink(tmp)
 
+    def will_read(self, keys: Iterable[str]) -> None:
+        """A hint: the objects at ``keys`` are about to be read, one after another. A backend that pays a round
+        trip per object before reading it (presigned URLs) prepares them together; the others ignore it."""
+        return None
+
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""

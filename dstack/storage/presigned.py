@@ -127,6 +127,10 @@ class PresignedStorage(Storage):
         while batch := list(itertools.islice(pending, PRESIGN_BATCH)):
             self._signer.urls(batch)
 
+    def will_read(self, keys: Iterable[str]) -> None:
+        """Ask for the ``get`` URLs of (the first :data:`CACHE_SIZE` of) ``keys`` in as few calls as can be."""
+        self.prefetch(StorageOp("get", key) for key in itertools.islice(keys, CACHE_SIZE))
+
     def put_file(self, key: str, path: Path, progress: Optional[Progress] = None) -> None:
         check_key(key)
         try:

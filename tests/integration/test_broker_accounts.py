@@ -1,17 +1,23 @@
 """The broker enforces what each dstack account may touch (issue 16): accounts made through RabbitMQ's real management
 API (and with rabbitmqctl) in a private vhost, then real pika connections as each. A user publishes requests in
 their own name and reads their replies and their own notification queues, and nothing else: no task queue, no event,
-no task, no other user's queue, the default exchange refused. A worker does what workers do (Dramatiq's task and
-control queues, events, live logs) and nothing of the users'. `dstack users add` and `remove` through the real
-CLI, with a stand-in scheduler that answers their requests.
+no task, no other user's queue, the default exchange refused. With DSTACK_VISIBILITY=own, RabbitMQ's topic
+permissions let a user bind their queues to the live exchanges with their own runs' routing keys (OWNER.RUN) only.
+A worker does what workers do (Dramatiq's task and control queues, events, live logs) and nothing of the users'.
+`dstack users add`, `sync` and `remove` through the real CLI, with a stand-in scheduler that answers their
+requests.
 
 Needs RabbitMQ on 127.0.0.1:5672 with its management plugin on port 15672 (scripts/setup.sh enables it)."""
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +28,11 @@ import pika
 import pytest
 
 from dstack import broker, names
-from dstack.accounts import ManagementApi, Rabbitmqctl, generate_password, user_broker_url
+from dstack.accounts import ManagementApi, Rabbitmqctl, generate_password, topic_permissions_for, user_broker_url
 from dstack.errors import DstackError, NotAllowed
 from dstack.live import Publisher, Subscription, declare_exchanges
 from dstack.messages import AddUser, GetUsers, RemoveUser, Resources, TaskFinished
-from dstack.names import delay_queue
+from dstack.names import delay_queue, live_routing_key
 from dstack.rpc import RpcClient, RpcServer
 from dstack.views import UsersAnswer, UserView
 from tests.services import REPO_ROOT, Vhost, queue_counts
@@ -125,6 +131,35 @@ def props(user_id: str, *, reply: bool = False) -> pika.BasicProperties:
                                 correlation_id="c1", expiration="5000")
 
 
+def api_get(path: str) -> Any:
+    """What RabbitMQ's management API answers to a GET of ``/api/PATH`` as guest; ``None`` for 404."""
+    request = urllib.request.Request(f"http://127.0.0.1:15672/api/{path}",
+                                     headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})  # guest:guest
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+def topic_permissions(vhost: Vhost, name: str) -> list[dict[str, str]]:
+    """The topic permissions of the account ``name`` in ``vhost``, as RabbitMQ lists them (by exchange)."""
+    listed = api_get(f"topic-permissions/{urllib.parse.quote(vhost.name, safe='')}/{name}") or []
+    return sorted(({k: p[k] for k in ("exchange", "write", "read")} for p in listed), key=lambda p: p["exchange"])
+
+
+def bind(user: str, exchange: str, key: str) -> Callable[[Any], None]:
+    """On a channel of ``user``'s: declare one of their queues (exclusive) and bind it to ``exchange`` with ``key``,
+    as a follower does."""
+    def action(channel: Any) -> None:
+        queue = names.user_queue(user, f"follow-{secrets.token_hex(4)}")
+        channel.queue_declare(queue, exclusive=True, auto_delete=True)
+        channel.queue_bind(queue, exchange, routing_key=key)
+    return action
+
+
 # ----------------------------------------------------------------------------- a user
 
 
@@ -201,6 +236,60 @@ def test_a_user_cannot_touch_another_users_queue_nor_speak_in_their_name(fleet: 
     on_channel(fleet.bob_url, lambda channel: channel.queue_delete(bobs))
 
 
+def test_with_visibility_own_a_user_follows_their_own_runs_only(fleet: Fleet) -> None:
+    api = management_api(fleet.vhost)
+    api.set_permissions(fleet.alice, "user", "own")
+    try:
+        assert topic_permissions(fleet.vhost, fleet.alice) == [
+            {"exchange": x, "write": "^$", "read": "^" + re.escape(f"{fleet.alice}.")}
+            for x in (names.LOGS_EXCHANGE, names.UPDATES_EXCHANGE)]
+        assert topic_permissions(fleet.vhost, fleet.bob) == []  # bob's account is as it was
+        # her own run: she binds (as `dstack logs -f` does) and gets what a worker and the scheduler publish
+        subscription = Subscription(fleet.alice_url, fleet.alice, "some-run")
+        publisher = Publisher(fleet.worker_url)
+        try:
+            publisher.publish(names.LOGS_EXCHANGE, live_routing_key(fleet.bob, "some-run"), b"bob's log")
+            publisher.publish(names.LOGS_EXCHANGE, live_routing_key(fleet.alice, "some-run"), b"her log")
+            on_channel(fleet.admin_url, lambda admin: admin.basic_publish(
+                names.UPDATES_EXCHANGE, live_routing_key(fleet.alice, "some-run"), b"her update"))
+            got = [subscription.get(timeout=10), subscription.get(timeout=10)]
+            assert sorted(got) == [(names.LOGS_EXCHANGE, b"her log"), (names.UPDATES_EXCHANGE, b"her update")]
+            assert subscription.get(timeout=1) is None  # bob's never came
+        finally:
+            publisher.close()
+            subscription.close()
+        on_channel(fleet.alice_url, bind(fleet.alice, names.LOGS_EXCHANGE, f"{fleet.alice}.#"))  # all of hers
+        # anyone else's, or everyone's: ACCESS_REFUSED at queue.bind, on both exchanges
+        for key in (live_routing_key(fleet.bob, "some-run"), "#", "*.some-run", f"{fleet.alice}x.some-run",
+                    fleet.alice):
+            for exchange in (names.LOGS_EXCHANGE, names.UPDATES_EXCHANGE):
+                text = refused(fleet.alice_url, bind(fleet.alice, exchange, key))
+                assert f"access to topic '{key}' in exchange '{exchange}'" in text, text
+        # nobody else's account changed: the administrator (no topic permissions) binds any key
+        def admin_binds(admin: Any) -> None:
+            queue = admin.queue_declare("", exclusive=True).method.queue
+            for key in (live_routing_key(fleet.bob, "some-run"), "#"):
+                admin.queue_bind(queue, names.LOGS_EXCHANGE, routing_key=key)
+        on_channel(fleet.admin_url, admin_binds)
+    finally:
+        api.set_permissions(fleet.alice, "user", "all")
+    assert topic_permissions(fleet.vhost, fleet.alice) == []
+
+
+def test_with_visibility_all_a_user_follows_every_run(fleet: Fleet) -> None:
+    management_api(fleet.vhost).set_permissions(fleet.alice, "user", "all")  # no topic permissions: any key
+    assert topic_permissions(fleet.vhost, fleet.alice) == []
+    for key in (live_routing_key(fleet.bob, "some-run"), "#", "*.some-run"):
+        on_channel(fleet.alice_url, bind(fleet.alice, names.LOGS_EXCHANGE, key))
+    subscription = Subscription(fleet.alice_url, fleet.bob, "some-run")
+    try:
+        on_channel(fleet.admin_url, lambda admin: admin.basic_publish(
+            names.UPDATES_EXCHANGE, live_routing_key(fleet.bob, "some-run"), b"bob's update"))
+        assert subscription.get(timeout=10) == (names.UPDATES_EXCHANGE, b"bob's update")
+    finally:
+        subscription.close()
+
+
 def test_a_users_credentials_do_not_open_the_management_api(fleet: Fleet) -> None:
     password = pika.URLParameters(fleet.alice_url).credentials.password
     api = ManagementApi(f"http://{fleet.alice}:{password}@127.0.0.1:15672", fleet.vhost.name)
@@ -268,10 +357,10 @@ def test_a_worker_takes_tasks_sends_events_and_publishes_logs(fleet: Fleet) -> N
 
 
 def test_a_worker_publishes_live_logs_that_a_user_follows(fleet: Fleet) -> None:
-    subscription = Subscription(fleet.alice_url, "witty-otter-1234")  # dstack.user.ALICE.*, bound by alice
+    subscription = Subscription(fleet.alice_url, fleet.alice, "witty-otter-1234")  # dstack.user.ALICE.*
     publisher = Publisher(fleet.worker_url)  # declares the live exchanges, publishes to dstack.logs
     try:
-        publisher.publish(names.LOGS_EXCHANGE, "witty-otter-1234", b"a log chunk")
+        publisher.publish(names.LOGS_EXCHANGE, live_routing_key(fleet.alice, "witty-otter-1234"), b"a log chunk")
         assert subscription.get(timeout=10) == (names.LOGS_EXCHANGE, b"a log chunk")
     finally:
         publisher.close()
@@ -304,6 +393,16 @@ def test_rabbitmqctl_makes_and_deletes_an_account_with_the_same_permissions(flee
         url = user_broker_url(fleet.vhost.url, name, password)
         on_channel(url, lambda channel: channel.queue_declare(names.user_queue(name, "q"), exclusive=True))
         refused(url, lambda ch: ch.basic_consume(names.DEFAULT_TASK_QUEUE, lambda *a: None))
+        # the topic permissions of DSTACK_VISIBILITY=own, as the management API gives them, and cleared for all
+        ctl.set_permissions(name, "user", "own")
+        assert topic_permissions(fleet.vhost, name) == [
+            {"exchange": p.exchange, "write": p.write, "read": p.read}
+            for p in topic_permissions_for(name, "user", "own")]
+        on_channel(url, bind(name, names.UPDATES_EXCHANGE, live_routing_key(name, "some-run")))
+        refused(url, bind(name, names.UPDATES_EXCHANGE, live_routing_key(fleet.bob, "some-run")))
+        ctl.set_permissions(name, "user", "all")
+        assert topic_permissions(fleet.vhost, name) == []
+        on_channel(url, bind(name, names.UPDATES_EXCHANGE, live_routing_key(fleet.bob, "some-run")))
     finally:
         assert ctl.remove(name) is True
     assert not ctl.exists(name)
@@ -311,25 +410,43 @@ def test_rabbitmqctl_makes_and_deletes_an_account_with_the_same_permissions(flee
         pika.BlockingConnection(pika.URLParameters(url))
 
 
-@pytest.fixture
-def scheduler_stand_in() -> Iterator[tuple[Vhost, list[Any]]]:
-    """A vhost of its own with a request server that adds and removes users (refusing ``refuse``), recording each
-    request with its sender."""
-    vhost = Vhost()
-    requests: list[Any] = []
+@dataclass
+class StandIn:
+    """A scheduler as far as ``dstack users`` goes: its users, its DSTACK_VISIBILITY, every request with its
+    sender."""
 
-    def handle(request: Any, sender: str) -> UserView:
-        requests.append((request, sender))
+    vhost: Vhost
+    requests: list[Any]
+    users: dict[str, UserView]
+    visibility: str = "all"
+
+
+@pytest.fixture
+def scheduler_stand_in() -> Iterator[StandIn]:
+    """A vhost of its own with a request server that adds, removes and lists users (refusing to add or remove
+    names that begin with ``refused-``), recording each request with its sender."""
+    vhost = Vhost()
+    stand_in = StandIn(vhost, [], {"guest": UserView("guest", "admin")})  # its own account, as GetUsers lists it
+
+    def handle(request: Any, sender: str) -> Any:
+        stand_in.requests.append((request, sender))
+        if isinstance(request, GetUsers):
+            return UsersAnswer(users=list(stand_in.users.values()), caller=stand_in.users[sender],
+                               visibility=stand_in.visibility, scheduler="guest")
         if request.name.startswith("refused-"):
             raise NotAllowed(f"{sender} is no admin")
-        assert isinstance(request, (AddUser, RemoveUser))
-        return UserView(request.name, getattr(request, "role", "user"), 1.0)
+        if isinstance(request, RemoveUser):
+            return stand_in.users.pop(request.name)
+        assert isinstance(request, AddUser)
+        stand_in.users[request.name] = UserView(request.name, request.role, 1.0)
+        return stand_in.users[request.name]
 
+    declare_what_the_scheduler_declares(vhost.url)  # the live exchanges, to bind to
     server = RpcServer(vhost.url, handle)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     assert server.ready.wait(10)
-    yield vhost, requests
+    yield stand_in
     server.stop()
     thread.join(10)
     vhost.delete()
@@ -341,15 +458,16 @@ def dstack(vhost: Vhost, tmp_path: Path, *args: str) -> subprocess.CompletedProc
                           timeout=60, env=env, cwd=REPO_ROOT)
 
 
-def test_dstack_users_add_and_remove_through_the_management_api(scheduler_stand_in: tuple[Vhost, list[Any]],
+def test_dstack_users_add_and_remove_through_the_management_api(scheduler_stand_in: StandIn,
                                                                  tmp_path: Path) -> None:
-    vhost, requests = scheduler_stand_in
+    vhost, requests = scheduler_stand_in.vhost, scheduler_stand_in.requests
     api = ManagementApi(MANAGEMENT, vhost.name)
     name = f"dave-{secrets.token_hex(3)}"
     try:
         added = dstack(vhost, tmp_path, "users", "add", name)
         assert added.returncode == 0, added.stderr
-        assert requests == [(AddUser(name=name, role="user"), "guest")]
+        assert requests == [(AddUser(name=name, role="user"), "guest"), (GetUsers(), "guest")]
+        assert topic_permissions(vhost, name) == []  # DSTACK_VISIBILITY=all
         url = added.stdout.strip()
         assert url.startswith(f"amqp://{name}:") and url.endswith(f"@127.0.0.1:5672/{vhost.name}")
         on_channel(url, lambda channel: (channel.basic_publish(names.REQUESTS_EXCHANGE, names.RPC_QUEUE, b"x",
@@ -363,12 +481,54 @@ def test_dstack_users_add_and_remove_through_the_management_api(scheduler_stand_
         api.remove(name)
 
 
-def test_dstack_users_add_refused_by_the_scheduler_leaves_no_account(scheduler_stand_in: tuple[Vhost, list[Any]],
+def test_dstack_users_add_refused_by_the_scheduler_leaves_no_account(scheduler_stand_in: StandIn,
                                                                       tmp_path: Path) -> None:
-    vhost, requests = scheduler_stand_in
+    vhost, requests = scheduler_stand_in.vhost, scheduler_stand_in.requests
     name = f"refused-{secrets.token_hex(3)}"
     result = dstack(vhost, tmp_path, "users", "add", name, "--rabbitmqctl")
     assert result.returncode == 1 and result.stdout == ""
     assert "guest is no admin" in result.stderr and "its RabbitMQ account was deleted again" in result.stderr
     assert requests == [(AddUser(name=name, role="user"), "guest")]
     assert not ManagementApi(MANAGEMENT, vhost.name).exists(name)
+
+
+def test_dstack_users_add_under_visibility_own_and_sync_after_a_change(scheduler_stand_in: StandIn,
+                                                                        tmp_path: Path) -> None:
+    """DSTACK_VISIBILITY=own when a user is added: their account follows their own runs only; the scheduler's
+    changed to all and `dstack users sync`: every run; back to own and sync again (with rabbitmqctl): their own."""
+    vhost = scheduler_stand_in.vhost
+    scheduler_stand_in.visibility = "own"
+    api = ManagementApi(MANAGEMENT, vhost.name)
+    erin, frank = f"erin-{secrets.token_hex(3)}", f"frank-{secrets.token_hex(3)}"
+    try:
+        added = dstack(vhost, tmp_path, "users", "add", erin)
+        assert added.returncode == 0, added.stderr
+        assert "their own runs only" in added.stderr
+        url = added.stdout.strip()
+        assert dstack(vhost, tmp_path, "users", "add", frank, "--admin").returncode == 0
+        assert topic_permissions(vhost, erin) == [{"exchange": p.exchange, "write": p.write, "read": p.read}
+                                                  for p in topic_permissions_for(erin, "user", "own")]
+        assert topic_permissions(vhost, frank) == []  # an admin follows every run
+        others = live_routing_key(frank, "some-run")
+        on_channel(url, bind(erin, names.LOGS_EXCHANGE, live_routing_key(erin, "some-run")))
+        refused(url, bind(erin, names.LOGS_EXCHANGE, others))
+
+        scheduler_stand_in.visibility = "all"
+        synced = dstack(vhost, tmp_path, "users", "sync")
+        assert synced.returncode == 0, synced.stderr
+        assert f"{erin} (user): permissions set; follows the live logs and status of every run" in synced.stderr
+        assert topic_permissions(vhost, erin) == []
+        on_channel(url, bind(erin, names.LOGS_EXCHANGE, others))
+
+        scheduler_stand_in.visibility = "own"
+        synced = dstack(vhost, tmp_path, "users", "sync", "--rabbitmqctl")
+        assert synced.returncode == 0, synced.stderr
+        assert len(topic_permissions(vhost, erin)) == 2
+        refused(url, bind(erin, names.LOGS_EXCHANGE, others))
+        # the scheduler's own account (guest here, also this CLI's) was never touched
+        guest = api_get(f"permissions/{urllib.parse.quote(vhost.name, safe='')}/guest")
+        assert (guest["configure"], guest["write"], guest["read"]) == (".*", ".*", ".*")
+        assert topic_permissions(vhost, "guest") == []
+    finally:
+        api.remove(erin)
+        api.remove(frank)

@@ -121,7 +121,7 @@ def test_logs_stop_a_workflow_apps_tags_status_and_completion(cluster: Cluster, 
         header, *rows = status.stdout.splitlines()
         assert "TAGS" in header and "ARTIFACTS" in header
         row = next(r for r in rows if r.startswith(run_name))
-        assert row.split()[:3] == [run_name, "all", "stopped"] and row.count(run_name) == 2
+        assert row.split()[:4] == [run_name, "all", "guest", "stopped"] and row.count(run_name) == 2
         assert cluster.status(run_name)["tags"] == [run_name]
         every = cluster.dstack("status", "--all", "--json")
         assert run_name in {r["run_name"] for r in json.loads(every.stdout)}

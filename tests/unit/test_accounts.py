@@ -22,21 +22,25 @@ from rich.console import Console
 
 from dstack import accounts, names
 from dstack.accounts import (
+    VISIBILITIES,
     ManagementApi,
     Permissions,
     Rabbitmqctl,
+    TopicPermissions,
     broker_vhost,
     check_user_name,
     generate_password,
     management_url,
     permissions_for,
+    topic_permissions_for,
     user_broker_url,
 )
 from dstack.cli import context, users
 from dstack.cli.main import cli
 from dstack.errors import DstackError, NotAllowed
 from dstack.messages import ROLES, AddUser, GetUsers, RemoveUser
-from dstack.names import delay_queue
+from dstack.names import delay_queue, live_routing_key
+from dstack.scheduler.access import VISIBILITIES as SCHEDULER_VISIBILITIES
 from dstack.settings import load_settings
 from dstack.views import UsersAnswer, UserView
 from tests.s3server import free_port
@@ -110,6 +114,40 @@ def test_every_role_has_permissions_and_an_unknown_one_is_refused() -> None:
     assert all(accounts.tags_for(role) == "" for role in ROLES)  # no account may use the management API
 
 
+def test_with_visibility_own_a_user_may_bind_its_own_runs_keys_only() -> None:
+    assert topic_permissions_for("alice", "user", "own") == (
+        TopicPermissions("dstack.logs", write="^$", read=r"^alice\."),
+        TopicPermissions("dstack.updates", write="^$", read=r"^alice\."))
+    read = topic_permissions_for("a-b_c", "user", "own")[0].read
+    assert read == "^" + re.escape("a-b_c.")
+    own = [live_routing_key("a-b_c", "witty-otter-1234"), "a-b_c.#", "a-b_c.*", "a-b_c.witty-otter-1234.x"]
+    assert all(may(read, key) for key in own)
+    # another owner's runs, every owner's (wildcards as they are), a name that only begins like it, no owner
+    for key in ("bob.witty-otter-1234", "#", "*.witty-otter-1234", "*", "#.a-b_c.x", "a-b_c2.x", "a-b_.x",
+                "aXb_c.x", "a-b_c", "x.a-b_c.y", "witty-otter-1234", ""):
+        assert not may(read, key), key
+    assert all(not may(p.write, key) for p in topic_permissions_for("alice", "user", "own")
+               for key in ("alice.r", "#", "x"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("visibility", VISIBILITIES)
+def test_only_users_under_visibility_own_get_topic_permissions(role: str, visibility: str) -> None:
+    topic = topic_permissions_for("alice", role, visibility)
+    assert bool(topic) == (role == "user" and visibility == "own")
+    assert [p.exchange for p in topic] == ([names.LOGS_EXCHANGE, names.UPDATES_EXCHANGE] if topic else [])
+
+
+def test_topic_permissions_refuse_an_unknown_visibility_role_or_name() -> None:
+    assert VISIBILITIES == SCHEDULER_VISIBILITIES
+    with pytest.raises(DstackError, match="'mine' is no visibility: one of all, own"):
+        topic_permissions_for("alice", "user", "mine")
+    with pytest.raises(DstackError, match="is no role"):
+        topic_permissions_for("alice", "owner", "own")
+    with pytest.raises(DstackError, match="cannot name a user"):
+        topic_permissions_for("a.b", "user", "own")
+
+
 @pytest.mark.parametrize("name", ["alice", "Bob", "gpu-worker-1", "a_b", "x", "7", "a" * 63])
 def test_user_names(name: str) -> None:
     assert check_user_name(name) == name
@@ -181,6 +219,7 @@ class FakeManagementApi:
         self.requests: list[tuple[str, str, Optional[dict], str]] = []
         self.users: dict[str, dict] = {}
         self.permissions: dict[tuple[str, str], dict] = {}
+        self.topic_permissions: dict[tuple[str, str], dict[str, dict]] = {}  # (vhost, user) -> exchange -> body
         self.refuse: dict[str, tuple[int, dict]] = {}
         api = self
 
@@ -221,6 +260,14 @@ class FakeManagementApi:
             if self.users.pop(name, None) is None:
                 return 404, {"error": "Object Not Found", "reason": "Not Found"}
             return 204, None
+        if parts[2] == "topic-permissions":  # PUT: one exchange's; DELETE: all of them (404 when none)
+            key = (parts[3], parts[4])
+            if method == "DELETE":
+                return (204, None) if self.topic_permissions.pop(key, None) else \
+                    (404, {"error": "Object Not Found", "reason": "Not Found"})
+            assert method == "PUT" and body is not None and set(body) == {"exchange", "write", "read"}
+            self.topic_permissions.setdefault(key, {})[body["exchange"]] = body
+            return 201, None
         assert parts[2] == "permissions" and method == "PUT" and body is not None
         self.permissions[(parts[3], parts[4])] = body
         return 201, None
@@ -275,6 +322,45 @@ def test_a_refused_permission_removes_the_user_again(api: FakeManagementApi) -> 
     assert "alice" not in api.users
     assert api.requests[-1][:2] == ("DELETE", "/api/users/alice")
     assert "s3cret" not in str(caught.value)
+
+
+def test_setting_permissions_for_visibility_own_puts_each_live_exchanges_topic_permissions(
+        api: FakeManagementApi) -> None:
+    client = ManagementApi(api.url, "team/a")
+    client.add("alice", "pw", "user")
+    del api.requests[:]
+    client.set_permissions("alice", "user", "own")
+    assert [(method, path) for method, path, _, _ in api.requests] == [
+        ("PUT", "/api/permissions/team%2Fa/alice"), ("PUT", "/api/topic-permissions/team%2Fa/alice"),
+        ("PUT", "/api/topic-permissions/team%2Fa/alice")]
+    assert api.topic_permissions[("team%2Fa", "alice")] == {
+        "dstack.logs": {"exchange": "dstack.logs", "write": "^$", "read": r"^alice\."},
+        "dstack.updates": {"exchange": "dstack.updates", "write": "^$", "read": r"^alice\."}}
+    p = permissions_for("alice", "user")
+    assert api.permissions[("team%2Fa", "alice")] == {"configure": p.configure, "write": p.write, "read": p.read}
+
+
+def test_setting_permissions_for_visibility_all_or_an_admin_clears_the_topic_permissions(
+        api: FakeManagementApi) -> None:
+    client = ManagementApi(api.url, "/")
+    client.add("alice", "pw", "user")
+    client.set_permissions("alice", "user", "own")
+    del api.requests[:]
+    client.set_permissions("alice", "user", "all")
+    assert [(method, path) for method, path, _, _ in api.requests] == [
+        ("PUT", "/api/permissions/%2F/alice"), ("DELETE", "/api/topic-permissions/%2F/alice")]
+    assert ("%2F", "alice") not in api.topic_permissions
+    client.set_permissions("alice", "admin", "own")  # none to clear: the API's 404 is no error
+    assert api.requests[-1][:2] == ("DELETE", "/api/topic-permissions/%2F/alice")
+    assert ("%2F", "alice") not in api.topic_permissions
+
+
+def test_setting_permissions_says_what_the_api_refused(api: FakeManagementApi) -> None:
+    api.refuse["/api/topic-permissions/%2F/ghost"] = (400, {"error": "bad_request",
+                                                           "reason": "vhost_or_user_not_found"})
+    with pytest.raises(DstackError, match=r"refused PUT .*/api/topic-permissions/%2F/ghost \(400 Bad Request: "
+                                          r"vhost_or_user_not_found\)"):
+        ManagementApi(api.url, "/").set_permissions("ghost", "user", "own")
 
 
 def test_removing_says_whether_there_was_an_account(api: FakeManagementApi) -> None:
@@ -362,6 +448,23 @@ def test_rabbitmqctl_refuses_an_existing_account_and_removes_only_one_there_is(
     assert [c["args"][1] for c in calls(log)] == ["list_users", "list_users", "delete_user", "list_users"]
 
 
+def test_rabbitmqctl_sets_topic_permissions_for_own_and_clears_them_for_all(fake_ctl: tuple[list[str], Path]) -> None:
+    command, log = fake_ctl
+    ctl = Rabbitmqctl("team", command)
+    ctl.set_permissions("alice", "user", "own")
+    ctl.set_permissions("alice", "user", "all")
+    ctl.set_permissions("w1", "worker", "own")
+    p, w = permissions_for("alice", "user"), permissions_for("w1", "worker")
+    assert [c["args"] for c in calls(log)] == [
+        ["-q", "set_permissions", "-p", "team", "alice", p.configure, p.write, p.read],
+        ["-q", "set_topic_permissions", "-p", "team", "alice", "dstack.logs", "^$", r"^alice\."],
+        ["-q", "set_topic_permissions", "-p", "team", "alice", "dstack.updates", "^$", r"^alice\."],
+        ["-q", "set_permissions", "-p", "team", "alice", p.configure, p.write, p.read],
+        ["-q", "clear_topic_permissions", "-p", "team", "alice"],
+        ["-q", "set_permissions", "-p", "team", "w1", w.configure, w.write, w.read],
+        ["-q", "clear_topic_permissions", "-p", "team", "w1"]]
+
+
 def test_rabbitmqctl_not_installed_says_where_to_run() -> None:
     with pytest.raises(DstackError, match="no-such-rabbitmqctl is not installed here: run .* on the broker's "
                                           "machine, or leave --rabbitmqctl out"):
@@ -379,6 +482,8 @@ class FakeAccounts:
     def __init__(self, fail_remove: bool = False) -> None:
         self.accounts: dict[str, tuple[str, str]] = {}
         self.fail_remove = fail_remove
+        self.set: list[tuple[str, str, str]] = []  # set_permissions: name, role, visibility
+        self.fail_set: set[str] = set()
 
     def describe(self) -> str:
         return "the fake"
@@ -389,6 +494,13 @@ class FakeAccounts:
     def add(self, name: str, password: str, role: str) -> None:
         assert name not in self.accounts
         self.accounts[name] = (password, role)
+
+    def set_permissions(self, name: str, role: str, visibility: str) -> None:
+        assert name in self.accounts
+        topic_permissions_for(name, role, visibility)  # checks them as the real ones do
+        if name in self.fail_set:
+            raise DstackError(f"the fake cannot set {name}'s permissions")
+        self.set.append((name, role, visibility))
 
     def remove(self, name: str) -> bool:
         if self.fail_remove:
@@ -402,6 +514,8 @@ class FakeScheduler:
     def __init__(self, caller: str = "guest", refuse: bool = False) -> None:
         self.users: dict[str, UserView] = {}
         self.caller, self.refuse = caller, refuse
+        self.visibility = "all"
+        self.scheduler_account = ""
         self.requests: list[Any] = []
 
     def check_scheduler(self) -> None:
@@ -418,7 +532,8 @@ class FakeScheduler:
             return self.users.pop(request.name)
         assert isinstance(request, GetUsers)
         caller = self.users.get(self.caller, UserView(self.caller, "admin"))
-        return UsersAnswer(users=list(self.users.values()), caller=caller)
+        return UsersAnswer(users=list(self.users.values()), caller=caller, visibility=self.visibility,
+                           scheduler=self.scheduler_account)
 
     def __enter__(self) -> FakeScheduler:
         return self
@@ -444,7 +559,8 @@ def test_add_makes_the_account_then_tells_the_scheduler_and_prints_the_url(
     assert result.exit_code == 0, result.output
     password, role = made.accounts["alice"]
     assert role == "admin" and len(password) == 32
-    assert scheduler.requests == ["check", AddUser(name="alice", role="admin")]
+    assert scheduler.requests == ["check", AddUser(name="alice", role="admin"), GetUsers()]
+    assert made.set == []  # an admin, and visibility all: no topic permissions to set
     assert result.stdout == f"amqp://alice:{password}@rabbit.example.com:5672/team\n"
     assert "shown this once" in result.stderr and "added alice to the scheduler's users as admin" in result.stderr
 
@@ -475,6 +591,75 @@ def test_add_says_when_the_account_could_not_be_deleted_again(fleet: tuple[FakeS
     assert result.exit_code == 1
     assert "could not be deleted again: the fake cannot delete" in result.stderr
     assert "rabbitmqctl delete_user alice" in result.stderr
+
+
+def test_add_under_visibility_own_sets_a_users_topic_permissions(fleet: tuple[FakeScheduler, FakeAccounts]) -> None:
+    scheduler, made = fleet
+    scheduler.visibility = "own"
+    for args in (["bob"], ["carol", "--admin"], ["gpu-1", "--worker"]):
+        result = CliRunner().invoke(cli, ["users", "add", *args])
+        assert result.exit_code == 0, result.output
+    assert made.set == [("bob", "user", "own")]  # admins and workers have none
+    assert scheduler.requests[:3] == ["check", AddUser(name="bob", role="user"), GetUsers()]
+    assert set(made.accounts) == {"bob", "carol", "gpu-1"}
+
+
+def test_add_whose_topic_permissions_fail_forgets_the_user_and_deletes_the_account(
+        fleet: tuple[FakeScheduler, FakeAccounts]) -> None:
+    scheduler, made = fleet
+    scheduler.visibility = "own"
+    made.fail_set.add("bob")
+    result = CliRunner().invoke(cli, ["users", "add", "bob"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert scheduler.requests == ["check", AddUser(name="bob", role="user"), GetUsers(), RemoveUser(name="bob")]
+    assert made.accounts == {} and scheduler.users == {}
+    assert "error: the fake cannot set bob's permissions" in result.stderr
+    assert "the scheduler forgot bob again: its RabbitMQ account was deleted again" in result.stderr
+
+
+def test_add_that_cannot_learn_the_visibility_undoes_too(fleet: tuple[FakeScheduler, FakeAccounts]) -> None:
+    scheduler, made = fleet
+    scheduler.visibility = "everything"  # a scheduler of another version: no topic permissions guessed
+    result = CliRunner().invoke(cli, ["users", "add", "bob"])
+    assert result.exit_code == 1 and "'everything' is no visibility" in result.stderr
+    assert made.accounts == {} and scheduler.users == {} and scheduler.requests[-1] == RemoveUser(name="bob")
+
+
+@pytest.mark.parametrize("visibility", VISIBILITIES)
+def test_sync_sets_every_users_permissions_but_the_schedulers_and_its_own(
+        fleet: tuple[FakeScheduler, FakeAccounts], visibility: str) -> None:
+    scheduler, made = fleet
+    scheduler.visibility, scheduler.scheduler_account = visibility, "sched"
+    made.accounts.update({name: ("pw", role) for name, role in (
+        ("sched", "admin"), ("guest", "admin"), ("alice", "user"), ("carol", "admin"), ("gpu-1", "worker"))})
+    scheduler.users = {name: UserView(name, role, added_at) for name, role, added_at in (
+        ("sched", "admin", 0.0),  # the scheduler's own account, as GetUsers names it
+        ("alice", "user", 1.0), ("carol", "admin", 1.0), ("ghost", "user", 1.0),  # ghost: no account
+        ("gpu-1", "worker", 1.0), ("guest", "admin", 1.0))}  # guest: this CLI's own
+    result = CliRunner().invoke(cli, ["users", "sync"])
+    assert result.exit_code == 0, result.output
+    assert made.set == [("alice", "user", visibility), ("carol", "admin", visibility), ("gpu-1", "worker", visibility)]
+    assert scheduler.requests == [GetUsers()]
+    follows = "their own runs only" if visibility == "own" else "every run"
+    assert f"alice (user): permissions set; follows the live logs and status of {follows}" in result.stderr
+    assert "carol (admin): permissions set; follows the live logs and status of every run" in result.stderr
+    assert "ghost (user): RabbitMQ has no such account; skipped" in result.stderr
+    assert f"for DSTACK_VISIBILITY={visibility}" in result.stderr
+
+
+def test_sync_goes_on_past_an_account_it_cannot_set_and_fails_at_the_end(
+        fleet: tuple[FakeScheduler, FakeAccounts]) -> None:
+    scheduler, made = fleet
+    scheduler.visibility = "own"
+    for name in ("alice", "bob"):
+        made.accounts[name] = ("pw", "user")
+        scheduler.users[name] = UserView(name, "user", 1.0)
+    made.fail_set.add("alice")
+    result = CliRunner().invoke(cli, ["users", "sync"])
+    assert result.exit_code == 1
+    assert made.set == [("bob", "user", "own")]
+    assert "alice (user): the fake cannot set alice's permissions" in result.stderr
+    assert "error: the permissions of alice could not be set (above)" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -517,7 +702,7 @@ def test_list_marks_the_caller(fleet: tuple[FakeScheduler, FakeAccounts], monkey
     assert json.loads(result.stdout) == {
         "users": [{"name": "alice", "role": "user", "added_at": 1_700_000_000.0},
                   {"name": "bob", "role": "user", "added_at": 1_700_000_000.0}],
-        "caller": {"name": "guest", "role": "admin", "added_at": 0.0}}
+        "caller": {"name": "guest", "role": "admin", "added_at": 0.0}, "visibility": "all", "scheduler": ""}
     scheduler.caller = "bob"
     terminal = Console(force_terminal=True, width=120, record=True)  # the table, as on a terminal
     monkeypatch.setattr(users, "out", terminal)

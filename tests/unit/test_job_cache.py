@@ -35,6 +35,7 @@ from dstack.names import (
     artifacts_manifest_key,
     cache_entry_key,
     cache_record_key,
+    live_routing_key,
     log_chunk_key,
 )
 from dstack.planning import plan_run
@@ -198,7 +199,7 @@ def test_a_hit_reuses_artifacts_and_logs_and_starts_nothing(w: Worker) -> None:
     manifest = ArtifactManifest.from_json(w.storage.get_bytes(artifacts_manifest_key(OTHER, "train.0")))
     assert [f.path for f in manifest.files] == ["model/weights.txt"]
     assert w.log_lines(run=OTHER) == w.log_lines(run=RUN) == ["epoch 1"]
-    assert [(exchange, run) for exchange, run, _ in w.announced] == [(LOGS_EXCHANGE, OTHER)]
+    assert [(exchange, run) for exchange, run, _ in w.announced] == [(LOGS_EXCHANGE, live_routing_key("", OTHER))]
 
 
 def test_a_hit_after_earlier_attempts_numbers_the_reused_logs_after_theirs(w: Worker) -> None:

@@ -409,6 +409,22 @@ def test_prefetch_asks_in_batches(storage: PresignedStorage, scheduler: Schedule
     assert len(scheduler.calls) == 2  # the URL was there
 
 
+def test_reading_a_runs_logs_asks_for_its_urls_together(s3: FakeS3) -> None:
+    from dstack.logs import LogChunk, merged_lines, stored_chunks
+    from dstack.names import log_chunk_key
+
+    scheduler = Scheduler(s3)
+    storage = storage_of(scheduler)
+    for task in ("a.0", "b.0"):
+        for number in range(30):
+            chunk = LogChunk(task, number, [(number, f"line {number}")])
+            storage.put_bytes(log_chunk_key("r1", task, number), chunk.encode())
+    scheduler.calls.clear()
+    lines = list(merged_lines(stored_chunks(storage, "r1")))
+    assert len(lines) == 60
+    assert len(scheduler.calls) == 2  # one for the listing, one for the 60 reads
+
+
 def test_what_s3_storage_signs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The URLs themselves (no request is made): SigV4, one key each, the lifetime, the signed headers."""
     from dstack.storage.s3 import S3Storage

@@ -58,7 +58,7 @@ def test_submit_records_queued_run_and_provider_task_in_outbox(h: Harness) -> No
     queue, actor, message = h.messages()[0]
     assert (queue, actor) == ("dstack.tasks.cpu", "run_task")
     assert message == ProviderTask(run_name=RUN, task_id=PROVIDER_TASK, attempt=1, workflow=WF, provider=PROVIDER,
-                                   data={"epochs": 3}, snapshot_id="snap-1")
+                                   data={"epochs": 3}, snapshot_id="snap-1", owner="guest")
 
     run = h.run()
     assert run.status is Status.QUEUED

@@ -22,7 +22,7 @@ from dstack.messages import (
     TaskFinished,
     TaskStarted,
 )
-from dstack.names import LOGS_EXCHANGE, artifact_key, artifacts_manifest_key
+from dstack.names import LOGS_EXCHANGE, artifact_key, artifacts_manifest_key, live_routing_key
 from dstack.sdk import GPU, App, Job, ResourceRequirements, Retry
 from dstack.sdk.job import jobs_to_dicts
 from dstack.states import Status
@@ -95,7 +95,8 @@ def test_a_job_that_exits_with_0_is_done(h: Harness) -> None:
     assert finished == TaskFinished(run_name=RUN, task_id="train.0", attempt=1, status=Status.DONE, exit_code=0,
                                     worker_id="w1")
     assert h.log_lines("train.0") == ["hello", "world"]
-    assert [item[:2] for item in h.announced] == [(LOGS_EXCHANGE, RUN)]  # stored, then published live
+    # stored, then published live
+    assert [item[:2] for item in h.announced] == [(LOGS_EXCHANGE, live_routing_key("", RUN))]
     started = h.events[0]
     assert started.worker_id == "w1" and started.endpoint.hostname == "host-a" and started.provider_commit is None
 
