@@ -18,9 +18,20 @@ from dstack.cli.context import Context, complete_run_names, confirm, err, on_ter
 from dstack.cli.render import print_runs, print_tags
 from dstack.cli.timespec import Since
 from dstack.errors import ConfigError, DstackError, RunNameTaken
-from dstack.messages import GetRuns, GetTags, RestartRun, StopRun, SubmitRun, TagRun, UntagRun, WorkflowSpec, plain
+from dstack.messages import (
+    GetRuns,
+    GetTags,
+    GetUsers,
+    RestartRun,
+    StopRun,
+    SubmitRun,
+    TagRun,
+    UntagRun,
+    WorkflowSpec,
+    plain,
+)
 from dstack.states import Status
-from dstack.views import RunView, TagView
+from dstack.views import RunView, TagView, UserView
 
 if TYPE_CHECKING:
     from dstack.project import Project
@@ -292,7 +303,8 @@ def select_tasks(run: RunView, part: str) -> Container[str]:
 def stop(context: Context, run_name: Optional[str], workflow: Optional[str], every: bool, yes: bool,
          abort: bool) -> None:
     """Stop RUN_NAME (or only its WORKFLOW and what depends on it; the rest goes on), or with --all every
-    unfinished run: running jobs get SIGTERM (SIGKILL after a grace period); queued jobs never start."""
+    unfinished run you may stop (your own; an admin's: everyone's): running jobs get SIGTERM (SIGKILL after a
+    grace period); queued jobs never start."""
     if every == (run_name is not None):
         raise click.UsageError("name a run to stop, or give --all (not both)")
     with context.rpc() as rpc:
@@ -301,7 +313,9 @@ def stop(context: Context, run_name: Optional[str], workflow: Optional[str], eve
             what = f"{run_name} workflow {workflow}" if workflow else run_name
             out.print(f"{what}: stop requested (the run is {view.status.value})")
             return
-        runs = [run.run_name for run in rpc.call(GetRuns(limit=None)) if not run.status.finished]
+        caller: UserView = rpc.call(GetUsers()).caller
+        owner = None if caller.role == "admin" else caller.name
+        runs = [run.run_name for run in rpc.call(GetRuns(limit=None, owner=owner)) if not run.status.finished]
         if not runs:
             out.print("No unfinished runs.")
             return

@@ -22,6 +22,7 @@ from dstack.messages import (
     DeleteRuns,
     Endpoint,
     GetRuns,
+    GetUsers,
     JobSpec,
     StopRun,
     SubmitRun,
@@ -33,7 +34,7 @@ from dstack.messages import (
 from dstack.names import log_chunk_key
 from dstack.scheduler.model import Status
 from dstack.storage.local import LocalStorage
-from dstack.views import AppView, DeletedRuns, JobView, RunView, WorkflowView
+from dstack.views import AppView, DeletedRuns, JobView, RunView, UsersAnswer, UserView, WorkflowView
 from tests.scheduler_harness import PROVIDER, RUN, Harness, spec
 
 # ----------------------------------------------------------------------------- durations and times
@@ -139,8 +140,9 @@ def test_a_part_of_a_run_is_a_job_or_a_workflow() -> None:
 class FakeScheduler:
     """An RpcClient answering from ``runs``, recording every request."""
 
-    #: the broker account it sends as
+    #: the broker account it sends as, and its role
     user = "guest"
+    role = "admin"
 
     def __init__(self, views: Sequence[RunView]) -> None:
         self.views = list(views)
@@ -149,7 +151,10 @@ class FakeScheduler:
     def call(self, request: Any) -> Any:
         self.requests.append(request)
         if isinstance(request, GetRuns):
-            return [v for v in self.views if request.run_name in (None, v.run_name)]
+            return [v for v in self.views if request.run_name in (None, v.run_name)
+                    and request.owner in (None, v.owner)]
+        if isinstance(request, GetUsers):
+            return UsersAnswer(users=[], caller=UserView(self.user, self.role))
         if isinstance(request, StopRun):
             return next(v for v in self.views if v.run_name == request.run_name)
         raise AssertionError(f"unexpected {request!r}")
@@ -193,6 +198,15 @@ def test_stop_all_does_not_ask_with_yes_or_off_a_terminal(fake: FakeScheduler,
     result = CliRunner().invoke(cli, ["stop", "--all"])
     assert result.exit_code == 0 and "[y/N]" not in result.output
     assert [r.run_name for r in fake.requests if isinstance(r, StopRun)] == [RUN, "calm-seal-1000"] * 2
+
+
+def test_stop_all_of_a_user_stops_their_own_runs(fake: FakeScheduler) -> None:
+    fake.user, fake.role = "bob", "user"
+    fake.views[0].owner = "bob"
+    result = CliRunner().invoke(cli, ["stop", "--all", "-y"])
+    assert result.exit_code == 0, result.output
+    assert GetRuns(limit=None, owner="bob") in fake.requests
+    assert [r.run_name for r in fake.requests if isinstance(r, StopRun)] == [RUN]
 
 
 def test_stop_needs_a_run_or_all(fake: FakeScheduler) -> None:
