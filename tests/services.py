@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pika
 
@@ -169,6 +169,36 @@ class Cluster:
     def wait_status(self, run_name: str, statuses: tuple, timeout: float = 120) -> dict[str, Any]:
         return wait_for(lambda: (lambda run: run if run["status"] in statuses else None)(self.status(run_name)),
                         timeout, f"{run_name} to be {'/'.join(statuses)}", interval=0.5)
+
+
+class HandlerServer:
+    """A local HTTP/1.1 server (keep-alive, many clients at once) that hands every request, whatever its method, to
+    ``handle(request)``: the base of the tests' fake servers. ``endpoint`` is its ``http://127.0.0.1:PORT``."""
+
+    def __init__(self, handle: Callable[[http.server.BaseHTTPRequestHandler], None]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are written apart: no delayed-ACK stall
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                handle(self)
+
+            do_PUT = do_HEAD = do_DELETE = do_POST = do_GET  # noqa: N815
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 64  # the default 5 would drop the connections of threads that come together
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class FileServer:

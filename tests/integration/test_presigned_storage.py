@@ -41,6 +41,7 @@ from dstack.storage import ObjectInfo
 from dstack.storage.presigned import PresignedStorage
 from dstack.storage.s3 import S3Storage
 from tests.s3server import TEST_CREDENTIALS, MotoServer, moto_in_environment
+from tests.services import HandlerServer
 
 pytestmark = pytest.mark.integration
 
@@ -58,31 +59,11 @@ class SigV4Gate:
         self.upstream = urlsplit(upstream)
         self.secret = secret
         self.refusals: list[str] = []
-        gate = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                gate.handle(self)
-
-            do_PUT = do_HEAD = do_DELETE = do_POST = do_GET  # noqa: N815
-
-        class Server(http.server.ThreadingHTTPServer):
-            request_queue_size = 64
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._server = HandlerServer(self.handle)
+        self.endpoint = self._server.endpoint
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.stop()
 
     def handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))

@@ -23,6 +23,7 @@ from dstack.errors import NotAllowed, ObjectNotFound, StorageError
 from dstack.messages import StorageOp
 from dstack.storage import ObjectInfo
 from dstack.storage.presigned import MAX_PUT_SIZE, PRESIGN_BATCH, PresignedStorage
+from tests.services import HandlerServer
 
 BUCKET, PREFIX = "bucket", "some/prefix"
 NO_WAIT = (0.0, 0.0, 0.0)
@@ -40,31 +41,11 @@ class FakeS3:
         self.ignore_ranges = False
         self.damage = False  # bodies arrive changed
         self.lock = threading.Lock()
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body are written apart: no delayed-ACK stall
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.handle(self)
-
-            do_PUT = do_HEAD = do_DELETE = do_GET  # noqa: N815
-
-        class Server(http.server.ThreadingHTTPServer):
-            request_queue_size = 64  # the default 5 would drop the connections of threads that come together
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._server = HandlerServer(self.handle)
+        self.endpoint = self._server.endpoint
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.stop()
 
     def handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
         parts = urlsplit(request.path)
