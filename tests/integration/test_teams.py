@@ -37,14 +37,18 @@ class Team(NamedTuple):
     def name(self, who: str) -> str:
         return next(name for name in self.urls if name.startswith(who + "-"))
 
+    def env(self, who: str) -> dict[str, str]:
+        """The environment of ``who`` (alice, bob, boss): their own broker account, and no storage setting or
+        credentials."""
+        env = {k: v for k, v in self.cluster.env.items() if not k.startswith("AWS_") and k != "DSTACK_STORAGE_URL"}
+        env.update(DSTACK_BROKER_URL=self.urls[self.name(who)], DSTACK_HOME=str(self.root / f"{who}-home"))
+        return env
+
     def cli(self, who: str, *args: str, cwd: Path | None = None, input: str | None = None
             ) -> subprocess.CompletedProcess:
-        """The CLI of ``who`` (alice, bob, boss): their own broker account, and no storage setting or credentials."""
-        env: dict[str, Any] = {k: v for k, v in self.cluster.env.items()
-                               if not k.startswith("AWS_") and k != "DSTACK_STORAGE_URL"}
-        env.update(DSTACK_BROKER_URL=self.urls[self.name(who)], DSTACK_HOME=str(self.root / f"{who}-home"))
+        """The CLI of ``who``, to its end."""
         return subprocess.run([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd, capture_output=True,
-                               text=True, timeout=180, env=env, input=input)
+                              text=True, timeout=180, env=self.env(who), input=input)
 
 
 @pytest.fixture
@@ -82,6 +86,8 @@ def test_a_team_shares_a_fleet_without_sharing_keys(team: Team, tmp_path: Path) 
         assert result.returncode == 0, result.stderr
         return list(json.loads(result.stdout))
 
+    following = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "logs", run, "-f"], text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=team.env("alice"))
     wait_for(lambda: status("alice", run)[0]["status"] == "running", 90, "alice's run to start")
     assert status("bob", run)[0]["owner"] == alice  # everyone sees every run (DSTACK_VISIBILITY=all)
     for args in (("stop", run), ("tag", run, "bobs")):
@@ -95,6 +101,8 @@ def test_a_team_shares_a_fleet_without_sharing_keys(team: Team, tmp_path: Path) 
     finished = wait_for(lambda: (lambda r: r if r["status"] in ("done", "failed") else None)(status("alice", run)[0]),
                         90, "alice's run to end")
     assert finished["status"] == "done", finished
+    followed, _ = following.communicate(timeout=60)  # live, through her own queue, routed by owner and run
+    assert following.returncode == 0 and "w.0 | has the token" in followed.splitlines()
     for args in (("restart", run), ("delete", run)):
         refused = team.cli("bob", *args)
         assert refused.returncode != 0 and alice in refused.stderr, (args, refused.stderr)
