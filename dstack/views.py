@@ -125,7 +125,7 @@ class RunView:
 
 @dataclass
 class RunUpdate:
-    """A change of a run, published on ``dstack.updates`` (routed by run name): the run (without
+    """A change of a run, published on ``dstack.updates`` (routed by ``OWNER.RUN``): the run (without
     its workflows and jobs) and the jobs that changed."""
 
     run: RunView
