@@ -331,10 +331,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 class Setup:
     """One cluster to measure: a version of dstack (the working tree or a --compare checkout) on one
-    storage, with its own vhost, scheduler, worker(s), project copy and (S3) bucket."""
+    storage, with its own vhost, scheduler, worker(s), project copy and (S3) bucket.
 
-    def __init__(self, version: str, storage: str, env: dict[str, str], index: int) -> None:
-        self.version, self.storage, self.env = version, storage, env
+    The scheduler and the workers get ``storage_env`` (where storage is, and S3's credentials); the CLI gets it
+    only with ``cli_storage``: without, it asks the scheduler where storage is and reaches S3 through presigned
+    URLs, as a user of a shared fleet does (a ``--compare`` checkout older than that needs it)."""
+
+    def __init__(self, version: str, storage: str, env: dict[str, str], storage_env: dict[str, str], index: int,
+                 cli_storage: bool = False) -> None:
+        self.version, self.storage = version, storage
+        self.env = {**env, **storage_env} if cli_storage else env
+        self.storage_env = storage_env
         self.label = f"{version}/{storage}"
         self.worker_id = f"{WORKER_ID}-{index}"
         self.worker_ids = [self.worker_id]
@@ -347,8 +354,8 @@ class Setup:
     def start(self, root: Path, slots: int, workflows: list[dict[str, Any]]) -> Cluster:
         self.vhost = Vhost()
         self.cluster = Cluster(root / "cluster", self.vhost.url, self.env)
-        self.cluster.start_scheduler()
-        self.cluster.start_worker(self.worker_id, slots=slots)
+        self.cluster.start_scheduler(**self.storage_env)
+        self.cluster.start_worker(self.worker_id, slots=slots, **self.storage_env)
         single = workflows[0]
         for workflow in workflows:
             wanted = [single] if workflow is single else [single, workflow]
@@ -361,7 +368,7 @@ class Setup:
         assert self.cluster is not None
         while len(self.worker_ids) < total:
             worker_id = f"{self.worker_id}-{len(self.worker_ids) + 1}"
-            self.cluster.start_worker(worker_id, slots=slots)
+            self.cluster.start_worker(worker_id, slots=slots, **self.storage_env)
             self.worker_ids.append(worker_id)
 
     def services(self) -> dict[str, int]:
@@ -497,7 +504,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     storage_env = {"DSTACK_STORAGE_URL": (root / f"storage-{len(setups)}").as_uri()}
                 # bytecode cached, as an installed package has it (some environments set PYTHONDONTWRITEBYTECODE)
                 bytecode = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(root / "pycache")}
-                setup = Setup(version, storage, {**storage_env, **version_env, **bytecode}, len(setups))
+                setup = Setup(version, storage, {**version_env, **bytecode}, storage_env, len(setups),
+                              cli_storage=version != "tree")
                 setups.append(setup)
                 setup.start(root / f"setup-{len(setups)}", args.slots, workflows)
                 log(f"{setup.label}: cluster up (vhost {setup.vhost.name if setup.vhost else '?'}); warming up")

@@ -41,10 +41,7 @@ from typing import Any, Optional, Protocol
 from dstack import names
 from dstack.errors import DstackError
 from dstack.messages import ROLES
-
-#: The values of the scheduler's ``DSTACK_VISIBILITY`` (:data:`dstack.scheduler.access.VISIBILITIES`): every run
-#: is seen by everyone, or a user sees their own only.
-VISIBILITIES = ("all", "own")
+from dstack.settings import VISIBILITIES
 
 #: Letters, digits, ``-`` and ``_``, 1 to 63 of them, the first a letter or digit (the scheduler's rule for names,
 #: :func:`dstack.names.is_valid_name`): a name that is the same in a URL, a queue name and a permission's pattern.

@@ -42,6 +42,9 @@ ENV_VARS = {
     "DSTACK_VISIBILITY": "visibility",
 }
 
+#: Whose runs a user sees (``DSTACK_VISIBILITY``, the scheduler's): everyone's, or their own (admins see all).
+VISIBILITIES = ("all", "own")
+
 #: The pull policies of a worker (``DSTACK_PULL_POLICY``) and of a job (``pull_policy``).
 PULL_POLICIES = ("if-not-present", "always", "never")
 
@@ -135,8 +138,9 @@ class Settings:
         if self.network not in ("", "host", "bridge"):
             raise ConfigError(f"network must be 'host' or 'bridge', not {self.network!r}",
                               field="DSTACK_NETWORK")
-        if self.visibility not in ("all", "own"):
-            raise ConfigError(f"visibility must be 'all' or 'own', not {self.visibility!r}", field="DSTACK_VISIBILITY")
+        if self.visibility not in VISIBILITIES:
+            raise ConfigError(f"visibility must be one of {', '.join(VISIBILITIES)}, not {self.visibility!r}",
+                              field="DSTACK_VISIBILITY")
         if self.pull_policy not in PULL_POLICIES:
             raise ConfigError(f"the pull policy must be one of {', '.join(PULL_POLICIES)}, not {self.pull_policy!r}",
                               field="DSTACK_PULL_POLICY")

@@ -24,9 +24,6 @@ class Role(str, enum.Enum):
     WORKER = "worker"
 
 
-#: Who may see runs: everyone sees every run (``all``), or only their own (``own``; admins see all).
-VISIBILITIES = ("all", "own")
-
 #: Requests only workers send.
 WORKER_REQUESTS = (ClaimTask, WorkerReport, WorkerLeaving)
 #: Requests only admins send.

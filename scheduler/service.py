@@ -50,11 +50,13 @@ from dstack.messages import (
 from dstack.names import is_valid_name, is_valid_tag, job_id, provider_task_id
 from dstack.placement import asks_for_anything, describe_needs, fits
 from dstack.scheduler import inputs
-from dstack.scheduler.access import VISIBILITIES, Caller, Role, service_caller
+from dstack.scheduler.access import Caller, Role, service_caller
 from dstack.scheduler.flow import TaskFlow
+from dstack.scheduler.grants import StorageGrants
 from dstack.scheduler.model import JobState, Kind, ProviderState, RunRecord, Status, TaskRecord, WorkflowState
 from dstack.scheduler.secrets import SecretCipher
 from dstack.scheduler.store import StateStore
+from dstack.settings import VISIBILITIES
 from dstack.states import ACTIVE
 from dstack.views import (
     Acknowledged,
@@ -99,14 +101,14 @@ class Scheduler:
         worker_timeout: seconds after its last report that a worker counts as gone.
         cipher: seals and opens secrets.
         account: the scheduler's own broker account: the fleet's administrator.
-        visibility: who sees runs (:data:`~dstack.scheduler.access.VISIBILITIES`).
+        visibility: who sees runs (:data:`~dstack.settings.VISIBILITIES`).
         grants: presigned URLs of the storage for users (``None``: the scheduler has no storage to hand out).
     """
 
     def __init__(self, store: StateStore, send: Callable[[str, str, bytes], None],
                  notify: Callable[[str, RunUpdate], None],
                  worker_timeout: float = defaults.WORKER_TIMEOUT, cipher: Optional[SecretCipher] = None,
-                 account: str = "guest", visibility: str = "all", grants: Optional[Any] = None) -> None:
+                 account: str = "guest", visibility: str = "all", grants: Optional[StorageGrants] = None) -> None:
         if visibility not in VISIBILITIES:
             raise DstackError(f"DSTACK_VISIBILITY must be one of {', '.join(VISIBILITIES)}, not {visibility!r}")
         self._store = store
@@ -637,8 +639,7 @@ class Scheduler:
         """Where runs store their files, and whether the CLI reaches them through presigned URLs."""
         if self._grants is None:
             raise RequestRejected("this scheduler hands out no storage: set DSTACK_STORAGE_URL for the CLI")
-        info: StorageInfo = self._grants.info()
-        return info
+        return self._grants.info()
 
     def presign_storage(self, request: PresignStorage, caller: Caller) -> PresignedUrls:
         """Presigned URLs for what the caller may touch in storage: all the operations asked, or none."""
@@ -648,8 +649,7 @@ class Scheduler:
         def owner_of(run_name: str) -> Optional[str]:
             run = self._store.get_run(run_name)
             return None if run is None else (run.owner or self._service.name)
-        urls: PresignedUrls = self._grants.presign(request.ops, caller, owner_of)
-        return urls
+        return self._grants.presign(request.ops, caller, owner_of)
 
     # ------------------------------------------------------------------ events
 

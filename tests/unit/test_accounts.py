@@ -40,7 +40,6 @@ from dstack.cli.main import cli
 from dstack.errors import DstackError, NotAllowed
 from dstack.messages import ROLES, AddUser, GetUsers, RemoveUser
 from dstack.names import delay_queue, live_routing_key
-from dstack.scheduler.access import VISIBILITIES as SCHEDULER_VISIBILITIES
 from dstack.settings import load_settings
 from dstack.views import UsersAnswer, UserView
 from tests.s3server import free_port
@@ -139,7 +138,6 @@ def test_only_users_under_visibility_own_get_topic_permissions(role: str, visibi
 
 
 def test_topic_permissions_refuse_an_unknown_visibility_role_or_name() -> None:
-    assert VISIBILITIES == SCHEDULER_VISIBILITIES
     with pytest.raises(DstackError, match="'mine' is no visibility: one of all, own"):
         topic_permissions_for("alice", "user", "mine")
     with pytest.raises(DstackError, match="is no role"):
