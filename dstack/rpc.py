@@ -69,6 +69,7 @@ class RpcClient:
         self.user = account(url)
         self._replies: dict = {}
         self._answered_at = float("-inf")
+        self._lock = threading.RLock()
         self._connect()
 
     def _connect(self) -> None:
@@ -90,6 +91,10 @@ class RpcClient:
             SchedulerUnavailable: no scheduler consumes requests, or none answered in time.
             RequestRejected: the scheduler refused the request; the message says why.
         """
+        with self._lock:  # one request at a time: threads may share a client (storage's presigned URLs)
+            return self._call(request)
+
+    def _call(self, request: Any) -> Any:
         correlation_id = uuid.uuid4().hex
         try:
             # the broker dropped a connection left idle (a long `dstack run` follows its run on

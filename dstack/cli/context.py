@@ -1,6 +1,7 @@
 """What every command shares: the consoles it prints to, and the settings with the clients built from them."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Optional
 
@@ -24,12 +25,13 @@ if not out.is_terminal:
 
 
 class Context:
-    """Settings, and the clients built from them when first needed."""
+    """Settings, and the clients built from them when first needed: one connection to the scheduler for the whole
+    command (its requests and the storage's presigned URLs), closed when the command ends."""
 
     def __init__(self) -> None:
         self.settings: Settings = load_settings()
         self._storage: Optional[Storage] = None
-        self._storage_rpc: Optional[RpcClient] = None
+        self._client: Optional[RpcClient] = None
 
     @property
     def storage(self) -> Storage:
@@ -41,24 +43,41 @@ class Context:
 
             url = self.settings.storage_url
             if not self.settings.storage_given:
-                rpc = self._storage_rpc = RpcClient(self.settings.broker_url)
                 try:
-                    info = rpc.call(GetStorage())
+                    info = self.client().call(GetStorage())
                 except RequestRejected:  # a scheduler that hands out no storage: the default folder
                     info = None
                 if info is not None and info.presigned:
                     from dstack.storage.presigned import PresignedStorage
 
                     def presign(ops: list[StorageOp]) -> list[str]:
-                        return list(rpc.call(PresignStorage(ops=ops)).urls)
+                        return list(self.client().call(PresignStorage(ops=ops)).urls)
                     self._storage = PresignedStorage(info.url, presign)
                     return self._storage
                 url = info.url if info is not None else url
             self._storage = open_storage(url)
         return self._storage
 
-    def rpc(self) -> RpcClient:
-        return RpcClient(self.settings.broker_url)
+    def client(self) -> RpcClient:
+        """The command's client of the scheduler, connected when first asked for."""
+        if self._client is None:
+            self._client = RpcClient(self.settings.broker_url)
+            current = click.get_current_context(silent=True)
+            if current is not None:
+                current.call_on_close(self._client.close)
+        return self._client
+
+    def new_client(self) -> RpcClient:
+        """A new connection to the scheduler in place of the command's (which a call interrupted midway, by
+        Ctrl-C, may have left unusable)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        return self.client()
+
+    def rpc(self) -> contextlib.AbstractContextManager[RpcClient]:
+        """``with context.rpc() as rpc``: the command's client (:meth:`client`), left open for what follows."""
+        return contextlib.nullcontext(self.client())
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)

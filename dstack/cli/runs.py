@@ -194,8 +194,7 @@ def _follow_to_end(context: Context, rpc: RpcClient, run_name: str) -> None:
                           f"stop it with `dstack stop {run_name}`.")
                 sys.exit(130)
         stopping = True
-        rpc.close()  # the interrupted call may have left it midway
-        rpc = context.rpc()
+        rpc = context.new_client()  # the interrupted call may have left the old one midway
         rpc.call(StopRun(run_name=run_name))
         err.print(f"stopping {run_name}; Ctrl-C again detaches")
     from rich.markup import escape

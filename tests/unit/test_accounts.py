@@ -545,7 +545,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[FakeSchedule
     scheduler, made = FakeScheduler(), FakeAccounts()
     monkeypatch.setenv("DSTACK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DSTACK_BROKER_URL", "amqp://guest:guest@rabbit.example.com:5672/team")
-    monkeypatch.setattr(context.Context, "rpc", lambda self: scheduler)
+    monkeypatch.setattr(context.Context, "client", lambda self: scheduler)
     monkeypatch.setattr(users, "_accounts", lambda ctx, rabbitmqctl: made)
     return scheduler, made
 

@@ -174,7 +174,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeScheduler:
     scheduler = FakeScheduler([run_view(),
                                RunView(run_name="calm-seal-1000", workflow="w", status=Status.QUEUED),
                                RunView(run_name="old-ibis-2000", workflow="w", status=Status.DONE)])
-    monkeypatch.setattr(context.Context, "rpc", lambda self: scheduler)
+    monkeypatch.setattr(context.Context, "client", lambda self: scheduler)
     return scheduler
 
 
@@ -223,7 +223,7 @@ def test_tag_without_a_name_uses_the_run_name(monkeypatch: pytest.MonkeyPatch) -
         def call(self, request: Any) -> Any:
             calls.append(request)
 
-    monkeypatch.setattr(context.Context, "rpc", lambda self: Recorder([]))
+    monkeypatch.setattr(context.Context, "client", lambda self: Recorder([]))
     result = CliRunner().invoke(cli, ["tag", RUN])
     assert result.exit_code == 0 and calls == [TagRun(run_name=RUN, tag=RUN)]
 
@@ -492,7 +492,7 @@ def test_prune_lists_asks_and_frees_the_storage(monkeypatch: pytest.MonkeyPatch,
                                     finished_at=time.time() - 60),
                             RunView(run_name="kept-lynx-5000", workflow="w", status=Status.DONE, tags=["best"]),
                             RunView(run_name="busy-lynx-4000", workflow="w", status=Status.RUNNING)])
-    monkeypatch.setattr(context.Context, "rpc", lambda self: scheduler)
+    monkeypatch.setattr(context.Context, "client", lambda self: scheduler)
     monkeypatch.setattr(context.Context, "storage", property(lambda self: storage))
     monkeypatch.setattr(cleanup, "on_terminal", lambda: True)
 
