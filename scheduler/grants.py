@@ -153,12 +153,12 @@ class StorageGrants:
         if area == "blobs" and slash:
             return self._snapshot_content(op, rest)
         if area == "snapshots" and slash:
-            if action in _READ:
+            if action == "head":
                 return _Grant(op)
             if action == "put" and _SNAPSHOT.fullmatch(key):
                 return _Grant(op, create_only=True)  # a manifest is never replaced
-            raise NotAllowed(f"{action} {key!r}: snapshots are read, and a manifest (snapshots/ID.json) stored "
-                             f"once; nobody deletes them")
+            raise NotAllowed(f"{action} {key!r}: a user checks whether a snapshot's manifest is stored and stores it "
+                             f"once (snapshots/ID.json); only workers read snapshots, and nobody deletes them")
         if area == "runs":
             return self._run_object(op, rest, caller, owner_of)
         raise NotAllowed(f"{action} {key!r}: users reach only snapshots (blobs/, snapshots/) and the files of "
@@ -166,8 +166,9 @@ class StorageGrants:
 
     @staticmethod
     def _snapshot_content(op: StorageOp, rest: str) -> _Grant:
-        """``blobs/REST``: read by all; stored only as the content its key names."""
-        if op.action in _READ:
+        """``blobs/REST``: checked (``head``) by all, stored only as the content its key names; read by workers
+        only (they hold credentials): the files of a project are nobody else's to list or read."""
+        if op.action == "head":
             return _Grant(op)
         if op.action == "put":
             folder, _, name = rest.partition("/")
@@ -182,7 +183,8 @@ class StorageGrants:
                 return _Grant(op)
             raise NotAllowed(f"put {op.key!r}: under blobs/ a key names its content's SHA-256 (blobs/AB/DIGEST, "
                              f"blobs/packs/DIGEST) or a record's marker (blobs/records/NAME)")
-        raise NotAllowed(f"{op.action} {op.key!r}: snapshot contents are shared; nobody deletes them")
+        raise NotAllowed(f"{op.action} {op.key!r}: a user checks (head) and stores snapshot contents; only workers "
+                         f"read them, and nobody deletes them")
 
     def _run_object(self, op: StorageOp, rest: str, caller: Caller, owner_of: OwnerOf) -> _Grant:
         """``runs/REST``: a run's files, by whether the run exists and who may see it."""

@@ -107,21 +107,26 @@ def test_a_local_folder_is_opened_directly_not_presigned(tmp_path: Path) -> None
 
 def test_urls_come_in_order_with_their_lifetime(storage: FakeS3) -> None:
     answer = ask(grants(storage, expires_in=120), ALICE, StorageOp("head", "blobs/aa/x"),
-                 StorageOp("get", "snapshots/s.json"))
+                 StorageOp("head", "snapshots/s.json"))
     assert answer == PresignedUrls(urls=["https://s3.example/head/blobs/aa/x",
-                                         "https://s3.example/get/snapshots/s.json"], expires_in=120)
+                                         "https://s3.example/head/snapshots/s.json"], expires_in=120)
     assert [expires for _, expires, _, _ in storage.signed] == [120, 120]
 
 
 # ------------------------------------------------------------------------------------------------ snapshots
 
 
-@pytest.mark.parametrize("op", [StorageOp("get", f"blobs/{DIGEST[:2]}/{DIGEST}"), StorageOp("head", "blobs/x/y"),
-                                StorageOp("list", "blobs/"), StorageOp("list", "blobs/packs/"),
-                                StorageOp("get", "snapshots/abc.json"), StorageOp("list", "snapshots/"),
-                                StorageOp("list", "blobs/", continuation="token")])
-def test_everyone_reads_the_snapshot_store(storage: FakeS3, op: StorageOp) -> None:
-    assert allowed(grants(storage, "own"), BOB, op)
+def test_everyone_checks_what_the_snapshot_store_holds(storage: FakeS3) -> None:
+    for key in (f"blobs/{DIGEST[:2]}/{DIGEST}", "blobs/x/y", "snapshots/abc.json"):
+        assert allowed(grants(storage, "own"), BOB, StorageOp("head", key))
+
+
+@pytest.mark.parametrize("op", [StorageOp("get", f"blobs/{DIGEST[:2]}/{DIGEST}"), StorageOp("list", "blobs/"),
+                                StorageOp("list", "blobs/packs/"), StorageOp("get", "snapshots/abc.json"),
+                                StorageOp("list", "snapshots/"), StorageOp("list", "blobs/", continuation="token")])
+def test_nobody_but_workers_lists_or_reads_the_projects_files(storage: FakeS3, op: StorageOp) -> None:
+    with pytest.raises(NotAllowed, match="only workers read"):
+        ask(grants(storage), ADMIN, op)
 
 
 def test_a_blob_is_stored_only_as_the_content_its_key_names(storage: FakeS3) -> None:
@@ -150,10 +155,10 @@ def test_a_record_marker_holds_nothing(storage: FakeS3) -> None:
 
 def test_a_manifest_is_stored_once(storage: FakeS3) -> None:
     key = "snapshots/0123456789abcdef0123456789abcdef.json"
-    ask(grants(storage), ALICE, StorageOp("put", key, sha256=DIGEST), StorageOp("get", key))
-    assert [(op.action, create_only) for op, _, _, create_only in storage.signed] == [("put", True), ("get", False)]
+    ask(grants(storage), ALICE, StorageOp("put", key, sha256=DIGEST), StorageOp("head", key))
+    assert [(op.action, create_only) for op, _, _, create_only in storage.signed] == [("put", True), ("head", False)]
     for bad in ("snapshots/other.json", "snapshots/0123456789abcdef0123456789abcdef.json/x"):
-        with pytest.raises(NotAllowed, match="stored once"):
+        with pytest.raises(NotAllowed, match="stores it once"):
             ask(grants(storage), ALICE, StorageOp("put", bad, sha256=DIGEST))
 
 
@@ -214,7 +219,7 @@ def test_a_listing_stays_inside_one_area(storage: FakeS3, prefix: str) -> None:
 
 
 def test_list_urls_get_the_page_size(storage: FakeS3) -> None:
-    ask(grants(storage, page_size=3), ALICE, StorageOp("list", "runs/alice-run/"), StorageOp("get", "blobs/aa/b"))
+    ask(grants(storage, page_size=3), ALICE, StorageOp("list", "runs/alice-run/"), StorageOp("head", "blobs/aa/b"))
     assert [max_keys for _, _, max_keys, _ in storage.signed] == [3, None]
 
 
@@ -243,7 +248,7 @@ def test_unknown_actions_and_misplaced_tokens_are_refused(storage: FakeS3) -> No
 
 def test_all_or_nothing(storage: FakeS3) -> None:
     with pytest.raises(NotAllowed, match="cache/key.json"):
-        ask(grants(storage), ALICE, StorageOp("get", "blobs/aa/b"), StorageOp("get", "cache/key.json"))
+        ask(grants(storage), ALICE, StorageOp("head", "blobs/aa/b"), StorageOp("get", "cache/key.json"))
     assert storage.signed == []
 
 
