@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from dstack.errors import NotAllowed
 from dstack.messages import AddUser, ClaimTask, RemoveUser, WorkerLeaving, WorkerReport
@@ -59,11 +59,17 @@ class Caller:
         """Whether this caller may stop, restart, tag, untag or delete a run of ``owner``."""
         return self.is_admin or owner == self.name
 
+    def change_refusal(self, owner: str, what: str) -> Optional[str]:
+        """Why this caller may not change ``what``, something of ``owner``; ``None`` when it may."""
+        if self.may_change(owner):
+            return None
+        return f"{what} belongs to {owner}, not to {self.name}: only its owner or an admin may change it"
+
     def check_change(self, owner: str, what: str) -> None:
-        """Raise :class:`NotAllowed` unless this caller may change something of ``owner``; ``what`` names it."""
-        if not self.may_change(owner):
-            raise NotAllowed(f"{what} belongs to {owner or 'the administrator'}, not to {self.name}: only its owner "
-                             "or an admin may change it")
+        """Raise :class:`NotAllowed` unless this caller may change ``what``, something of ``owner``."""
+        refusal = self.change_refusal(owner, what)
+        if refusal is not None:
+            raise NotAllowed(refusal)
 
 
 def service_caller(name: str) -> Caller:

@@ -133,14 +133,11 @@ class TaskFlow:
         Raises:
             DstackError: some cannot be opened with the scheduler's key; the message names them.
         """
-        opened, unopened = {}, []
-        for secret in self.store.secrets(owners=("", owner)):  # the team's first: the owner's own win
-            try:
-                opened[secret.name] = self.cipher.open(secret.value)
-            except DstackError:
-                unopened.append(secret.name)
+        # the team's first (owner ""): the owner's own of the same name win
+        opened, unopened = self.cipher.open_all(self.store.secrets(owners=("", owner)))
         if unopened:
-            raise DstackError(f"the secrets {', '.join(unopened)} were sealed under another key than the scheduler's "
+            names = ", ".join(secret.name for secret in unopened)
+            raise DstackError(f"the secrets {names} were sealed under another key than the scheduler's "
                               "(DSTACK_SECRETS_KEY, scheduler/secrets.key); set them again, or delete them")
         return opened
 

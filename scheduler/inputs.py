@@ -23,11 +23,12 @@ def _tagged_artifacts(store: StateStore, workflow: str, uses: str, tagged: TagRe
     artifacts, an upload's), which ``workflow`` ``uses`` (depends on, names in runs), put below ``target``;
     refuses an unknown tag, a workflow not done in the tagged run, or (``:TAG``) a tagged run not finished or
     without artifacts."""
-    run_name = store.get_tag(tagged.tag)
-    if run_name is None:
+    tag = store.get_tag(tagged.tag)
+    if tag is None:
         known = ", ".join(t.tag for t in store.list_tags()) or "none"
         raise RequestRejected(f"workflow '{workflow}' {uses} {tagged.workflow}:{tagged.tag}, but there "
                               f"is no tag '{tagged.tag}' (known tags: {known})")
+    run_name = tag.run_name
     if not tagged.workflow:
         return _run_artifacts(store, workflow, uses, tagged.tag, run_name, target)
     record = store.get_task(run_name, tagged.workflow)

@@ -8,13 +8,14 @@ with mode 0600 at the scheduler's first start. :func:`rotate_key` seals every se
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from dstack.errors import ConfigError, DstackError
-from dstack.scheduler.store import StateStore
+from dstack.scheduler.store import StateStore, StoredSecret
 
 #: What a sealed value starts with (a value without it was stored before secrets were encrypted).
 SEALED = "fernet:"
@@ -57,6 +58,17 @@ class SecretCipher:
             raise DstackError("a secret cannot be opened with the secrets key: the key changed (see "
                               "DSTACK_SECRETS_KEY and scheduler/secrets.key), or the database was altered") from None
 
+    def open_all(self, secrets: Iterable[StoredSecret]) -> tuple[dict[str, str], list[StoredSecret]]:
+        """The values of ``secrets`` by name (a later secret of a name over an earlier one), and those that cannot
+        be opened (sealed under another key, or altered)."""
+        opened, unopened = {}, []
+        for secret in secrets:
+            try:
+                opened[secret.name] = self.open(secret.value)
+            except DstackError:
+                unopened.append(secret)
+        return opened, unopened
+
 
 def load_cipher(scheduler_home: Path, env_key: Optional[str]) -> SecretCipher:
     """The scheduler's cipher: ``env_key`` (``DSTACK_SECRETS_KEY``), else the key file in ``scheduler_home``,
@@ -85,14 +97,9 @@ def seal_stored(store: StateStore, cipher: SecretCipher) -> int:
 
 def unopenable(store: StateStore, cipher: SecretCipher) -> list[str]:
     """The names of the stored secrets that ``cipher`` cannot open (sealed under another key)."""
-    names = []
     with store.transaction():
-        for secret in store.secrets():
-            try:
-                cipher.open(secret.value)
-            except DstackError:
-                names.append(f"{secret.owner}/{secret.name}" if secret.owner else secret.name)
-    return names
+        _, unopened = cipher.open_all(store.secrets())
+    return [f"{secret.owner}/{secret.name}" if secret.owner else secret.name for secret in unopened]
 
 
 def rotate_key(store: StateStore, scheduler_home: Path, env_key: Optional[str]) -> tuple[bytes, int]:

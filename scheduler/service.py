@@ -162,8 +162,13 @@ class Scheduler:
                              f"`dstack users add {sender}`")
         return Caller(user.name, Role(user.role))
 
+    def _owner(self, owner: str) -> str:
+        """Who owns a run or tag whose record names ``owner``: that user, or, for a record from before dstack had
+        users (no owner), the administrator (the scheduler's own account)."""
+        return owner or self._service.name
+
     def _visible(self, caller: Caller, owner: str) -> bool:
-        return caller.may_see(owner or self._service.name, self._visibility)
+        return caller.may_see(self._owner(owner), self._visibility)
 
     def handle_event(self, event: Any) -> None:
         """Apply an event from a worker. Events carry no sender RabbitMQ vouched for (Dramatiq sets none): one
@@ -289,7 +294,7 @@ class Scheduler:
         if run is None or not self._visible(caller, run.owner):
             raise RequestRejected(f"no run named '{run_name}'")
         if change:
-            caller.check_change(run.owner or self._service.name, f"run {run_name}")
+            caller.check_change(self._owner(run.owner), f"run {run_name}")
         return run
 
     def stop_run(self, request: StopRun, caller: Caller) -> RunView:
@@ -498,20 +503,20 @@ class Scheduler:
             raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
         run = self._run(request.run_name, caller, change=True)
         current = self._store.get_tag(request.tag)
-        if current not in (None, run.run_name):
-            raise RequestRejected(f"tag '{request.tag}' names run {current} already; "
+        if current is not None and current.run_name != run.run_name:
+            raise RequestRejected(f"tag '{request.tag}' names run {current.run_name} already; "
                                   f"`dstack untag {request.tag}` first")
         self._store.set_tag(request.tag, run.run_name, time.time(), caller.name)
         return TagAnswer(tag=request.tag, run_name=run.run_name)
 
     def untag_run(self, request: UntagRun, caller: Caller) -> UntagAnswer:
         """Remove a tag: its owner, the owner of the run it names, or an admin may."""
-        tag = next((t for t in self._store.list_tags() if t.tag == request.tag), None)
+        tag = self._store.get_tag(request.tag)
         if tag is None or not self._visible(caller, tag.owner):
             raise RequestRejected(f"no tag named '{request.tag}'")
-        run = self._store.get_run(tag.run_name)
-        if not caller.may_change(tag.owner or self._service.name):
-            caller.check_change(run.owner or self._service.name if run else tag.owner, f"tag {request.tag}")
+        if not caller.may_change(self._owner(tag.owner)):
+            run = self._store.get_run(tag.run_name)
+            caller.check_change(self._owner(run.owner if run else tag.owner), f"tag {request.tag}")
         self._store.delete_tag(request.tag)
         return UntagAnswer(tag=request.tag)
 
@@ -544,11 +549,10 @@ class Scheduler:
             raise RequestRejected(f"tag {request.tag!r} must be letters, digits, '.', '-' or '_'")
         current = self._store.get_tag(request.tag)
         existing = self._store.get_run(request.run_name)
-        if existing is not None and current == request.run_name:  # a resent request
-            stored = next(t for t in self._store.list_tags() if t.tag == request.tag)
-            return self._tag_view(request.tag, request.run_name, stored.created_at, stored.owner)
+        if existing is not None and current is not None and current.run_name == request.run_name:  # a resent request
+            return self._tag_view(request.tag, request.run_name, current.created_at, current.owner)
         if current is not None:
-            raise RequestRejected(f"tag '{request.tag}' names run {current} already; choose another name, or "
+            raise RequestRejected(f"tag '{request.tag}' names run {current.run_name} already; choose another name, or "
                                   f"`dstack untag {request.tag}` first")
         if existing is not None:
             raise RequestRejected(f"a run named '{request.run_name}' exists already")
@@ -588,9 +592,8 @@ class Scheduler:
             run = self._store.get_run(run_name)
             if run is None or not self._visible(caller, run.owner):
                 problems.append(f"no run named '{run_name}'")
-            elif not caller.may_change(run.owner or self._service.name):
-                problems.append(f"{run_name} belongs to {run.owner or self._service.name}: only its owner or an "
-                                "admin may delete it")
+            elif (refusal := caller.change_refusal(self._owner(run.owner), f"run {run_name}")) is not None:
+                problems.append(refusal)
             elif not run.status.finished:
                 problems.append(f"{run_name} is {run.status.value}; stop it first (`dstack stop {run_name}`)")
             elif not request.force and self._store.tags_of(run_name):
@@ -648,7 +651,7 @@ class Scheduler:
 
         def owner_of(run_name: str) -> Optional[str]:
             run = self._store.get_run(run_name)
-            return None if run is None else (run.owner or self._service.name)
+            return None if run is None else self._owner(run.owner)
         return self._grants.presign(request.ops, caller, owner_of)
 
     # ------------------------------------------------------------------ events

@@ -109,8 +109,8 @@ class StateStore(abc.ABC):
         """The jobs a workflow's provider created."""
 
     @abc.abstractmethod
-    def get_tag(self, tag: str) -> Optional[str]:
-        """The run a tag names."""
+    def get_tag(self, tag: str) -> Optional[StoredTag]:
+        """The tag of that name: the run it names, when and by whom it was made."""
 
     @abc.abstractmethod
     def set_tag(self, tag: str, run_name: str, created_at: float, owner: str = "") -> None: ...
@@ -409,9 +409,9 @@ class SqliteStateStore(StateStore):
 
     # ------------------------------------------------------------------ tags
 
-    def get_tag(self, tag: str) -> Optional[str]:
-        row = self._db.execute("SELECT run_name FROM tags WHERE tag = ?", (tag,)).fetchone()
-        return row[0] if row else None
+    def get_tag(self, tag: str) -> Optional[StoredTag]:
+        row = self._db.execute("SELECT tag, run_name, created_at, owner FROM tags WHERE tag = ?", (tag,)).fetchone()
+        return StoredTag(*row) if row else None
 
     def set_tag(self, tag: str, run_name: str, created_at: float, owner: str = "") -> None:
         self._db.execute("INSERT OR REPLACE INTO tags (tag, run_name, created_at, owner) VALUES (?, ?, ?, ?)",
@@ -477,8 +477,10 @@ class SqliteStateStore(StateStore):
         return self._db.execute("DELETE FROM secrets WHERE owner = ? AND name = ?", (owner, name)).rowcount > 0
 
     def secrets(self, owners: Optional[tuple[str, ...]] = None) -> list[StoredSecret]:
-        rows = self._db.execute("SELECT name, value, updated_at, owner FROM secrets ORDER BY owner, name")
-        return [StoredSecret(*row) for row in rows if owners is None or row[3] in owners]
+        query = "SELECT name, value, updated_at, owner FROM secrets"
+        if owners is not None:  # a claim reads the secrets of one run's owner and the team's, not everyone's
+            query += f" WHERE owner IN ({', '.join('?' * len(owners))})"
+        return [StoredSecret(*row) for row in self._db.execute(query + " ORDER BY owner, name", owners or ())]
 
     # ------------------------------------------------------------------ users
 
