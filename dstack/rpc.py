@@ -74,6 +74,10 @@ class RpcClient:
 
     def _connect(self) -> None:
         self._connection = connect(self._url)
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        """A channel on the connection, consuming the replies (direct reply-to)."""
         self._channel = self._connection.channel()
         self._channel.basic_consume(REPLY_TO_QUEUE, self._on_reply, auto_ack=True)
 
@@ -138,8 +142,7 @@ class RpcClient:
         except ChannelClosed as e:
             if e.reply_code != 404:
                 raise
-            self._channel = self._connection.channel()  # the broker closed the one that asked
-            self._channel.basic_consume(REPLY_TO_QUEUE, self._on_reply, auto_ack=True)
+            self._open_channel()  # the broker closed the one that asked
             queue = None
         if queue is None or queue.method.consumer_count == 0:
             raise SchedulerUnavailable(

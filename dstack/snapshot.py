@@ -26,12 +26,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from dstack.errors import ObjectNotFound, StorageError, UnsafePath
 from dstack.names import snapshot_blob_key, snapshot_key
 from dstack.snapshot_state import Location, StatCache, StoredRecord
 from dstack.storage import Storage, check_key
+from dstack.storage.base import file_digest
 from dstack.storage.local import TMP_SUFFIX, atomic_writer
 
 if TYPE_CHECKING:
@@ -107,19 +108,6 @@ def _ignored(relative: str, is_dir: bool, specs: list[tuple[str, pathspec.GitIgn
         if result.include is not None:
             verdict = result.include
     return verdict
-
-
-def file_digest(path: Union[str, os.PathLike[str]]) -> str:
-    """The SHA-256 of the file at ``path`` (hex), read in blocks: snapshot contents and artifact checksums.
-
-    Raises:
-        OSError: the file could not be read.
-    """
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def upload_snapshot(root: Path, storage: Storage, state: Optional[Path] = None) -> tuple[str, int, int]:

@@ -5,8 +5,9 @@ Users hold no storage credentials (workers do): the CLI asks the scheduler for a
 why). What a user may touch:
 
 ===================================  ============================================================================
-``blobs/...``, ``snapshots/...``     the content-addressed snapshot store, shared by all: ``get``, ``head``,
-                                     ``list`` for everyone; ``put`` only of the content the key names (its SHA-256
+``blobs/...``, ``snapshots/...``     the content-addressed snapshot store, shared by all: ``head`` for everyone
+                                     (never ``get`` or ``list``: a project's files are read by workers only);
+                                     ``put`` only of the content the key names (its SHA-256
                                      is signed, and the server refuses other content: ``blobs/AB/DIGEST``,
                                      ``blobs/packs/DIGEST``; a record's marker ``blobs/records/NAME`` holds
                                      nothing), and of a manifest ``snapshots/ID.json`` only where none is stored

@@ -66,13 +66,11 @@ def secrets_rotate_key(context: Context) -> None:
     """Seal every secret again under a new key. Run it on the scheduler's machine, with the scheduler stopped,
     as the user it runs as (same DSTACK_HOME and DSTACK_SECRETS_KEY); then start the scheduler again."""
     from dstack.errors import DstackError
-    from dstack.rpc import RpcClient
     from dstack.scheduler.secrets import rotate_key
     from dstack.scheduler.store import SqliteStateStore
 
     try:
-        with RpcClient(context.settings.broker_url) as rpc:
-            rpc.check_scheduler()
+        context.client().check_scheduler()
         running = True
     except DstackError:  # no scheduler consumes requests, or no broker answers: none runs
         running = False

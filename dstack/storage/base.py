@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Optional, Union
 
 from dstack.errors import UnsafePath
 
@@ -48,6 +48,22 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
         raise UnsafePath(f"storage key {key!r} is not a safe relative path")
     return key
+
+
+def file_digest(path: Union[str, os.PathLike[str]]) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read in blocks: the key of snapshot contents, the checksum of
+    artifacts and of a presigned upload.
+
+    Raises:
+        OSError: the file could not be read.
+    """
+    import hashlib  # here: `dstack status` reaches this module (storage keys) and hashes nothing
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 class Storage(abc.ABC):

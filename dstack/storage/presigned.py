@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 from dstack.errors import ObjectNotFound, RequestRejected, StorageError
 from dstack.messages import StorageOp
 from dstack.storage import check_prefix
-from dstack.storage.base import ObjectInfo, Progress, Storage, check_key, limited
+from dstack.storage.base import ObjectInfo, Progress, Storage, check_key, file_digest, limited
 from dstack.storage.local import atomic_writer
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class PresignedStorage(Storage):
                     f"{path} is {size / 1024 ** 3:.1f} GiB: through presigned URLs a file is stored with one PUT, "
                     f"which S3 limits to 5 GiB; store it in smaller parts, or from a machine with storage "
                     f"credentials")
-            digest = _file_sha256(path)
+            digest = file_digest(path)
         except OSError as e:
             raise StorageError(f"cannot read {path}: {e}") from None
         op = StorageOp("put", key, sha256=digest)
@@ -703,10 +703,3 @@ def _error_of(response: _Response) -> tuple[str, str]:
     fields = {_local(item.tag): (item.text or "").strip() for item in root}
     return fields.get("Code", ""), fields.get("Message", "")
 
-
-def _file_sha256(path: Union[str, os.PathLike[str]]) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            sha.update(block)
-    return sha.hexdigest()
