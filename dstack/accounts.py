@@ -27,6 +27,7 @@ machine, with ``rabbitmqctl`` (:class:`Rabbitmqctl`); both with the same permiss
 """
 from __future__ import annotations
 
+import abc
 import base64
 import json
 import re
@@ -254,7 +255,61 @@ class Accounts(Protocol):
         ...
 
 
-class ManagementApi:
+class _Backend(abc.ABC):
+    """What both ways of making accounts share: the checks, the order of the steps and the undoing; each way
+    (:class:`ManagementApi`, :class:`Rabbitmqctl`) gives the steps."""
+
+    vhost: str
+    #: what ``dstack users remove NAME`` needs to reach accounts this way
+    _remove_option = ""
+
+    @abc.abstractmethod
+    def exists(self, name: str) -> bool:
+        ...
+
+    def add(self, name: str, password: str, role: str) -> None:
+        permissions = permissions_for(name, role)
+        if self.exists(name):
+            raise DstackError(f"RabbitMQ has an account {name} already; remove it first (`dstack users remove "
+                              f"{name}{self._remove_option}`) or pick another name")
+        self._create(name, password, tags_for(role))
+        try:
+            self._put_permissions(name, permissions)
+        except DstackError:
+            self._delete_quietly(name)  # nothing half-made
+            raise
+
+    def set_permissions(self, name: str, role: str, visibility: str) -> None:
+        topic = topic_permissions_for(name, role, visibility)
+        self._put_permissions(name, permissions_for(name, role))
+        if not topic:  # all of them; none is no error
+            self._clear_topic_permissions(name)
+        for each in topic:  # each replaces that exchange's only: never a moment without any
+            self._put_topic_permissions(name, each)
+
+    # the steps
+    @abc.abstractmethod
+    def _create(self, name: str, password: str, tags: str) -> None:
+        """Make the account, with ``tags``; nothing is left of it when this fails."""
+
+    @abc.abstractmethod
+    def _put_permissions(self, name: str, permissions: Permissions) -> None:
+        ...
+
+    @abc.abstractmethod
+    def _put_topic_permissions(self, name: str, permissions: TopicPermissions) -> None:
+        ...
+
+    @abc.abstractmethod
+    def _clear_topic_permissions(self, name: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    def _delete_quietly(self, name: str) -> None:
+        ...
+
+
+class ManagementApi(_Backend):
     """Broker accounts through RabbitMQ's HTTP management API (its ``rabbitmq_management`` plugin).
 
     Args:
@@ -279,30 +334,25 @@ class ManagementApi:
     def exists(self, name: str) -> bool:
         return self._request("GET", f"users/{_quote(name)}", missing_ok=True) is not None
 
-    def add(self, name: str, password: str, role: str) -> None:
-        permissions = permissions_for(name, role)
-        if self.exists(name):
-            raise DstackError(f"RabbitMQ has an account {name} already; remove it first (`dstack users remove "
-                              f"{name}`) or pick another name")
-        self._request("PUT", f"users/{_quote(name)}", {"password": password, "tags": tags_for(role)})
-        try:
-            self._put_permissions(name, permissions)
-        except DstackError:
-            self._request("DELETE", f"users/{_quote(name)}", missing_ok=True)  # nothing half-made
-            raise
-
-    def set_permissions(self, name: str, role: str, visibility: str) -> None:
-        topic = topic_permissions_for(name, role, visibility)
-        self._put_permissions(name, permissions_for(name, role))
-        where = f"topic-permissions/{_quote(self.vhost)}/{_quote(name)}"
-        if not topic:  # all of them (none is 404)
-            self._request("DELETE", where, missing_ok=True)
-        for each in topic:  # each PUT replaces that exchange's only: never a moment without any
-            self._request("PUT", where, {"exchange": each.exchange, "write": each.write, "read": each.read})
+    def _create(self, name: str, password: str, tags: str) -> None:
+        self._request("PUT", f"users/{_quote(name)}", {"password": password, "tags": tags})
 
     def _put_permissions(self, name: str, permissions: Permissions) -> None:
         self._request("PUT", f"permissions/{_quote(self.vhost)}/{_quote(name)}",
                       {"configure": permissions.configure, "write": permissions.write, "read": permissions.read})
+
+    def _put_topic_permissions(self, name: str, permissions: TopicPermissions) -> None:
+        self._request("PUT", self._topic_path(name),
+                      {"exchange": permissions.exchange, "write": permissions.write, "read": permissions.read})
+
+    def _clear_topic_permissions(self, name: str) -> None:
+        self._request("DELETE", self._topic_path(name), missing_ok=True)  # none is 404
+
+    def _topic_path(self, name: str) -> str:
+        return f"topic-permissions/{_quote(self.vhost)}/{_quote(name)}"
+
+    def _delete_quietly(self, name: str) -> None:
+        self._request("DELETE", f"users/{_quote(name)}", missing_ok=True)
 
     def remove(self, name: str) -> bool:
         return self._request("DELETE", f"users/{_quote(name)}", missing_ok=True) is not None
@@ -359,7 +409,7 @@ def _quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
 
-class Rabbitmqctl:
+class Rabbitmqctl(_Backend):
     """Broker accounts with ``rabbitmqctl``, on the broker's machine, as a user that may run it (root, or the
     ``rabbitmq`` user: it reads the node's Erlang cookie). The password goes to ``rabbitmqctl add_user`` on its
     standard input, never on its command line (which ``ps`` shows).
@@ -383,29 +433,29 @@ class Rabbitmqctl:
         listing = json.loads(self._run("list_users", "--formatter", "json") or "[]")
         return any(isinstance(user, dict) and user.get("user") == name for user in listing)
 
-    def add(self, name: str, password: str, role: str) -> None:
-        permissions = permissions_for(name, role)
-        if self.exists(name):
-            raise DstackError(f"RabbitMQ has an account {name} already; remove it first (`dstack users remove "
-                              f"{name} --rabbitmqctl`) or pick another name")
+    _remove_option = " --rabbitmqctl"
+
+    def _create(self, name: str, password: str, tags: str) -> None:
         self._run("add_user", name, input=password + "\n")  # no password argument: it reads it from stdin
         try:
-            self._run("set_user_tags", name, *filter(None, tags_for(role).split(",")))
-            self._run("set_permissions", "-p", self.vhost, name, permissions.configure, permissions.write,
-                      permissions.read)
+            self._run("set_user_tags", name, *filter(None, tags.split(",")))
         except DstackError:
-            self._run("delete_user", name, check=False)  # nothing half-made
+            self._delete_quietly(name)
             raise
 
-    def set_permissions(self, name: str, role: str, visibility: str) -> None:
-        topic = topic_permissions_for(name, role, visibility)
-        permissions = permissions_for(name, role)
+    def _put_permissions(self, name: str, permissions: Permissions) -> None:
         self._run("set_permissions", "-p", self.vhost, name, permissions.configure, permissions.write,
                   permissions.read)
-        if not topic:
-            self._run("clear_topic_permissions", "-p", self.vhost, name)  # all of them; none is no error
-        for each in topic:  # each replaces that exchange's only: never a moment without any
-            self._run("set_topic_permissions", "-p", self.vhost, name, each.exchange, each.write, each.read)
+
+    def _put_topic_permissions(self, name: str, permissions: TopicPermissions) -> None:
+        self._run("set_topic_permissions", "-p", self.vhost, name, permissions.exchange, permissions.write,
+                  permissions.read)
+
+    def _clear_topic_permissions(self, name: str) -> None:
+        self._run("clear_topic_permissions", "-p", self.vhost, name)
+
+    def _delete_quietly(self, name: str) -> None:
+        self._run("delete_user", name, check=False)
 
     def remove(self, name: str) -> bool:
         if not self.exists(name):
