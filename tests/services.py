@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -199,6 +200,24 @@ class HandlerServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def send_reply(request: http.server.BaseHTTPRequestHandler, status: int, body: bytes,
+               headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Answer ``request`` with ``status``, ``headers`` and ``body`` (a ``HEAD`` gets the headers only)."""
+    request.send_response(status)
+    for name, value in headers:
+        request.send_header(name, value)
+    if request.command != "HEAD":
+        request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    if request.command != "HEAD":
+        request.wfile.write(body)
+
+
+def s3_error(code: str, message: str) -> bytes:
+    """The body of an S3 error answer."""
+    return f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
 
 
 class FileServer:

@@ -41,7 +41,7 @@ from dstack.storage import ObjectInfo
 from dstack.storage.presigned import PresignedStorage
 from dstack.storage.s3 import S3Storage
 from tests.s3server import TEST_CREDENTIALS, MotoServer, moto_in_environment
-from tests.services import HandlerServer
+from tests.services import HandlerServer, s3_error, send_reply
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ class SigV4Gate:
             refusal = self.refusal(request.command, request.path, headers, body)
             if refusal is not None:
                 self.refusals.append(refusal[1])
-                return self.reply(request, refusal[0], [], _error(refusal[1], refusal[2]))
+                return send_reply(request, refusal[0], s3_error(refusal[1], refusal[2]))
         upstream = http.client.HTTPConnection(self.upstream.hostname or "", self.upstream.port, timeout=30)
         try:
             forwarded = {name: value for name, value in request.headers.items()
@@ -84,7 +84,7 @@ class SigV4Gate:
                     if name.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date")]
             if request.command == "HEAD":
                 kept.append(("Content-Length", answer.getheader("Content-Length") or "0"))
-            self.reply(request, answer.status, kept, data)
+            send_reply(request, answer.status, data, kept)
         finally:
             upstream.close()
 
@@ -123,21 +123,6 @@ class SigV4Gate:
             return 400, "BadDigest", "the SHA-256 you specified did not match the content"
         return None
 
-    @staticmethod
-    def reply(request: http.server.BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
-              body: bytes) -> None:
-        request.send_response(status)
-        for name, value in headers:
-            request.send_header(name, value)
-        if request.command != "HEAD":
-            request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        if request.command != "HEAD":
-            request.wfile.write(body)
-
-
-def _error(code: str, message: str) -> bytes:
-    return f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
 
 
 def http_status(method: str, url: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None) -> int:

@@ -23,7 +23,7 @@ from dstack.errors import NotAllowed, ObjectNotFound, StorageError
 from dstack.messages import StorageOp
 from dstack.storage import ObjectInfo
 from dstack.storage.presigned import MAX_PUT_SIZE, PRESIGN_BATCH, PresignedStorage
-from tests.services import HandlerServer
+from tests.services import HandlerServer, s3_error, send_reply
 
 BUCKET, PREFIX = "bucket", "some/prefix"
 NO_WAIT = (0.0, 0.0, 0.0)
@@ -57,31 +57,31 @@ class FakeS3:
             self.clients.add(request.client_address[1])
             forced = self.answers.pop(0) if self.answers else None
         if forced is not None:
-            return self.reply(request, forced, _error("Forced", "as the test asked"))
+            return send_reply(request, forced, s3_error("Forced", "as the test asked"))
         listing = parts.path == f"/{BUCKET}" and query.get("list-type") == "2"
         if query.get("sig") != f"{request.command}:{query.get('prefix') if listing else key}":
-            return self.reply(request, 403, _error("SignatureDoesNotMatch", "signed for something else"))
+            return send_reply(request, 403, s3_error("SignatureDoesNotMatch", "signed for something else"))
         if listing:
-            return self.reply(request, 200, self.listing(query))
+            return send_reply(request, 200, self.listing(query))
         if request.command == "PUT":
             checksum = request.headers.get("x-amz-checksum-sha256")
             if checksum is not None and checksum != base64.b64encode(hashlib.sha256(body).digest()).decode():
-                return self.reply(request, 400, _error("BadDigest", "the checksum does not match"))
+                return send_reply(request, 400, s3_error("BadDigest", "the checksum does not match"))
             if request.headers.get("If-None-Match") == "*" and key in self.objects:
-                return self.reply(request, 412, _error("PreconditionFailed", "If-None-Match"))
+                return send_reply(request, 412, s3_error("PreconditionFailed", "If-None-Match"))
             self.objects[key] = body
-            return self.reply(request, 200, b"")
+            return send_reply(request, 200, b"")
         if request.command == "DELETE":
             self.objects.pop(key, None)
-            return self.reply(request, 204, b"")
+            return send_reply(request, 204, b"")
         if key not in self.objects:
-            return self.reply(request, 404, b"" if request.command == "HEAD" else _error("NoSuchKey", key))
+            return send_reply(request, 404, b"" if request.command == "HEAD" else s3_error("NoSuchKey", key))
         data = self.objects[key]
         wanted = request.headers.get("Range")
         if wanted and not self.ignore_ranges:
             first, last = (int(n) for n in wanted.removeprefix("bytes=").split("-"))
-            return self.reply(request, 206, data[first:last + 1])
-        return self.reply(request, 200, data)
+            return send_reply(request, 206, data[first:last + 1])
+        return send_reply(request, 200, data)
 
     def listing(self, query: dict[str, str]) -> bytes:
         keys = sorted(k for k in self.objects if k.startswith(query["prefix"]))
@@ -96,17 +96,6 @@ class FakeS3:
                 f'2006-03-01/"><Name>{BUCKET}</Name><EncodingType>url</EncodingType><IsTruncated>{str(more).lower()}'
                 f'</IsTruncated>{contents}{token}</ListBucketResult>').encode()
 
-    @staticmethod
-    def reply(request: http.server.BaseHTTPRequestHandler, status: int, body: bytes) -> None:
-        request.send_response(status)
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        if request.command != "HEAD":
-            request.wfile.write(body)
-
-
-def _error(code: str, message: str) -> bytes:
-    return f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
 
 
 class Scheduler:
