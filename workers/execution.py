@@ -341,7 +341,7 @@ class Execution(abc.ABC):
         finally:
             closing.wait()  # after an error too: no chunk is stored beside those of the task's abandon()
         self._ending(finished)
-        self.context.send_event(finished)
+        self._send_end(finished)
         self._reported()
         self.container.remove()
         self._clean_up()
@@ -380,13 +380,17 @@ class Execution(abc.ABC):
             writer.close()
         except DstackError as e:  # storage is out: the end is reported all the same
             log.warning("task %s: its failure is not in its logs: %s", self.key, e)
-        self.context.send_event(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
-                                             attempt=self.task.attempt, status=status, reason=reason,
-                                             worker_id=self.context.worker_id))
+        self._send_end(TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
+                                    attempt=self.task.attempt, status=status, reason=reason))
         self._reported()
         if self.container is not None:
             self.container.remove()
         self._clean_up()
+
+    def _send_end(self, finished: TaskFinished) -> None:
+        """Report the task's end, as this worker's (the scheduler ignores an end from another than the claimer)."""
+        finished.worker_id = self.context.worker_id
+        self.context.send_event(finished)
 
     def _reported(self) -> None:
         """The task's end is reported: tell :attr:`on_reported`, once."""
@@ -400,8 +404,8 @@ class Execution(abc.ABC):
 
     def _outcome(self, exit_info: ExitInfo, writer: LogWriter) -> TaskFinished:
         """How the task ended: stopped, past its time limit, out of memory, failed, or done."""
-        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id, attempt=self.task.attempt,
-                                status=Status.DONE, exit_code=exit_info.exit_code, worker_id=self.context.worker_id)
+        finished = TaskFinished(run_name=self.task.run_name, task_id=self.task.task_id,
+                                attempt=self.task.attempt, status=Status.DONE, exit_code=exit_info.exit_code)
         if self.stop_requested:
             finished.status, finished.reason = (Status.FAILED, self.stop_failure) if self.stop_failure else (
                 Status.STOPPED, "stopped by request")
@@ -635,7 +639,7 @@ class JobExecution(Execution):
         if self.cache.finished is None:
             return False
         log.info("job %s reuses the result of %s (job caching)", self.key, self.cache.finished.cached_from)
-        self.context.send_event(self.cache.finished)
+        self._send_end(self.cache.finished)
         self._clean_up()
         return True
 
