@@ -193,7 +193,8 @@ def test_a_hit_reuses_artifacts_and_logs_and_starts_nothing(w: Worker) -> None:
     finished = w.run(second, "never printed\n")
     assert not w.ran(second)
     assert finished == TaskFinished(run_name=OTHER, task_id="train.0", attempt=1, status=Status.DONE,
-                                    artifacts_size=len("weights of epoch 1\n"), cached_from=f"{RUN}/train.0", worker_id="w1")
+                                    artifacts_size=len("weights of epoch 1\n"), cached_from=f"{RUN}/train.0",
+                                    worker_id="w1")
     assert len(w.events) == 1  # no TaskStarted: nothing ran
     assert w.storage.get_bytes(artifact_key(OTHER, "train.0", "model/weights.txt")) == b"weights of epoch 1\n"
     manifest = ArtifactManifest.from_json(w.storage.get_bytes(artifacts_manifest_key(OTHER, "train.0")))
